@@ -1,0 +1,41 @@
+"""`python -m lit_massive validate --config configs/X.yaml`: LightningCLI around the module."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lit_massive.data import WikiTextDataModule
+from lit_massive.errors import InputError
+from lit_massive.module import MassiveActivations
+from lit_massive.reporting import ensure_new_run_dir
+
+
+class MassiveCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # evaluation only: there is nothing to fit
+        return {"validate": {"model", "dataloaders", "datamodule"}}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.model_name_or_path", "data.model_name_or_path")
+        parser.link_arguments("model.context_length", "data.context_length", apply_on="instantiate")
+
+    def before_validate(self) -> None:
+        # before SaveConfigCallback writes config.yaml; log_dir is a collective on every rank
+        ensure_new_run_dir(Path(self.trainer.log_dir))
+
+    def after_validate(self) -> None:
+        run_dir = self.trainer.log_dir  # a collective: every rank reads it
+        if self.trainer.is_global_zero:
+            print(f"Run directory: {run_dir}")
+
+
+def cli_main(args: list[str] | None = None) -> MassiveCLI:
+    """Entry point; bad input ends the program with one line naming the value."""
+    try:
+        return MassiveCLI(MassiveActivations, WikiTextDataModule, args=args)
+    except InputError as err:
+        sys.exit(f"lit_massive: error: {err}")

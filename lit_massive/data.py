@@ -1,0 +1,262 @@
+"""Token windows of WikiText-2 (or a local copy), and a sampler that never repeats one.
+
+Windows follow DESIGN section 2: the `text` column joined with "\\n\\n", tokenised once
+without special tokens, cut into `seq_len`-token windows every `stride` tokens; a shorter
+tail is dropped and `num_sequences` takes the first N.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import datasets
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from lit_massive import toy
+from lit_massive.errors import InputError
+from lit_massive.loading import check_local_or_hub, load_tokenizer
+
+_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+
+
+def count_windows(num_tokens: int, seq_len: int, stride: int) -> int:
+    """How many full windows fit in `num_tokens`."""
+    return 0 if num_tokens < seq_len else (num_tokens - seq_len) // stride + 1
+
+
+def make_windows(ids: Tensor, seq_len: int, stride: int, num_sequences: int | None) -> Tensor:
+    """Cut a 1-D token tensor into (N, seq_len) windows starting every `stride` tokens."""
+    available = count_windows(len(ids), seq_len, stride)
+    if num_sequences is not None and num_sequences > available:
+        raise InputError(
+            f"num_sequences={num_sequences} but the text gives only {available} windows of "
+            f"seq_len={seq_len} with stride={stride} ({len(ids)} tokens); use num_sequences <= "
+            f"{available} or null for all"
+        )
+    n = available if num_sequences is None else num_sequences
+    return ids.unfold(0, seq_len, stride)[:n].clone()
+
+
+class Windows(Dataset):
+    """Map-style dataset over precomputed windows; item i is a (seq_len,) LongTensor."""
+
+    def __init__(self, windows: Tensor) -> None:
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return self.windows.shape[0]
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.windows[i]
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Rank r takes windows r, r + W, r + 2W, ...: every window exactly once over all ranks.
+
+    Lightning's default `DistributedSampler` pads the last round by repeating windows,
+    which would count them twice. Subclassing `DistributedSampler` tells Lightning to keep
+    this sampler as it is.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def _tokenize(tokenizer, text: str) -> Tensor:
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _texts(rows: Iterable[dict], source: str) -> Iterator[str]:
+    for row in rows:
+        if "text" not in row:
+            raise InputError(f"{source}: rows have no 'text' column (columns: {sorted(row)})")
+        yield row["text"]
+
+
+class WikiTextDataModule(L.LightningDataModule):
+    """Windows of a text split for validation."""
+
+    def __init__(
+        self,
+        dataset: str = "Salesforce/wikitext",
+        config_name: str | None = "wikitext-2-raw-v1",
+        split: str = "test",
+        data_files: str | list[str] | None = None,
+        seq_len: int = 1024,
+        stride: int | None = None,
+        num_sequences: int | None = 10,
+        batch_size: int = 1,
+        streaming: bool = False,
+        tokenizer: str | None = None,
+        num_workers: int = 0,
+        model_name_or_path: str = "gpt2",
+        context_length: int | None = None,
+    ) -> None:
+        """
+        Args:
+            dataset: hub id, local dataset directory, or ``toy`` (the bundled corpus).
+            config_name: dataset configuration (ignored for ``toy`` and ``data_files``).
+            split: split to read (ignored for ``toy`` and ``data_files``).
+            data_files: local parquet / json(l) / csv / txt file(s) with a ``text`` column
+                (txt: one row per line); takes precedence over ``dataset``.
+            seq_len: tokens per window.
+            stride: tokens between window starts; default ``seq_len``.
+            num_sequences: first N windows; null takes all.
+            batch_size: windows per batch.
+            streaming: stream the split instead of downloading it; same windows.
+            tokenizer: tokenizer name or path; default: the model's.
+            num_workers: DataLoader workers.
+            model_name_or_path: set from ``model.model_name_or_path`` by the CLI.
+            context_length: the model's maximum positions, set by the CLI from the model.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        stride = seq_len if stride is None else stride
+        for name, value in (("seq_len", seq_len), ("stride", stride), ("batch_size", batch_size)):
+            if value < 1:
+                raise InputError(f"{name}={value}: must be a positive integer")
+        if num_sequences is not None and num_sequences < 1:
+            raise InputError(f"num_sequences={num_sequences}: must be >= 1, or null for all windows")
+        if context_length is not None and seq_len > context_length:
+            raise InputError(
+                f"seq_len={seq_len} is above the model's context of {context_length} tokens; "
+                f"use seq_len <= {context_length}"
+            )
+        self.stride = stride
+        self.data_files = [data_files] if isinstance(data_files, str) else data_files
+        if self.data_files is not None:
+            if not self.data_files:
+                raise InputError("data_files is an empty list; give at least one file, or null")
+            for f in self.data_files:
+                path = Path(f).expanduser()
+                if not path.is_file():
+                    raise InputError(f"data_files: {f!r} does not exist or is not a file")
+                if path.stat().st_size == 0:
+                    raise InputError(f"data_files: {f!r} is empty (no text); give a file with text rows")
+        elif dataset != toy.TOY:
+            check_local_or_hub(dataset, "dataset")
+        self.tokenizer_name = tokenizer or model_name_or_path
+        self.tokenizer = None
+        self.windows: Tensor | None = None
+
+    # -- where the text comes from -------------------------------------------------------
+    def _source(self) -> tuple[str, dict]:
+        """(description, load_dataset kwargs) for the configured text."""
+        h = self.hparams
+        files = self.data_files
+        if files is None and h.dataset == toy.TOY:
+            files = [str(toy.corpus_path())]
+        if files is not None:
+            files = [str(Path(f).expanduser()) for f in files]
+            suffixes = {Path(f).suffix.lower() for f in files}
+            builders = {_BUILDERS.get(s, "text") for s in suffixes}
+            if len(builders) > 1:
+                raise InputError(f"data_files mix formats {sorted(suffixes)}; give files of one format")
+            return f"data_files {files}", {"path": builders.pop(), "data_files": files, "split": "train"}
+        return f"dataset {h.dataset!r}", {"path": h.dataset, "name": h.config_name, "split": h.split}
+
+    def _load(self, streaming: bool):
+        what, kwargs = self._source()
+        try:
+            return what, datasets.load_dataset(**kwargs, streaming=streaming)
+        except (ConnectionError, FileNotFoundError) as err:
+            raise InputError(
+                f"{what} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0]}). "
+                f"Offline? Point data.data_files at a local copy of the split (parquet, json(l) "
+                f"or txt), or use data.dataset: toy"
+            ) from err
+        except (ValueError, datasets.exceptions.DatasetGenerationError) as err:
+            cause = err.__cause__ or err
+            raise InputError(f"{what}: {type(cause).__name__}: {str(cause).splitlines()[0]}") from err
+
+    def prepare_data(self) -> None:
+        """Download once per node (nothing to do when streaming)."""
+        if not self.hparams.streaming:
+            self._load(streaming=False)
+
+    # -- windows ----------------------------------------------------------------------------
+    def _needed_tokens(self) -> int | None:
+        n = self.hparams.num_sequences
+        return None if n is None else (n - 1) * self.stride + self.hparams.seq_len
+
+    def _token_ids(self) -> Tensor:
+        what, ds = self._load(self.hparams.streaming)
+        columns = ds.column_names
+        if columns is not None and "text" not in columns:
+            raise InputError(f"{what} has no 'text' column (columns: {sorted(columns)})")
+        if not self.hparams.streaming:
+            ids = _tokenize(self.tokenizer, "\n\n".join(ds["text"]))
+        else:
+            ids = self._stream_token_ids(_texts(ds, what))
+        if len(ids) == 0:
+            raise InputError(f"{what} contains no text")
+        return ids
+
+    def _stream_token_ids(self, texts: Iterator[str]) -> Tensor:
+        """Read rows only until the needed windows are covered.
+
+        The joined prefix is re-tokenised as it grows; once it holds `seq_len` tokens beyond
+        the last needed one, tokens that far from the cut are those of the full text, so
+        the windows equal the map-style ones.
+        """
+        needed = self._needed_tokens()
+        margin = self.hparams.seq_len
+        parts: list[str] = []
+        chars, next_check = 0, 4 * (needed + margin) if needed else math.inf
+        for text in texts:
+            parts.append(text)
+            chars += len(text) + 2
+            if chars >= next_check:
+                ids = _tokenize(self.tokenizer, "\n\n".join(parts))
+                if len(ids) >= needed + margin:
+                    return ids[:needed]
+                next_check = 2 * chars
+        return _tokenize(self.tokenizer, "\n\n".join(parts))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.windows is not None:
+            return
+        self.tokenizer = load_tokenizer(self.tokenizer_name)
+        h = self.hparams
+        self.windows = make_windows(self._token_ids(), h.seq_len, self.stride, h.num_sequences)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = Windows(self.windows)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            sampler=UnpaddedDistributedSampler(dataset, num_replicas=world, rank=rank),
+            num_workers=self.hparams.num_workers,
+        )
+
+    def describe(self) -> dict:
+        """What was evaluated, for results.json."""
+        h = self.hparams
+        return {
+            "dataset": None if self.data_files else h.dataset,
+            "config_name": None if self.data_files or h.dataset == toy.TOY else h.config_name,
+            "split": None if self.data_files or h.dataset == toy.TOY else h.split,
+            "data_files": self.data_files,
+            "streaming": h.streaming,
+            "tokenizer": self.tokenizer_name,
+            "seq_len": h.seq_len,
+            "stride": self.stride,
+            "num_sequences": h.num_sequences,
+            "num_windows": None if self.windows is None else int(self.windows.shape[0]),
+            "batch_size": h.batch_size,
+        }

@@ -1,0 +1,71 @@
+"""Load models and tokenizers from a hub id, a local directory, or the built-in toy.
+
+A wrong name fails here, before any work starts, with a message that says what would work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from lit_massive import toy
+from lit_massive.errors import InputError
+
+
+def looks_like_path(name: str) -> bool:
+    """A name meant as a local path: absolute, ./ or ../ relative, ~, or nested deeper than
+    a hub id's `owner/name`."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def check_local_or_hub(name: str, what: str) -> str | None:
+    """Return the local path for `name`, None for a hub id; raise if a path does not exist."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path)
+    if looks_like_path(name):
+        raise InputError(f"{what} {name!r}: local path does not exist")
+    return None
+
+
+def _hub_error(name: str, what: str, err: Exception) -> InputError:
+    return InputError(
+        f"{what} {name!r} could not be loaded from the Hugging Face Hub ({type(err).__name__}: "
+        f"{str(err).splitlines()[0]}). Offline? Save a copy once with internet "
+        f"(`AutoModelForCausalLM.from_pretrained({name!r}).save_pretrained(DIR)` and the same "
+        f"for AutoTokenizer) and set model_name_or_path: DIR, or use model_name_or_path: toy"
+    )
+
+
+def load_causal_lm(name: str, attn_implementation: str | None = None) -> PreTrainedModel:
+    """Load a causal LM in float32 and eval mode; the attention backend stays the default
+    unless `attn_implementation` is given."""
+    if name == toy.TOY:
+        model = toy.build_toy_model(attn_implementation=attn_implementation)
+    else:
+        local = check_local_or_hub(name, "model_name_or_path")
+        kwargs = {"dtype": torch.float32}
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
+        try:
+            model = AutoModelForCausalLM.from_pretrained(local or name, **kwargs)
+        except OSError as err:
+            if local is not None:
+                raise InputError(f"model_name_or_path {name!r}: {err}") from err
+            raise _hub_error(name, "model_name_or_path", err) from err
+    return model.eval()
+
+
+def load_tokenizer(name: str):
+    """The tokenizer for `name` (hub id, local directory, or the toy)."""
+    if name == toy.TOY:
+        return toy.build_toy_tokenizer()
+    local = check_local_or_hub(name, "tokenizer")
+    try:
+        return AutoTokenizer.from_pretrained(local or name)
+    except OSError as err:
+        if local is not None:
+            raise InputError(f"tokenizer {name!r}: {err}") from err
+        raise _hub_error(name, "tokenizer", err) from err

@@ -1,0 +1,81 @@
+"""Each bad input stops the run before any work with one line naming the value."""
+
+import json
+import time
+
+import pytest
+from conftest import REPO, run_validate
+
+DEMO = str(REPO / "configs" / "demo.yaml")
+
+
+def _error(tmp_path, *args) -> str:
+    with pytest.raises(SystemExit) as info:
+        run_validate(tmp_path, "--config", DEMO, *args)
+    message = str(info.value.code)
+    assert message.startswith("lit_massive: error: ") and "\n" not in message
+    assert not list(tmp_path.glob("lightning_logs/*/results.json"))
+    return message
+
+
+def test_missing_local_model_path(tmp_path):
+    msg = _error(tmp_path, "--model.model_name_or_path", "./no/such/model")
+    assert "'./no/such/model'" in msg and "does not exist" in msg
+
+
+def test_hub_id_while_offline_says_how_to_use_a_local_copy(tmp_path):
+    start = time.monotonic()
+    msg = _error(tmp_path, "--model.model_name_or_path", "gpt2")
+    assert "'gpt2'" in msg and "Offline?" in msg and "save_pretrained" in msg and "toy" in msg
+    assert time.monotonic() - start < 30
+
+
+def test_dataset_hub_id_while_offline(tmp_path):
+    msg = _error(tmp_path, "--data.dataset", "Salesforce/wikitext")
+    assert "'Salesforce/wikitext'" in msg and "data.data_files" in msg
+
+
+def test_seq_len_above_context(tmp_path):
+    msg = _error(tmp_path, "--data.seq_len", "257")
+    assert "seq_len=257" in msg and "256" in msg
+
+
+def test_fewer_windows_than_num_sequences(tmp_path):
+    msg = _error(tmp_path, "--data.num_sequences", "100000")
+    assert "num_sequences=100000" in msg and "windows" in msg
+
+
+def test_missing_data_file(tmp_path):
+    msg = _error(tmp_path, "--data.data_files", str(tmp_path / "nope.parquet"))
+    assert "nope.parquet" in msg and "does not exist" in msg
+
+
+def test_empty_data_file(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    msg = _error(tmp_path, "--data.data_files", str(empty))
+    assert "empty.txt" in msg and "no text" in msg
+
+
+def test_text_less_data_file(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"body": "Summer is warm ."}) + "\n")
+    msg = _error(tmp_path, "--data.data_files", str(rows))
+    assert "rows.jsonl" in msg and "no 'text' column" in msg and "body" in msg
+
+
+def test_a_second_run_into_the_same_directory_changes_nothing(tmp_path):
+    fixed = [
+        "--trainer.logger",
+        "lightning.pytorch.loggers.TensorBoardLogger",
+        "--trainer.logger.save_dir",
+        str(tmp_path),
+        "--trainer.logger.version",
+        "fixed",
+    ]
+    run_validate(tmp_path, "--config", DEMO, "--data.num_sequences", "2", *fixed)
+    results = tmp_path / "lightning_logs" / "fixed" / "results.json"
+    before = results.read_bytes()
+    with pytest.raises(SystemExit, match="results.json already exists"):
+        run_validate(tmp_path, "--config", DEMO, "--data.num_sequences", "3", *fixed)
+    assert results.read_bytes() == before

@@ -1,0 +1,76 @@
+"""Windows from local files: exact ids, stride, num_sequences, tail dropped; streaming = map-style."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from lit_massive.data import UnpaddedDistributedSampler, WikiTextDataModule, Windows
+from lit_massive.toy import build_toy_tokenizer, corpus_path
+
+
+def _windows(**kwargs) -> torch.Tensor:
+    dm = WikiTextDataModule(model_name_or_path="toy", **kwargs)
+    dm.setup("validate")
+    return dm.windows
+
+
+def _reference_ids(texts: list[str]) -> list[int]:
+    return build_toy_tokenizer()("\n\n".join(texts), add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("stride", [None, 10, 48])
+def test_windows_are_exact_token_slices(corpus_jsonl, stride):
+    texts = [json.loads(line)["text"] for line in corpus_jsonl.read_text().splitlines()]
+    ids = _reference_ids(texts)
+    step = stride or 32
+    got = _windows(data_files=str(corpus_jsonl), seq_len=32, stride=stride, num_sequences=None)
+    expected = [ids[s : s + 32] for s in range(0, len(ids) - 32 + 1, step)]
+    assert got.tolist() == expected  # every full window, the short tail dropped
+    assert len(ids) - (len(expected) - 1) * step - 32 < step  # the dropped tail is short
+    first5 = _windows(data_files=str(corpus_jsonl), seq_len=32, stride=stride, num_sequences=5)
+    assert first5.tolist() == expected[:5]
+
+
+def test_formats_agree(tmp_path, corpus_jsonl):
+    """parquet, jsonl and txt (one row per line) copies of the same rows give the same windows."""
+    lines = corpus_path().read_text().splitlines()
+    txt = tmp_path / "wiki.txt"
+    txt.write_text("\n".join(lines) + "\n")
+    parquet = tmp_path / "wiki.parquet"
+    pq.write_table(pa.table({"text": lines, "id": list(range(len(lines)))}), parquet)
+    jsonl = tmp_path / "lines.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    windows = [_windows(data_files=str(p), seq_len=40, num_sequences=None) for p in (txt, parquet, jsonl)]
+    flat = _reference_ids(lines)
+    assert windows[0].flatten().tolist() == flat[: windows[0].numel()]
+    for w in windows[1:]:
+        assert torch.equal(w, windows[0])
+
+
+@pytest.mark.parametrize("num_sequences", [1, 3, None])
+@pytest.mark.parametrize("stride", [None, 16])
+def test_streaming_gives_the_same_windows(corpus_jsonl, num_sequences, stride):
+    kwargs = dict(data_files=str(corpus_jsonl), seq_len=64, stride=stride, num_sequences=num_sequences)
+    assert torch.equal(_windows(streaming=True, **kwargs), _windows(streaming=False, **kwargs))
+
+
+def test_toy_dataset_is_the_bundled_corpus():
+    lines = corpus_path().read_text().splitlines()
+    got = _windows(dataset="toy", seq_len=50, num_sequences=4)
+    assert got.flatten().tolist() == _reference_ids(lines)[:200]
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10])
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_sampler_neither_repeats_nor_drops(n, world):
+    dataset = Windows(torch.zeros(n, 3))
+    seen = []
+    for rank in range(world):
+        sampler = UnpaddedDistributedSampler(dataset, num_replicas=world, rank=rank)
+        indices = list(sampler)
+        assert len(indices) == len(sampler)
+        seen += indices
+    assert sorted(seen) == list(range(n))

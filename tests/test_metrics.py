@@ -1,0 +1,93 @@
+"""LayerProfile against a direct computation written another way (sort in float64)."""
+
+import numpy as np
+import pytest
+import torch
+
+from lit_massive.metrics import LayerProfile
+
+
+def _reference(blocks: list[torch.Tensor], ids: torch.Tensor, k: int, thr: float, ratio: float):
+    """Sort each sequence's |values| in float64; the lower median is element (n - 1) // 2."""
+    out = []
+    for x in blocks:
+        a = np.abs(x.double().numpy()).reshape(x.shape[0], -1)
+        desc = -np.sort(-a, axis=1)
+        asc = np.sort(a, axis=1)
+        median = asc[:, (a.shape[1] - 1) // 2]
+        flat = a.argmax(axis=1)
+        pos, dim = np.divmod(flat, x.shape[2])
+        out.append(
+            {
+                "top": desc[:, :k].mean(0),
+                "median": median.mean(),
+                "massive": np.mean((desc[:, 0] > thr) & (desc[:, 0] > ratio * median)),
+                "dims": dim,
+                "positions": pos,
+                "tokens": ids.numpy()[np.arange(len(pos)), pos],
+            }
+        )
+    return out
+
+
+def _blocks(n_layer=3, batch=5, seq=7, dim=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    blocks = [torch.randn(batch, seq, dim, generator=g) * (i + 1) for i in range(n_layer)]
+    blocks[1][2, 3, 4] = 500.0  # one massive value in one sequence
+    ids = torch.randint(0, 11, (batch, seq), generator=g)
+    return blocks, ids
+
+
+def _metric(k=3):
+    return LayerProfile(
+        num_layers=3,
+        hidden_size=6,
+        max_positions=7,
+        vocab_size=11,
+        k=k,
+        massive_threshold=100.0,
+        massive_ratio=50.0,
+    )
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_profile_matches_direct_computation(k):
+    blocks, ids = _blocks()
+    metric = _metric(k)
+    metric.update(blocks, ids)
+    got = metric.compute()
+    for i, ref in enumerate(_reference(blocks, ids, k, 100.0, 50.0)):
+        np.testing.assert_allclose(got["top"][i].numpy(), ref["top"], rtol=1e-6)
+        np.testing.assert_allclose(got["median"][i].item(), ref["median"], rtol=1e-6)
+        assert got["massive_fraction"][i].item() == pytest.approx(ref["massive"])
+        for key, refs in (
+            ("top1_dim_count", ref["dims"]),
+            ("top1_position_count", ref["positions"]),
+            ("top1_token_count", ref["tokens"]),
+        ):
+            expected = np.bincount(refs, minlength=got[key].shape[1])
+            np.testing.assert_array_equal(got[key][i].numpy(), expected)
+    assert got["massive_fraction"].tolist() == [0.0, 0.2, 0.0]
+    assert int(got["count"]) == 5
+
+
+def test_merged_halves_equal_one_pass():
+    blocks, ids = _blocks(batch=6)
+    whole, first, second = _metric(), _metric(), _metric()
+    whole.update(blocks, ids)
+    first.update([b[:2] for b in blocks], ids[:2])
+    second.update([b[2:] for b in blocks], ids[2:])
+    first.merge_state(second)
+    merged, expected = first.compute(), whole.compute()
+    for key in expected:
+        torch.testing.assert_close(merged[key], expected[key], rtol=0, atol=0)
+
+
+def test_half_precision_input_gives_float32_statistics():
+    blocks, ids = _blocks()
+    metric = _metric()
+    metric.update([b.half() for b in blocks], ids)
+    got = metric.compute()
+    assert got["top"].dtype == torch.float64
+    ref = _reference([b.half().float() for b in blocks], ids, 3, 100.0, 50.0)
+    np.testing.assert_allclose(got["median"].numpy(), [r["median"] for r in ref], rtol=1e-6)
