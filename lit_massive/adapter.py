@@ -7,6 +7,7 @@ means adding one function to `_LAYOUTS`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -21,6 +22,9 @@ class DecoderLayout:
     backbone: nn.Module  # runs embeddings + blocks + final norm, no LM head
     blocks: list[nn.Module]  # block i's output is the residual stream x_i
     attn_out_proj: list[nn.Module]  # per block: its input is the concatenated head outputs
+    qk_source: list[nn.Module]  # per block: its output holds the attention queries and keys
+    split_qk: Callable[[Tensor], tuple[Tensor, Tensor]]  # that output -> q, k (B, H, T, hd)
+    attn_scaling: list[float]  # per block: the factor on q.k before the softmax
     n_head: int
     n_embd: int
     n_positions: int
@@ -34,10 +38,19 @@ class DecoderLayout:
 def _gpt2_layout(model: nn.Module) -> DecoderLayout:
     cfg = model.config
     blocks = list(model.transformer.h)
+
+    def split_qk(qkv: Tensor) -> tuple[Tensor, Tensor]:
+        q, k, _ = qkv.split(cfg.n_embd, dim=2)  # c_attn output (B, T, 3D): q | k | v
+        shape = (*q.shape[:2], cfg.n_head, -1)
+        return q.view(shape).transpose(1, 2), k.view(shape).transpose(1, 2)  # (B, H, T, hd)
+
     return DecoderLayout(
         backbone=model.transformer,
         blocks=blocks,
         attn_out_proj=[b.attn.c_proj for b in blocks],
+        qk_source=[b.attn.c_attn for b in blocks],
+        split_qk=split_qk,
+        attn_scaling=[float(b.attn.scaling) for b in blocks],
         n_head=cfg.n_head,
         n_embd=cfg.n_embd,
         n_positions=cfg.n_positions,

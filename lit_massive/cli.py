@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lit_massive import rank_heads
 from lit_massive.data import WikiTextDataModule
 from lit_massive.errors import InputError
 from lit_massive.module import MassiveActivations
@@ -33,9 +34,13 @@ class MassiveCLI(LightningCLI):
             print(f"Run directory: {run_dir}")
 
 
-def cli_main(args: list[str] | None = None) -> MassiveCLI:
-    """Entry point; bad input ends the program with one line naming the value."""
+def cli_main(args: list[str] | None = None) -> MassiveCLI | None:
+    """Entry point for `validate` and `rank-heads`; bad input ends the program with one
+    line naming the value."""
+    argv = sys.argv[1:] if args is None else args
     try:
+        if argv[:1] == ["rank-heads"]:
+            return rank_heads.main(argv[1:])
         return MassiveCLI(MassiveActivations, WikiTextDataModule, args=args)
     except InputError as err:
         sys.exit(f"lit_massive: error: {err}")

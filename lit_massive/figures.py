@@ -23,3 +23,80 @@ def layer_profile_figure(layers: list[dict], title: str) -> tuple[Figure, Axes]:
     ax.grid(True, which="major", alpha=0.3)
     ax.legend()
     return fig, ax
+
+
+def profiles_figure(variants: dict[str, list[dict]], title: str) -> tuple[Figure, Axes]:
+    """Every variant's top-1 (solid) and median (dashed) against block, on one chart."""
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for name, layers in variants.items():
+        x = [row["layer"] for row in layers]
+        (line,) = ax.plot(x, [row["top"][0] for row in layers], marker="o", label=f"{name} top 1")
+        ax.plot(x, [row["median"] for row in layers], ls="--", color=line.get_color(), label=f"{name} median")
+    ax.set_yscale("log")
+    ax.set_xlabel("block (0-based)")
+    ax.set_ylabel("|block output| (mean over sequences)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    return fig, ax
+
+
+def change_figure(changes: dict[str, list[float | None]], title: str) -> tuple[Figure, Axes]:
+    """% change of top-1 vs the baseline, per block, one line per variant."""
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for name, pct in changes.items():
+        ax.plot(range(len(pct)), [float("nan") if p is None else p for p in pct], marker="o", label=name)
+    ax.axhline(0.0, color="gray", lw=0.8)
+    ax.set_xlabel("block (0-based)")
+    ax.set_ylabel("top-1 change vs baseline (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig, ax
+
+
+def head_heatmap(scores: list[list[float]], title: str) -> tuple[Figure, Axes]:
+    """Layers x heads grid of first-token attention."""
+    n_layer, n_head = len(scores), len(scores[0])
+    fig = Figure(figsize=(1.5 + 0.45 * n_head, 1.2 + 0.4 * n_layer), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(scores, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, label="mean attention on token 0")
+    ax.set_xticks(range(n_head))
+    ax.set_yticks(range(n_layer))
+    ax.set_xlabel("head (0-based)")
+    ax.set_ylabel("layer (0-based)")
+    ax.set_title(title)
+    return fig, ax
+
+
+def head_ranking_figure(ranked: list[tuple[int, int, float]], top: int, title: str) -> tuple[Figure, Axes]:
+    """Bars of the `top` highest and the rest (lowest) heads, as (layer, head) labels."""
+    fig = Figure(figsize=(7, 0.3 * len(ranked) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    labels = [f"({layer}, {head})" for layer, head, _ in ranked]
+    colors = ["tab:red" if i < top else "tab:blue" for i in range(len(ranked))]
+    ax.barh(range(len(ranked)), [s for _, _, s in ranked], color=colors)
+    ax.set_yticks(range(len(ranked)), labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("mean attention on token 0 (red: top, blue: bottom)")
+    ax.set_title(title)
+    return fig, ax
+
+
+def sweep_figure(ks: list[int], mean_top1_pct: list[float | None], title: str) -> tuple[Figure, Axes]:
+    """Mean (over blocks) top-1 change against the number of pruned heads."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(ks, [float("nan") if p is None else p for p in mean_top1_pct], marker="o")
+    ax.axhline(0.0, color="gray", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("heads pruned (k)")
+    ax.set_ylabel("mean top-1 change vs baseline (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    return fig, ax

@@ -19,3 +19,23 @@ def sequence_profile(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
 def top1_location(idx: Tensor, hidden_size: int) -> tuple[Tensor, Tensor]:
     """Split flat top-1 indices (B,) into (feature dim, token position)."""
     return idx % hidden_size, torch.div(idx, hidden_size, rounding_mode="floor")
+
+
+def first_token_attention(q: Tensor, k: Tensor, scaling: float) -> Tensor:
+    """Causal softmax attention probability on key position 0, averaged over query
+    positions: (B, H). Recomputed from q and k in float32, so it does not depend on the
+    attention backend (sdpa returns no probabilities)."""
+    q, k = q.float(), k.float()
+    scores = (q @ k.transpose(-1, -2)) * scaling  # (B, H, T, T)
+    t = scores.shape[-1]
+    future = torch.ones(t, t, dtype=torch.bool, device=scores.device).triu(1)
+    scores = scores.masked_fill(future, float("-inf"))
+    p0 = (scores[..., 0] - scores.logsumexp(dim=-1)).exp()  # (B, H, T)
+    return p0.mean(dim=-1)
+
+
+def mask_heads(x: Tensor, mask: Tensor) -> Tensor:
+    """Multiply each head's slice of the concatenated head outputs x (B, T, H * hd) by
+    mask (H,): a 0 prunes that head before the output projection."""
+    shape = x.shape
+    return (x.view(*shape[:-1], mask.numel(), -1) * mask.to(x.dtype)[:, None]).view(shape)

@@ -6,12 +6,14 @@ later forward pass. This module is the only place that registers them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from lit_massive.adapter import block_output
+from lit_massive.adapter import DecoderLayout, block_output
+from lit_massive.functional import first_token_attention, mask_heads
 
 Hook = tuple[nn.Module, Callable]
 
@@ -31,20 +33,57 @@ def hooks(forward: Iterable[Hook] = (), forward_pre: Iterable[Hook] = ()) -> Ite
             handle.remove()
 
 
+@dataclass
+class Probed:
+    """What one forward pass under `probes` recorded, per block."""
+
+    block_outputs: list[Tensor | None]
+    first_token_attention: list[Tensor | None] = field(default_factory=list)  # (B, H) each
+
+
 @contextmanager
-def capture_block_outputs(blocks: Sequence[nn.Module]) -> Iterator[list[Tensor | None]]:
-    """Yield a list whose entry i holds block i's output after a forward pass.
+def probes(
+    layout: DecoderLayout, head_mask: Tensor | None = None, head_scores: bool = False
+) -> Iterator[Probed]:
+    """Everything one measured forward pass needs, registered together and removed together.
 
-    The outputs are the residual stream before the final LayerNorm, which
-    `output_hidden_states` does not give for the last block.
+    * block outputs, always;
+    * with `head_scores`, each head's mean attention on token 0, computed inside the hook
+      from q and k so no (B, H, T, T) map outlives its block;
+    * with `head_mask` (L, H), a pre-hook on each attention output projection that zeroes
+      the pruned heads' outputs (only blocks with a pruned head get one).
     """
-    outputs: list[Tensor | None] = [None] * len(blocks)
+    n = layout.n_layer
+    probed = Probed([None] * n, [None] * n if head_scores else [])
 
-    def keep(i: int) -> Callable:
+    def keep_block(i: int) -> Callable:
         def hook(module: nn.Module, args: tuple, output: Tensor | tuple) -> None:
-            outputs[i] = block_output(output)
+            probed.block_outputs[i] = block_output(output)
 
         return hook
 
-    with hooks(forward=[(block, keep(i)) for i, block in enumerate(blocks)]):
-        yield outputs
+    def score_heads(i: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            q, k = layout.split_qk(output)
+            probed.first_token_attention[i] = first_token_attention(q, k, layout.attn_scaling[i])
+
+        return hook
+
+    def prune(mask: Tensor) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> tuple:
+            return (mask_heads(args[0], mask), *args[1:])
+
+        return hook
+
+    forward = [(block, keep_block(i)) for i, block in enumerate(layout.blocks)]
+    if head_scores:
+        forward += [(m, score_heads(i)) for i, m in enumerate(layout.qk_source)]
+    forward_pre = []
+    if head_mask is not None:
+        forward_pre = [
+            (proj, prune(head_mask[i]))
+            for i, proj in enumerate(layout.attn_out_proj)
+            if bool((head_mask[i] == 0).any())
+        ]
+    with hooks(forward=forward, forward_pre=forward_pre):
+        yield probed

@@ -87,3 +87,29 @@ class LayerProfile(Metric):
             "top1_position_count": self.top1_position_count,
             "top1_token_count": self.top1_token_count,
         }
+
+
+class HeadScores(Metric):
+    """Per (layer, head): attention probability on token 0, averaged over query positions,
+    then over sequences."""
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    score_sum: Tensor  # (L, H) float64
+    count: Tensor  # () int64
+
+    def __init__(self, num_layers: int, num_heads: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("score_sum", torch.zeros(num_layers, num_heads, dtype=torch.float64), "sum")
+        self.add_state("count", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, per_layer: Sequence[Tensor]) -> None:
+        """`per_layer[i]` is (B, H): each sequence's mean first-token attention in block i."""
+        for i, scores in enumerate(per_layer):
+            self.score_sum[i] += scores.sum(0, dtype=torch.float64)
+        self.count += per_layer[0].shape[0]
+
+    def compute(self) -> Tensor:
+        return self.score_sum / self.count.clamp(min=1)

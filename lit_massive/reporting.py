@@ -1,4 +1,4 @@
-"""Write a finished run: results.json, TensorBoard scalars / figure / table, PNG copies.
+"""Write a finished run: results.json, TensorBoard scalars / figures / tables, PNG copies.
 
 Reads only what the LightningModule computed; only rank 0 writes.
 """
@@ -11,15 +11,37 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
 
+from lit_massive import figures
 from lit_massive.errors import InputError
-from lit_massive.figures import layer_profile_figure
 from lit_massive.results import variant_results
+from lit_massive.variants import BASELINE
 
 RESULTS = "results.json"
+TOP_HEADS, BOTTOM_HEADS = 10, 5
 
 
-def markdown_table(layers: list[dict]) -> str:
+def ensure_new_run_dir(run_dir: Path, files: tuple[str, ...] = (RESULTS, "config.yaml")) -> None:
+    """Refuse a run directory that already holds a run, before anything is written to it."""
+    for name in files:
+        if (run_dir / name).exists():
+            raise InputError(
+                f"{run_dir / name} already exists; give the run a new directory (leave "
+                f"trainer.logger's version unset so each run gets the next version_N)"
+            )
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def _num(value: float | None, fmt: str = ".4g") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def profile_table(layers: list[dict]) -> str:
     """The layer profile as a markdown table (TensorBoard's text tab renders it)."""
     k = len(layers[0]["top"])
     head = [
@@ -32,31 +54,73 @@ def markdown_table(layers: list[dict]) -> str:
         "position (share)",
         "token (share)",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in layers:
-        ratio = "n/a" if r["top1_over_median"] is None else f"{r['top1_over_median']:.1f}"
-        cells = [
+    rows = [
+        [
             str(r["layer"]),
-            *(f"{t:.4g}" for t in r["top"]),
-            f"{r['median']:.4g}",
-            ratio,
+            *(_num(t) for t in r["top"]),
+            _num(r["median"]),
+            _num(r["top1_over_median"], ".1f"),
             f"{r['massive_fraction']:.2f}",
             f"{r['top1_dim']} ({r['top1_dim_fraction']:.2f})",
             f"{r['top1_position']} ({r['top1_position_fraction']:.2f})",
             f"`{r['top1_token']!r}` ({r['top1_token_fraction']:.2f})",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for r in layers
+    ]
+    return _table(head, rows)
 
 
-def ensure_new_run_dir(run_dir: Path, files: tuple[str, ...] = (RESULTS, "config.yaml")) -> None:
-    """Refuse a run directory that already holds a run, before anything is written to it."""
-    for name in files:
-        if (run_dir / name).exists():
-            raise InputError(
-                f"{run_dir / name} already exists; give the run a new directory (leave "
-                f"trainer.logger's version unset so each run gets the next version_N)"
-            )
+def ranked_heads(scores: list[list[float]]) -> list[tuple[int, int, float]]:
+    """(layer, head, score), highest score first; ties in (layer, head) order."""
+    flat = [(layer, head, s) for layer, row in enumerate(scores) for head, s in enumerate(row)]
+    return sorted(flat, key=lambda t: -t[2])
+
+
+def heads_table(ranked: list[tuple[int, int, float]]) -> str:
+    top = [
+        [str(i + 1), str(layer), str(head), f"{s:.4f}"]
+        for i, (layer, head, s) in enumerate(ranked[:TOP_HEADS])
+    ]
+    n = len(ranked)
+    bottom = [
+        [str(n - BOTTOM_HEADS + i + 1), str(layer), str(head), f"{s:.4f}"]
+        for i, (layer, head, s) in enumerate(ranked[-BOTTOM_HEADS:])
+    ]
+    return (
+        f"**Top {TOP_HEADS} heads by first-token attention**\n\n"
+        + _table(["rank", "layer", "head", "score"], top)
+        + f"\n\n**Bottom {BOTTOM_HEADS}**\n\n"
+        + _table(["rank", "layer", "head", "score"], bottom)
+    )
+
+
+def change_table(variants: dict[str, dict]) -> str:
+    """Top-1 and median % change per block, one column pair per variant, mean row last."""
+    names = [n for n, v in variants.items() if "change_vs_baseline" in v]
+    n_layer = len(variants[BASELINE]["layers"])
+    head = ["block", *(f"{n} {s} %" for n in names for s in ("top-1", "median"))]
+    rows = [
+        [
+            str(i),
+            *(
+                _num(variants[n]["change_vs_baseline"][key][i], "+.2f")
+                for n in names
+                for key in ("top1_pct", "median_pct")
+            ),
+        ]
+        for i in range(n_layer)
+    ]
+    rows.append(
+        [
+            "mean",
+            *(
+                _num(variants[n]["change_vs_baseline"]["mean_over_layers"][key], "+.2f")
+                for n in names
+                for key in ("top1_pct", "median_pct")
+            ),
+        ]
+    )
+    return _table(head, rows)
 
 
 class RunReport(Callback):
@@ -79,20 +143,63 @@ class RunReport(Callback):
         with open(self.run_dir / RESULTS, "x", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
         writer = next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        figures = self.run_dir / "figures"
-        figures.mkdir(exist_ok=True)
-        for name, variant in results["variants"].items():
+        (self.run_dir / "figures").mkdir(exist_ok=True)
+
+        def figure(tag: str, fig: Figure) -> None:
+            fig.savefig(self.run_dir / "figures" / f"{tag.replace('/figures/', '_')}.png", dpi=120)
+            if writer is not None:
+                writer.add_figure(tag, fig, close=False)
+
+        def text(tag: str, markdown: str) -> None:
+            if writer is not None:
+                writer.add_text(tag, markdown)
+
+        model = results["model"]["name_or_path"]
+        variants = results["variants"]
+        for name, variant in variants.items():
             layers = variant["layers"]
-            fig, _ = layer_profile_figure(layers, f"{results['model']['name_or_path']}: {name}")
-            fig.savefig(figures / f"{name}_layer_profile.png", dpi=120)
-            if writer is None:
-                continue
-            for row in layers:
-                for j, value in enumerate(row["top"]):
-                    writer.add_scalar(f"{name}/profile/top{j + 1}", value, global_step=row["layer"])
-                writer.add_scalar(f"{name}/profile/median", row["median"], global_step=row["layer"])
-            writer.add_figure(f"{name}/figures/layer_profile", fig, close=False)
-            writer.add_text(f"{name}/tables/layer_profile", markdown_table(layers))
+            figure(
+                f"{name}/figures/layer_profile", figures.layer_profile_figure(layers, f"{model}: {name}")[0]
+            )
+            text(f"{name}/tables/layer_profile", profile_table(layers))
+            if writer is not None:
+                for row in layers:
+                    for j, value in enumerate(row["top"]):
+                        writer.add_scalar(f"{name}/profile/top{j + 1}", value, global_step=row["layer"])
+                    writer.add_scalar(f"{name}/profile/median", row["median"], global_step=row["layer"])
+                for i, pct in enumerate(variant.get("change_vs_baseline", {}).get("top1_pct", [])):
+                    if pct is not None:
+                        writer.add_scalar(f"{name}/change/top1_pct", pct, global_step=i)
+            if variant["head_scores"] is not None:
+                ranked = ranked_heads(variant["head_scores"])
+                shown = ranked[:TOP_HEADS] + ranked[-BOTTOM_HEADS:]
+                figure(
+                    f"{name}/figures/head_scores",
+                    figures.head_heatmap(variant["head_scores"], f"{model}: {name}")[0],
+                )
+                figure(
+                    f"{name}/figures/head_ranking",
+                    figures.head_ranking_figure(shown, TOP_HEADS, f"{model}: {name}")[0],
+                )
+                text(f"{name}/tables/heads", heads_table(ranked))
+        if len(variants) > 1:
+            profiles = {n: v["layers"] for n, v in variants.items()}
+            figure("compare/figures/profiles", figures.profiles_figure(profiles, f"{model}: all variants")[0])
+            changes = {n: v["change_vs_baseline"]["top1_pct"] for n, v in variants.items() if n != BASELINE}
+            figure(
+                "compare/figures/top1_change",
+                figures.change_figure(changes, f"{model}: top-1 vs baseline")[0],
+            )
+            text("compare/tables/change", change_table(variants))
+        sweep = results.get("sweep")
+        if sweep:
+            mean = [
+                variants[n]["change_vs_baseline"]["mean_over_layers"]["top1_pct"] for n in sweep["variants"]
+            ]
+            figure(
+                "sweep/figures/top1_change_vs_k",
+                figures.sweep_figure(sweep["k"], mean, f"{model}: cumulative pruning ({sweep['order']})")[0],
+            )
         if writer is not None:
             writer.flush()
 
@@ -101,12 +208,16 @@ class RunReport(Callback):
         datamodule = trainer.datamodule
         tokenizer = getattr(datamodule, "tokenizer", None)
         decode = (lambda i: tokenizer.decode([i])) if tokenizer is not None else str
+        baseline = variant_results(pl_module.results[BASELINE], decode)
+        variants = {BASELINE: baseline}
+        for name, computed in pl_module.results.items():
+            if name != BASELINE:
+                variants[name] = variant_results(computed, decode, baseline=baseline["layers"])
         return {
             "model": pl_module.describe(),
             "data": datamodule.describe() if hasattr(datamodule, "describe") else None,
             "precision": str(trainer.precision),
             "world_size": trainer.world_size,
-            "variants": {
-                name: variant_results(profile, decode) for name, profile in pl_module.results.items()
-            },
+            "sweep": pl_module.describe_sweep(),
+            "variants": variants,
         }

@@ -45,13 +45,38 @@ def first_massive_layer(layers: list[dict]) -> int | None:
     return next((row["layer"] for row in layers if row["massive_fraction"] >= 0.5), None)
 
 
-def variant_results(profile: dict[str, Tensor], decode: Callable[[int], str], pruned_heads=()) -> dict:
+def _pct(new: float, old: float) -> float | None:
+    return 100.0 * (new - old) / old if old != 0 else None
+
+
+def change_vs_baseline(layers: list[dict], baseline: list[dict]) -> dict:
+    """Per block, 100 x (variant - baseline) / baseline for each top-k and the median, and
+    each of those averaged over blocks."""
+    change: dict = {}
+    for j in range(len(baseline[0]["top"])):
+        change[f"top{j + 1}_pct"] = [
+            _pct(v["top"][j], b["top"][j]) for v, b in zip(layers, baseline, strict=True)
+        ]
+    change["median_pct"] = [_pct(v["median"], b["median"]) for v, b in zip(layers, baseline, strict=True)]
+    change["mean_over_layers"] = {
+        key: sum(values) / len(values) if None not in values else None for key, values in change.items()
+    }
+    return change
+
+
+def variant_results(computed: dict, decode: Callable[[int], str], baseline: list[dict] | None = None) -> dict:
+    """One variant's entry of results.json; `baseline` layers add `change_vs_baseline`."""
+    profile = computed["profile"]
     layers = profile_layers(profile, decode)
-    return {
-        "pruned_heads": [list(h) for h in pruned_heads],
+    scores = computed["head_scores"]
+    out = {
+        "pruned_heads": [list(h) for h in computed["pruned_heads"]],
         "num_sequences": int(profile["count"]),
         "first_massive_layer": first_massive_layer(layers),
         "layers": layers,
-        "head_scores": None,
+        "head_scores": None if scores is None else scores.tolist(),
         "perplexity": None,
     }
+    if baseline is not None:
+        out["change_vs_baseline"] = change_vs_baseline(layers, baseline)
+    return out

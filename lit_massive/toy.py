@@ -11,9 +11,18 @@ random weights, plus one planted circuit that imitates GPT-2's massive activatio
   `massive_dim`. Later blocks' weights are small, so the value persists to the last block,
   as in GPT-2 (Sun et al. 2024, fig. 1).
 
+* head `sink_head` (5, 1) gets a constant query (from its bias) and a key that reads
+  `massive_dim`, so every query attends to token 0: an attention sink that exists because of
+  the massive activation, with a first-token score near 1;
+* head `writer_head` (8, 3) attends the same way and its value reads `massive_dim`; its
+  output projection writes about `written_value` into `written_dim` at every position. This
+  activation is written by attention, so pruning that head removes it (top-2 from block 8 on).
+
 Ground truth (defaults of `ToyConfig`): the first block whose output holds a massive
 activation is block 2; it sits at feature dim 17, token position 0, with |value| near
-2000, while block-output medians are around 0.02 (ratio far above 1000).
+2000, while block-output medians are around 0.02 (ratio far above 1000). Heads (5, 1) and
+(8, 3) have first-token scores near 1; random heads score about the 1/(position + 1) of
+uniform attention.
 """
 
 from __future__ import annotations
@@ -39,9 +48,10 @@ def corpus_path() -> Path:
 
 @dataclass(frozen=True)
 class ToyConfig:
-    n_layer: int = 6
-    n_head: int = 4
-    n_embd: int = 64
+    # GPT-2 small's block and head counts, so head coordinates in the study's configs fit
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 96
     n_positions: int = 256
     seed: int = 0
     massive_layer: int = 2  # block whose MLP writes the massive activation
@@ -49,6 +59,10 @@ class ToyConfig:
     massive_position: int = 0  # only position 0 is supported by the flag circuit
     massive_value: float = 2000.0
     flag_dim: int = 5  # carries "this is position 0" from wpe to the MLP
+    sink_head: tuple[int, int] = (5, 1)  # (layer, head) that puts ~all attention on token 0
+    writer_head: tuple[int, int] = (8, 3)  # reads token 0 like the sink and writes ...
+    written_dim: int = 40  # ... about written_value into this dim at every position
+    written_value: float = 300.0
 
 
 @lru_cache(maxsize=1)
@@ -91,6 +105,8 @@ def build_toy_model(
         torch.manual_seed(config.seed)
         model = GPT2LMHeadModel(gpt2_config)
     _plant_massive_activation(model, config)
+    _plant_first_token_head(model, config, *config.sink_head)
+    _plant_first_token_head(model, config, *config.writer_head, write=True)
     return model.eval()
 
 
@@ -110,6 +126,27 @@ def _plant_massive_activation(model: GPT2LMHeadModel, c: ToyConfig) -> None:
     mlp.c_fc.bias[0] = -bias
     mlp.c_proj.weight[0, :] = 0.0
     mlp.c_proj.weight[0, c.massive_dim] = c.massive_value / on_value
+
+
+@torch.no_grad()
+def _plant_first_token_head(model: GPT2LMHeadModel, c: ToyConfig, layer: int, head: int, write=False) -> None:
+    """Query component 0 is a constant; key component 0 reads `massive_dim` (about
+    sqrt(n_embd) after ln_1 at token 0, O(1) elsewhere), so the score on token 0 is ~30
+    above the rest. With `write`, value component 0 also reads `massive_dim` and the
+    output projection sends it to `written_dim`."""
+    d, hd = c.n_embd, c.n_embd // c.n_head
+    attn = model.transformer.h[layer].attn
+    w, b = attn.c_attn.weight, attn.c_attn.bias  # Conv1D (in, 3 * d): q | k | v
+    q, k, v = head * hd, d + head * hd, 2 * d + head * hd
+    w[:, [q, k, v]] = 0.0
+    b[[q, k, v]] = 0.0
+    b[q] = 3.0
+    w[c.massive_dim, k] = 3.0
+    if write:
+        on_value = (d - 1) ** 0.5  # value component 0 at token 0
+        w[c.massive_dim, v] = 1.0
+        attn.c_proj.weight[head * hd, :] = 0.0
+        attn.c_proj.weight[head * hd, c.written_dim] = c.written_value / on_value
 
 
 def save_toy(directory: str | Path, config: ToyConfig = ToyConfig()) -> Path:

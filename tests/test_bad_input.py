@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+
 from conftest import REPO, run_validate
 
 DEMO = str(REPO / "configs" / "demo.yaml")

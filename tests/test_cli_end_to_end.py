@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_validate
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import REPO, run_validate
 
 
 def _independent_profile(model_dir, jsonl, seq_len, stride, n, k, thr, ratio):
@@ -101,8 +102,8 @@ def test_tensorboard_has_profile_curves_figure_and_table(tmp_path):
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "tensors": 0}).Reload()
     tags = events.Tags()
     top1 = events.Scalars("baseline/profile/top1")
-    assert [e.step for e in top1] == list(range(6))  # x axis = block
     expected = [row["top"][0] for row in results["variants"]["baseline"]["layers"]]
+    assert [e.step for e in top1] == list(range(len(expected))) and len(expected) == 12  # x axis = block
     np.testing.assert_allclose([e.value for e in top1], expected, rtol=1e-6)
     assert "baseline/profile/median" in tags["scalars"]
     assert "baseline/figures/layer_profile" in tags["images"]

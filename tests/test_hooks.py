@@ -1,40 +1,32 @@
-"""Hooks exist only inside the `with` block, also after an exception."""
+"""Probes exist only inside the `with` block, also after an exception."""
 
 import pytest
 import torch
-from torch import nn
 
-from lit_massive.hooks import capture_block_outputs, hooks
-
-
-def _count(modules):
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in modules)
+from lit_massive.adapter import decoder_layout
+from lit_massive.hooks import probes
+from lit_massive.toy import build_toy_model
 
 
-def test_hooks_removed_on_exit_and_on_error():
-    blocks = [nn.Linear(4, 4) for _ in range(3)]
-    with capture_block_outputs(blocks) as outputs:
-        assert _count(blocks) == 3
-        with hooks(forward_pre=[(blocks[0], lambda m, a: None)]):
-            assert _count(blocks) == 4
-        assert _count(blocks) == 3
-        x = torch.randn(2, 4)
-        for b in blocks:
-            x = b(x)
-    assert _count(blocks) == 0
-    torch.testing.assert_close(outputs[-1], x)
-    with pytest.raises(RuntimeError), capture_block_outputs(blocks):
-        assert _count(blocks) == 3
+def _count(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_probes_are_removed_on_exit_and_on_error():
+    model = build_toy_model()
+    layout = decoder_layout(model)
+    mask = torch.ones(layout.n_layer, layout.n_head)
+    mask[2, 7] = mask[5, 1] = 0.0
+    ids = torch.arange(10)[None]
+    with probes(layout, head_mask=mask, head_scores=True) as probed:
+        # one per block output, one per block's q/k source, one per block with a pruned head
+        assert _count(model) == 2 * layout.n_layer + 2
+        with torch.no_grad():
+            layout.backbone(input_ids=ids)
+    assert _count(model) == 0
+    assert all(x.shape == (1, 10, layout.n_embd) for x in probed.block_outputs)
+    assert all(s.shape == (1, layout.n_head) for s in probed.first_token_attention)
+    with pytest.raises(RuntimeError), probes(layout, head_mask=mask):
+        assert _count(model) == layout.n_layer + 2
         raise RuntimeError("boom")
-    assert _count(blocks) == 0
-
-
-def test_tuple_outputs_are_unwrapped():
-    class TupleBlock(nn.Module):
-        def forward(self, x):
-            return (x * 2, "cache")
-
-    block = TupleBlock()
-    with capture_block_outputs([block]) as outputs:
-        block(torch.ones(1, 2))
-    torch.testing.assert_close(outputs[0], torch.full((1, 2), 2.0))
+    assert _count(model) == 0

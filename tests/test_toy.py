@@ -1,7 +1,6 @@
 """The toy model's planted massive activation is found by a full demo run."""
 
 from conftest import REPO, run_validate
-
 from lit_massive.toy import ToyConfig
 
 
