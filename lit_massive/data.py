@@ -43,16 +43,23 @@ def make_windows(ids: Tensor, seq_len: int, stride: int, num_sequences: int | No
 
 
 class Windows(Dataset):
-    """Map-style dataset over precomputed windows; item i is a (seq_len,) LongTensor."""
+    """Map-style dataset over precomputed windows.
 
-    def __init__(self, windows: Tensor) -> None:
+    Item i is `{"input_ids": (seq_len,), "score_from": int}`: perplexity scores the tokens
+    at positions >= score_from, i.e. those the previous window did not cover (the Hugging
+    Face fixed-length recipe); the first window scores every token that has a context.
+    """
+
+    def __init__(self, windows: Tensor, stride: int | None = None) -> None:
         self.windows = windows
+        seq_len = windows.shape[1]
+        self.overlap_from = max(1, seq_len - (stride or seq_len))
 
     def __len__(self) -> int:
         return self.windows.shape[0]
 
-    def __getitem__(self, i: int) -> Tensor:
-        return self.windows[i]
+    def __getitem__(self, i: int) -> dict[str, Tensor | int]:
+        return {"input_ids": self.windows[i], "score_from": 1 if i == 0 else self.overlap_from}
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -234,9 +241,14 @@ class WikiTextDataModule(L.LightningDataModule):
         self.windows = make_windows(self._token_ids(), h.seq_len, self.stride, h.num_sequences)
 
     def val_dataloader(self) -> DataLoader:
-        dataset = Windows(self.windows)
+        dataset = Windows(self.windows, self.stride)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if len(dataset) < world:
+            raise InputError(
+                f"{len(dataset)} windows for {world} processes; every process needs one: "
+                f"use num_sequences >= {world} or fewer devices"
+            )
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,

@@ -5,6 +5,13 @@ from __future__ import annotations
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+NAN = float("nan")
+
+
+def _values(values: list[float | None]) -> list[float]:
+    """Unmeasured (null) values become gaps in the line."""
+    return [NAN if v is None else v for v in values]
+
 
 def layer_profile_figure(layers: list[dict], title: str) -> tuple[Figure, Axes]:
     """Top-1/2/3 and median of |block output| against block, log scale (the paper's view)."""
@@ -13,8 +20,8 @@ def layer_profile_figure(layers: list[dict], title: str) -> tuple[Figure, Axes]:
     x = [row["layer"] for row in layers]
     k = len(layers[0]["top"])
     for j in range(k):
-        ax.plot(x, [row["top"][j] for row in layers], marker="o", label=f"top {j + 1}")
-    ax.plot(x, [row["median"] for row in layers], marker="s", color="gray", label="median")
+        ax.plot(x, _values([row["top"][j] for row in layers]), marker="o", label=f"top {j + 1}")
+    ax.plot(x, _values([row["median"] for row in layers]), marker="s", color="gray", label="median")
     ax.set_yscale("log")
     ax.set_xticks(x)
     ax.set_xlabel("block (0-based)")
@@ -31,8 +38,14 @@ def profiles_figure(variants: dict[str, list[dict]], title: str) -> tuple[Figure
     ax = fig.subplots()
     for name, layers in variants.items():
         x = [row["layer"] for row in layers]
-        (line,) = ax.plot(x, [row["top"][0] for row in layers], marker="o", label=f"{name} top 1")
-        ax.plot(x, [row["median"] for row in layers], ls="--", color=line.get_color(), label=f"{name} median")
+        (line,) = ax.plot(x, _values([row["top"][0] for row in layers]), marker="o", label=f"{name} top 1")
+        ax.plot(
+            x,
+            _values([row["median"] for row in layers]),
+            ls="--",
+            color=line.get_color(),
+            label=f"{name} median",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("block (0-based)")
     ax.set_ylabel("|block output| (mean over sequences)")
@@ -47,7 +60,7 @@ def change_figure(changes: dict[str, list[float | None]], title: str) -> tuple[F
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
     for name, pct in changes.items():
-        ax.plot(range(len(pct)), [float("nan") if p is None else p for p in pct], marker="o", label=name)
+        ax.plot(range(len(pct)), _values(pct), marker="o", label=name)
     ax.axhline(0.0, color="gray", lw=0.8)
     ax.set_xlabel("block (0-based)")
     ax.set_ylabel("top-1 change vs baseline (%)")
@@ -91,7 +104,7 @@ def sweep_figure(ks: list[int], mean_top1_pct: list[float | None], title: str) -
     """Mean (over blocks) top-1 change against the number of pruned heads."""
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
-    ax.plot(ks, [float("nan") if p is None else p for p in mean_top1_pct], marker="o")
+    ax.plot(ks, _values(mean_top1_pct), marker="o")
     ax.axhline(0.0, color="gray", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -39,3 +40,19 @@ def mask_heads(x: Tensor, mask: Tensor) -> Tensor:
     mask (H,): a 0 prunes that head before the output projection."""
     shape = x.shape
     return (x.view(*shape[:-1], mask.numel(), -1) * mask.to(x.dtype)[:, None]).view(shape)
+
+
+def token_nll(logits: Tensor, input_ids: Tensor, score_from: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Next-token NLL of the scored positions (>= score_from, per sequence): their float64
+    sum, their count, and how many were not finite (those are left out of the sum).
+    Cross-entropy is log-softmax based, in float32 whatever the logits dtype."""
+    b, t, v = logits.shape
+    nll = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, v), input_ids[:, 1:].reshape(-1), reduction="none"
+    )
+    nll = nll.view(b, t - 1)
+    position = torch.arange(1, t, device=logits.device)
+    scored = position[None, :] >= score_from[:, None]  # (B, T-1)
+    finite = torch.isfinite(nll)
+    total = torch.where(scored & finite, nll, 0.0).sum(dtype=torch.float64)
+    return total, scored.sum(), (scored & ~finite).sum()

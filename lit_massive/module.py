@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import lightning as L
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 from lit_massive.adapter import decoder_layout
 from lit_massive.hooks import probes
 from lit_massive.loading import load_causal_lm
-from lit_massive.metrics import HeadScores, LayerProfile
+from lit_massive.metrics import HeadScores, LayerProfile, Perplexity
 from lit_massive.reporting import RunReport
 from lit_massive.variants import (
     BASELINE,
@@ -37,6 +38,7 @@ class MassiveActivations(L.LightningModule):
         massive_threshold: float = 100.0,
         massive_ratio: float = 1000.0,
         head_scores: bool = False,
+        perplexity: bool = True,
         variants: dict[str, Any] | None = None,
         sweep: Sweep | None = None,
         attn_implementation: str | None = None,
@@ -49,6 +51,7 @@ class MassiveActivations(L.LightningModule):
             massive_threshold: a massive activation has |value| above this ...
             massive_ratio: ... and above this many times the median |value| of its block output.
             head_scores: measure each head's mean attention on the first token.
+            perplexity: measure token-level perplexity (needs the LM head's logits).
             variants: name -> heads to prune, as ``[[layer, head], ...]`` or
                 ``{select: top|bottom, k: N, scores: path/to/results.json | null}`` (null: this
                 run's baseline scores, from a first pass over the same windows).
@@ -73,7 +76,11 @@ class MassiveActivations(L.LightningModule):
         self.head_scores = nn.ModuleDict(
             {name: HeadScores(lay.n_layer, lay.n_head) for name in self.variant_names} if head_scores else {}
         )
+        self.perplexity = nn.ModuleDict(
+            {name: Perplexity() for name in self.variant_names} if perplexity else {}
+        )
         self.results: dict[str, dict[str, Any]] | None = None
+        self.timing: dict[str, float] = {}
 
     def _new_profile(self) -> LayerProfile:
         lay, h = self.layout, self.hparams
@@ -95,6 +102,7 @@ class MassiveActivations(L.LightningModule):
                 self.head_masks[v] = mask.to(self.head_masks)
 
     def on_validation_start(self) -> None:
+        self._start = time.perf_counter()
         if needs_run_scores(self.specs):
             self._set_pruned_heads(resolve(self.specs, run_scores=self._score_pass()))
 
@@ -104,20 +112,24 @@ class MassiveActivations(L.LightningModule):
         scores = HeadScores(self.layout.n_layer, self.layout.n_head).to(self.device)
         with self.trainer.precision_plugin.forward_context():
             for batch in self.trainer.val_dataloaders:
-                batch = batch.to(self.device)
                 with probes(self.layout, head_scores=True) as probed:
-                    self.layout.backbone(input_ids=batch, use_cache=False)
+                    self.layout.backbone(input_ids=batch["input_ids"].to(self.device), use_cache=False)
                 scores.update(probed.first_token_attention)
         return scores.compute().cpu()
 
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        input_ids = batch["input_ids"]
+        # the LM head only when perplexity needs logits; the profile needs block outputs only
+        forward = self.model if self.perplexity else self.layout.backbone
         for v, name in enumerate(self.variant_names):
             mask = None if name == BASELINE else self.head_masks[v]
             with probes(self.layout, head_mask=mask, head_scores=bool(self.head_scores)) as probed:
-                self.layout.backbone(input_ids=batch, use_cache=False)
-            self.profiles[name].update(probed.block_outputs, batch)
+                output = forward(input_ids=input_ids, use_cache=False)
+            self.profiles[name].update(probed.block_outputs, input_ids)
             if self.head_scores:
                 self.head_scores[name].update(probed.first_token_attention)
+            if self.perplexity:
+                self.perplexity[name].update(output.logits, input_ids, batch["score_from"])
 
     def on_validation_epoch_end(self) -> None:
         # compute() syncs states across processes, so every rank must call it
@@ -125,11 +137,20 @@ class MassiveActivations(L.LightningModule):
             name: {
                 "profile": self.profiles[name].compute(),
                 "head_scores": self.head_scores[name].compute() if self.head_scores else None,
+                "perplexity": self.perplexity[name].compute() if self.perplexity else None,
                 "pruned_heads": self.pruned_heads[name],
             }
             for name in self.variant_names
         }
-        for metric in [*self.profiles.values(), *self.head_scores.values()]:
+        wall = time.perf_counter() - self._start
+        tokens = int(self.results[BASELINE]["profile"]["tokens"])
+        self.timing = {
+            "wall_s": wall,
+            "tokens": tokens,
+            "tokens_per_s": tokens / wall,
+            "forward_passes_per_window": len(self.variant_names),
+        }
+        for metric in [*self.profiles.values(), *self.head_scores.values(), *self.perplexity.values()]:
             metric.reset()
 
     def configure_callbacks(self) -> list[Callback]:

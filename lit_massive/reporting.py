@@ -6,6 +6,7 @@ Reads only what the LightningModule computed; only rank 0 writes.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -60,7 +61,7 @@ def profile_table(layers: list[dict]) -> str:
             *(_num(t) for t in r["top"]),
             _num(r["median"]),
             _num(r["top1_over_median"], ".1f"),
-            f"{r['massive_fraction']:.2f}",
+            _num(r["massive_fraction"], ".2f"),
             f"{r['top1_dim']} ({r['top1_dim_fraction']:.2f})",
             f"{r['top1_position']} ({r['top1_position_fraction']:.2f})",
             f"`{r['top1_token']!r}` ({r['top1_token_fraction']:.2f})",
@@ -123,6 +124,34 @@ def change_table(variants: dict[str, dict]) -> str:
     return _table(head, rows)
 
 
+def summary_table(variants: dict[str, dict]) -> str:
+    """One row per variant: what it prunes, perplexity, and the mean change vs baseline."""
+    head = [
+        "variant",
+        "pruned heads",
+        "perplexity",
+        "perplexity change %",
+        "mean top-1 change %",
+        "first massive block",
+        "first inf/NaN block",
+    ]
+    rows = []
+    for name, v in variants.items():
+        change = v.get("change_vs_baseline", {})
+        rows.append(
+            [
+                name,
+                " ".join(f"({layer},{head})" for layer, head in v["pruned_heads"]) or "-",
+                _num(v["perplexity"], ".4f"),
+                _num(change.get("perplexity_pct"), "+.3f"),
+                _num(change.get("mean_over_layers", {}).get("top1_pct"), "+.3f"),
+                str(v["first_massive_layer"]),
+                str(v["first_nonfinite_layer"]),
+            ]
+        )
+    return _table(head, rows)
+
+
 class RunReport(Callback):
     """Writes the run directory's results at the end of validation."""
 
@@ -139,6 +168,19 @@ class RunReport(Callback):
         if not trainer.is_global_zero or pl_module.results is None:
             return
         results = self.collect(trainer, pl_module)
+        for name, variant in results["variants"].items():
+            bad = [
+                (row["layer"], row["nonfinite_values"])
+                for row in variant["layers"]
+                if row["nonfinite_values"]
+            ]
+            if bad or variant["nonfinite_tokens"]:
+                warnings.warn(
+                    f"{name}: inf/NaN (precision overflow?) in block outputs (layer, values): {bad}; "
+                    f"in {variant['nonfinite_tokens']} token NLLs. Those sequences are left out of "
+                    f"that layer's statistics, and perplexity is null; see results.json",
+                    stacklevel=2,
+                )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / RESULTS, "x", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
@@ -164,9 +206,12 @@ class RunReport(Callback):
             text(f"{name}/tables/layer_profile", profile_table(layers))
             if writer is not None:
                 for row in layers:
-                    for j, value in enumerate(row["top"]):
-                        writer.add_scalar(f"{name}/profile/top{j + 1}", value, global_step=row["layer"])
-                    writer.add_scalar(f"{name}/profile/median", row["median"], global_step=row["layer"])
+                    stats = {f"top{j + 1}": v for j, v in enumerate(row["top"])} | {"median": row["median"]}
+                    for stat, value in stats.items():
+                        if value is not None:  # null: overflowed, not measured
+                            writer.add_scalar(f"{name}/profile/{stat}", value, global_step=row["layer"])
+                if variant["perplexity"] is not None:
+                    writer.add_scalar(f"{name}/perplexity", variant["perplexity"], global_step=0)
                 for i, pct in enumerate(variant.get("change_vs_baseline", {}).get("top1_pct", [])):
                     if pct is not None:
                         writer.add_scalar(f"{name}/change/top1_pct", pct, global_step=i)
@@ -182,6 +227,7 @@ class RunReport(Callback):
                     figures.head_ranking_figure(shown, TOP_HEADS, f"{model}: {name}")[0],
                 )
                 text(f"{name}/tables/heads", heads_table(ranked))
+        text("summary/table", summary_table(variants))
         if len(variants) > 1:
             profiles = {n: v["layers"] for n, v in variants.items()}
             figure("compare/figures/profiles", figures.profiles_figure(profiles, f"{model}: all variants")[0])
@@ -212,12 +258,13 @@ class RunReport(Callback):
         variants = {BASELINE: baseline}
         for name, computed in pl_module.results.items():
             if name != BASELINE:
-                variants[name] = variant_results(computed, decode, baseline=baseline["layers"])
+                variants[name] = variant_results(computed, decode, baseline=baseline)
         return {
             "model": pl_module.describe(),
             "data": datamodule.describe() if hasattr(datamodule, "describe") else None,
             "precision": str(trainer.precision),
             "world_size": trainer.world_size,
+            "timing": pl_module.timing,
             "sweep": pl_module.describe_sweep(),
             "variants": variants,
         }

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from torch import Tensor
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: a statistic that could not be measured is null."""
+    return value if math.isfinite(value) else None
 
 
 def _most_frequent(counts: Tensor, total: int) -> tuple[int, float]:
@@ -15,19 +21,22 @@ def _most_frequent(counts: Tensor, total: int) -> tuple[int, float]:
 
 def profile_layers(profile: dict[str, Tensor], decode: Callable[[int], str]) -> list[dict]:
     """One row per block: mean top-k and median, and where the per-sequence top-1 sits."""
-    count = int(profile["count"])
     rows = []
     for i, (top, median) in enumerate(zip(profile["top"].tolist(), profile["median"].tolist(), strict=True)):
+        count = int(profile["finite_count"][i])  # sequences whose block output was finite
         dim, dim_frac = _most_frequent(profile["top1_dim_count"][i], count)
         pos, pos_frac = _most_frequent(profile["top1_position_count"][i], count)
         token, token_frac = _most_frequent(profile["top1_token_count"][i], count)
+        top, median = [_finite(t) for t in top], _finite(median)
         rows.append(
             {
                 "layer": i,
                 "top": top,
                 "median": median,
-                "top1_over_median": top[0] / median if median > 0 else None,
-                "massive_fraction": float(profile["massive_fraction"][i]),
+                "top1_over_median": top[0] / median if top[0] is not None and median else None,
+                "massive_fraction": _finite(float(profile["massive_fraction"][i])),
+                "finite_sequences": count,
+                "nonfinite_values": int(profile["nonfinite_values"][i]),
                 "top1_dim": dim,
                 "top1_dim_fraction": dim_frac,
                 "top1_position": pos,
@@ -42,11 +51,11 @@ def profile_layers(profile: dict[str, Tensor], decode: Callable[[int], str]) -> 
 
 def first_massive_layer(layers: list[dict]) -> int | None:
     """First block where most sequences have a massive top-1 (the paper's criterion)."""
-    return next((row["layer"] for row in layers if row["massive_fraction"] >= 0.5), None)
+    return next((row["layer"] for row in layers if (row["massive_fraction"] or 0.0) >= 0.5), None)
 
 
-def _pct(new: float, old: float) -> float | None:
-    return 100.0 * (new - old) / old if old != 0 else None
+def _pct(new: float | None, old: float | None) -> float | None:
+    return 100.0 * (new - old) / old if new is not None and old else None
 
 
 def change_vs_baseline(layers: list[dict], baseline: list[dict]) -> dict:
@@ -64,19 +73,25 @@ def change_vs_baseline(layers: list[dict], baseline: list[dict]) -> dict:
     return change
 
 
-def variant_results(computed: dict, decode: Callable[[int], str], baseline: list[dict] | None = None) -> dict:
-    """One variant's entry of results.json; `baseline` layers add `change_vs_baseline`."""
+def variant_results(computed: dict, decode: Callable[[int], str], baseline: dict | None = None) -> dict:
+    """One variant's entry of results.json; the `baseline` entry adds `change_vs_baseline`."""
     profile = computed["profile"]
     layers = profile_layers(profile, decode)
-    scores = computed["head_scores"]
+    scores, ppl = computed["head_scores"], computed["perplexity"]
+    overflow = [row["layer"] for row in layers if row["nonfinite_values"]]
     out = {
         "pruned_heads": [list(h) for h in computed["pruned_heads"]],
         "num_sequences": int(profile["count"]),
         "first_massive_layer": first_massive_layer(layers),
+        "first_nonfinite_layer": overflow[0] if overflow else None,
         "layers": layers,
         "head_scores": None if scores is None else scores.tolist(),
-        "perplexity": None,
+        "perplexity": None if ppl is None else _finite(float(ppl["perplexity"])),
+        "nll_sum": None if ppl is None else _finite(float(ppl["nll_sum"])),
+        "scored_tokens": None if ppl is None else int(ppl["tokens"]),
+        "nonfinite_tokens": None if ppl is None else int(ppl["nonfinite_tokens"]),
     }
     if baseline is not None:
-        out["change_vs_baseline"] = change_vs_baseline(layers, baseline)
+        out["change_vs_baseline"] = change_vs_baseline(layers, baseline["layers"])
+        out["change_vs_baseline"]["perplexity_pct"] = _pct(out["perplexity"], baseline["perplexity"])
     return out
