@@ -21,6 +21,8 @@ class DecoderLayout:
 
     backbone: nn.Module  # runs embeddings + blocks + final norm, no LM head
     blocks: list[nn.Module]  # block i's output is the residual stream x_i
+    attn: list[nn.Module]  # per block: the attention sublayer (its output is added to the stream)
+    mlp: list[nn.Module]  # per block: the MLP sublayer (likewise)
     attn_out_proj: list[nn.Module]  # per block: its input is the concatenated head outputs
     qk_source: list[nn.Module]  # per block: its output holds the attention queries and keys
     split_qk: Callable[[Tensor], tuple[Tensor, Tensor]]  # that output -> q, k (B, H, T, hd)
@@ -47,6 +49,8 @@ def _gpt2_layout(model: nn.Module) -> DecoderLayout:
     return DecoderLayout(
         backbone=model.transformer,
         blocks=blocks,
+        attn=[b.attn for b in blocks],
+        mlp=[b.mlp for b in blocks],
         attn_out_proj=[b.attn.c_proj for b in blocks],
         qk_source=[b.attn.c_attn for b in blocks],
         split_qk=split_qk,

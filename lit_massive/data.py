@@ -45,7 +45,7 @@ def make_windows(ids: Tensor, seq_len: int, stride: int, num_sequences: int | No
 class Windows(Dataset):
     """Map-style dataset over precomputed windows.
 
-    Item i is `{"input_ids": (seq_len,), "score_from": int}`: perplexity scores the tokens
+    Item i is `{"input_ids": (seq_len,), "score_from": int, "index": i}`: perplexity scores the tokens
     at positions >= score_from, i.e. those the previous window did not cover (the Hugging
     Face fixed-length recipe); the first window scores every token that has a context.
     """
@@ -59,7 +59,7 @@ class Windows(Dataset):
         return self.windows.shape[0]
 
     def __getitem__(self, i: int) -> dict[str, Tensor | int]:
-        return {"input_ids": self.windows[i], "score_from": 1 if i == 0 else self.overlap_from}
+        return {"input_ids": self.windows[i], "score_from": 1 if i == 0 else self.overlap_from, "index": i}
 
 
 class UnpaddedDistributedSampler(DistributedSampler):

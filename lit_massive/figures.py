@@ -113,3 +113,47 @@ def sweep_figure(ks: list[int], mean_top1_pct: list[float | None], title: str) -
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     return fig, ax
+
+
+def feature_view_figure(
+    values: list[list[float]], tokens: list[str], dims: list[int], title: str
+) -> tuple[Figure, Axes]:
+    """|block output| of one text as a 3D plot (the paper's figure 1): one line per token
+    along the feature dims; the detected massive dims are the dim axis's tick labels."""
+    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    ax = fig.add_subplot(projection="3d")
+    n_dim = len(values[0])
+    for t, row in enumerate(values):
+        ax.plot(range(n_dim), [t] * n_dim, row, lw=0.8)
+    ax.set_xticks(dims, [str(d) for d in dims])
+    ax.set_yticks(range(len(tokens)), tokens, fontsize="small")
+    ax.set_xlabel("feature dim (massive dims labelled)")
+    ax.set_zlabel("|block output|")
+    ax.set_title(title)
+    ax.view_init(elev=25, azim=-60)
+    return fig, ax
+
+
+def components_figure(entries: list[dict], title: str) -> tuple[Figure, Axes]:
+    """For one (dim, position), per block: what enters (line), what attention and the MLP
+    add (bars), and the block output (line): which part creates and which maintains it."""
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    x = [e["layer"] for e in entries]
+    ax.bar([i - 0.2 for i in x], [e["attn"] for e in entries], width=0.4, label="attention adds")
+    ax.bar([i + 0.2 for i in x], [e["mlp"] for e in entries], width=0.4, label="MLP adds")
+    ax.plot(x, [e["resid_in"] for e in entries], color="gray", marker=".", label="enters block")
+    ax.plot(
+        x,
+        [e["resid_in"] + e["attn"] + e["mlp"] for e in entries],
+        color="black",
+        marker="o",
+        label="block output",
+    )
+    ax.axhline(0.0, color="gray", lw=0.8)
+    ax.set_xticks(x)
+    ax.set_xlabel("block (0-based)")
+    ax.set_ylabel("value (mean over sequences)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return fig, ax

@@ -7,14 +7,51 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def sequence_profile(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per sequence of a block output `x` (B, T, D): the k largest |x| over tokens x dims,
-    their flat indices (position * D + dim), and the median |x| (the lower middle value,
-    as `torch.median` defines it). Computed in float32 whatever the model dtype."""
+def sequence_profile(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per sequence of a block output `x` (B, T, D): |x| flattened to (B, T*D) in float32
+    whatever the model dtype, the k largest values, their flat indices (position * D + dim),
+    and the median (the lower middle value, as `torch.median` defines it)."""
     a = x.detach().flatten(1).float().abs()  # (B, T*D)
     top, idx = a.topk(k, dim=1)  # (B, k), sorted descending
     median = a.median(dim=1).values  # (B,)
-    return top, idx, median
+    return a, top, idx, median
+
+
+def massive_mask(a: Tensor, median: Tensor, threshold: float, ratio: float) -> Tensor:
+    """The paper's criterion on |x| (B, N): above `threshold` and `ratio` x the sequence's median."""
+    return (a > threshold) & (a > ratio * median[:, None])
+
+
+def zero_massive(x: Tensor, threshold: float, ratio: float) -> Tensor:
+    """x (B, T, D) with every entry that meets the massive criterion set to 0."""
+    a = x.flatten(1).float().abs()
+    mask = massive_mask(a, a.median(dim=1).values, threshold, ratio)
+    return x.masked_fill(mask.view_as(x), 0.0)
+
+
+def zero_random(x: Tensor, threshold: float, ratio: float, generators: list[torch.Generator]) -> Tensor:
+    """Control for `zero_massive`: in each sequence, zero as many entries as it has massive
+    ones, drawn at random (from `generators[b]`) among its non-massive entries."""
+    a = x.flatten(1).float().abs()
+    massive = massive_mask(a, a.median(dim=1).values, threshold, ratio)
+    out = x.clone()
+    flat = out.view(x.shape[0], -1)
+    for b, gen in enumerate(generators):
+        n = int(massive[b].sum())
+        chosen: list[int] = []
+        while len(chosen) < n:
+            for i in torch.randint(0, flat.shape[1], (2 * n,), generator=gen).tolist():
+                if not massive[b, i] and i not in chosen and len(chosen) < n:
+                    chosen.append(i)
+        flat[b, chosen] = 0.0
+    return out
+
+
+def set_entries(x: Tensor, positions: Tensor, dims: Tensor, values: Tensor) -> Tensor:
+    """x (B, T, D) with x[:, positions[j], dims[j]] = values[j] in every sequence."""
+    out = x.clone()
+    out[:, positions, dims] = values.to(x.dtype)
+    return out
 
 
 def top1_location(idx: Tensor, hidden_size: int) -> tuple[Tensor, Tensor]:
@@ -47,12 +84,21 @@ def token_nll(logits: Tensor, input_ids: Tensor, score_from: Tensor) -> tuple[Te
     sum, their count, and how many were not finite (those are left out of the sum).
     Cross-entropy is log-softmax based, in float32 whatever the logits dtype."""
     b, t, v = logits.shape
-    nll = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, v), input_ids[:, 1:].reshape(-1), reduction="none"
-    )
+    nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, v), input_ids[:, 1:].reshape(-1), reduction="none")
     nll = nll.view(b, t - 1)
     position = torch.arange(1, t, device=logits.device)
     scored = position[None, :] >= score_from[:, None]  # (B, T-1)
     finite = torch.isfinite(nll)
     total = torch.where(scored & finite, nll, 0.0).sum(dtype=torch.float64)
     return total, scored.sum(), (scored & ~finite).sum()
+
+
+def massive_entries(block_outputs: list[Tensor], threshold: float, ratio: float) -> Tensor:
+    """(sequence, dim, position) triples that meet the massive criterion in at least one
+    block output, each once: (m, 3) int64."""
+    found = []
+    for x in block_outputs:
+        a = x.detach().flatten(1).float().abs()
+        seq, flat = massive_mask(a, a.median(dim=1).values, threshold, ratio).nonzero(as_tuple=True)
+        found.append(torch.stack([seq, flat % x.shape[2], flat // x.shape[2]], 1))
+    return torch.cat(found).unique(dim=0)

@@ -8,7 +8,14 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lit_massive.functional import sequence_profile, token_nll, top1_location
+from lit_massive.functional import massive_mask, sequence_profile, token_nll, top1_location
+
+
+def _rows(state: list[Tensor] | Tensor, width: int) -> Tensor:
+    """A "cat" state as one tensor (after a sync it already is one)."""
+    if isinstance(state, Tensor):
+        return state
+    return torch.cat(state) if state else torch.zeros(0, width, dtype=torch.float64)
 
 
 class SumMetric(Metric):
@@ -16,13 +23,14 @@ class SumMetric(Metric):
     cast to half precision (`16-true` / `bf16-true` call `module.to(dtype)`, which would
     otherwise turn float64 sums into float16 ones)."""
 
-    def add_state(self, name: str, default: Tensor, *args, **kwargs) -> None:
+    def add_state(self, name: str, default: Tensor | list, *args, **kwargs) -> None:
         super().add_state(name, default, *args, **kwargs)
-        self.__dict__.setdefault("_state_dtypes", {})[name] = default.dtype
+        if isinstance(default, Tensor):
+            self.__dict__.setdefault("_state_dtypes", {})[name] = default.dtype
 
     def _apply(self, fn: Callable, *args, **kwargs) -> Metric:
         out = super()._apply(fn, *args, **kwargs)
-        for name, dtype in self._state_dtypes.items():
+        for name, dtype in self.__dict__.get("_state_dtypes", {}).items():
             setattr(self, name, getattr(self, name).to(dtype))
             self._defaults[name] = self._defaults[name].to(dtype)
         return out
@@ -47,6 +55,7 @@ class LayerProfile(SumMetric):
     finite_count: Tensor  # (L,) int64, sequences whose block output is all finite
     nonfinite_values: Tensor  # (L,) int64, inf/NaN entries in block outputs
     massive_count: Tensor  # (L,) int64, sequences whose top-1 meets the massive criterion
+    massive_rows: list[Tensor]  # (n, 5) float64 each: layer, dim, position, token, value
     top1_dim_count: Tensor  # (L, D) int64
     top1_position_count: Tensor  # (L, T_max) int64
     top1_token_count: Tensor  # (L, V) int64
@@ -75,6 +84,8 @@ class LayerProfile(SumMetric):
         self.add_state("finite_count", torch.zeros(num_layers, dtype=i64), dist_reduce_fx="sum")
         self.add_state("nonfinite_values", torch.zeros(num_layers, dtype=i64), dist_reduce_fx="sum")
         self.add_state("massive_count", torch.zeros(num_layers, dtype=i64), dist_reduce_fx="sum")
+        # every massive entry of every sequence: few, so gathered as rows, not summed densely
+        self.add_state("massive_rows", [], dist_reduce_fx="cat")
         for name, size in (
             ("top1_dim_count", hidden_size),
             ("top1_position_count", max_positions),
@@ -84,21 +95,34 @@ class LayerProfile(SumMetric):
 
     def update(self, block_outputs: Sequence[Tensor], input_ids: Tensor) -> None:
         """Add one batch: `block_outputs[i]` is block i's output (B, T, D) for `input_ids` (B, T)."""
+        rows = [torch.zeros(0, 5, dtype=torch.float64, device=input_ids.device)]
         for i, x in enumerate(block_outputs):
-            top, idx, median = sequence_profile(x, self.k)
+            a, top, idx, median = sequence_profile(x, self.k)
             # inf and NaN sort above every finite value, so a finite top-1 means a finite row
             finite = torch.isfinite(top[:, 0])
             if not bool(finite.all()):
                 self.nonfinite_values[i] += (~torch.isfinite(x)).sum()
-                top, idx, median, input_ids_i = top[finite], idx[finite], median[finite], input_ids[finite]
+                a, top, idx, median = a[finite], top[finite], idx[finite], median[finite]
+                input_ids_i, signed = input_ids[finite], x[finite]
             else:
-                input_ids_i = input_ids
+                input_ids_i, signed = input_ids, x
             self.finite_count[i] += top.shape[0]
             self.top_sum[i] += top.sum(0, dtype=torch.float64)
             self.median_sum[i] += median.sum(dtype=torch.float64)
             t1 = top[:, 0]
             massive = (t1 > self.massive_threshold) & (t1 > self.massive_ratio * median)
             self.massive_count[i] += massive.sum()
+            if bool(massive.any()):  # the top-1 is the largest: no massive top-1, no massive entry
+                seq, flat = massive_mask(a, median, self.massive_threshold, self.massive_ratio).nonzero(as_tuple=True)
+                dim, position = top1_location(flat, self.hidden_size)
+                value = signed.flatten(1)[seq, flat].double()
+                layer = torch.full_like(value, i)
+                rows.append(
+                    torch.stack(
+                        [layer, dim.double(), position.double(), input_ids_i[seq, position].double(), value],
+                        1,
+                    )
+                )
             dim, position = top1_location(idx[:, 0], self.hidden_size)
             token = input_ids_i.gather(1, position[:, None]).squeeze(1)
             for state, where in (
@@ -107,6 +131,7 @@ class LayerProfile(SumMetric):
                 (self.top1_token_count, token),
             ):
                 state[i] += torch.bincount(where, minlength=state.shape[1])
+        self.massive_rows.append(torch.cat(rows))
         self.count += input_ids.shape[0]
         self.tokens += input_ids.numel()
 
@@ -122,6 +147,7 @@ class LayerProfile(SumMetric):
             "finite_count": self.finite_count,
             "nonfinite_values": self.nonfinite_values,
             "massive_fraction": self.massive_count / n,
+            "massive_rows": _rows(self.massive_rows, 5),
             "top1_dim_count": self.top1_dim_count,
             "top1_position_count": self.top1_position_count,
             "top1_token_count": self.top1_token_count,
@@ -188,3 +214,36 @@ class Perplexity(SumMetric):
             "tokens": self.tokens,
             "nonfinite_tokens": self.nonfinite_tokens,
         }
+
+
+class Components(SumMetric):
+    """For each massive (dim, position) of a sequence, what enters every block there and
+    what its attention and MLP add: rows of (dim, position, layer, resid_in, attn, mlp)."""
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    rows: list[Tensor]  # (n, 6) float64 each
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("rows", [], dist_reduce_fx="cat")
+
+    def update(
+        self,
+        block_inputs: Sequence[Tensor],
+        attn_outputs: Sequence[Tensor],
+        mlp_outputs: Sequence[Tensor],
+        entries: Tensor,
+    ) -> None:
+        """`entries` (m, 3): (sequence, dim, position) triples to follow through every block."""
+        seq, dim, pos = entries.unbind(1)
+        rows = [torch.zeros(0, 6, dtype=torch.float64, device=entries.device)]
+        for i, (x_in, attn, mlp) in enumerate(zip(block_inputs, attn_outputs, mlp_outputs, strict=True)):
+            parts = [t[seq, pos, dim].double() for t in (x_in, attn, mlp)]
+            rows.append(torch.stack([dim.double(), pos.double(), torch.full_like(parts[0], i), *parts], 1))
+        self.rows.append(torch.cat(rows))
+
+    def compute(self) -> Tensor:
+        return _rows(self.rows, 6)

@@ -57,7 +57,5 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     scores = load_scores(str(args.results), args.variant)
     print(ranking_markdown(scores))
-    for path in write_pruning_configs(
-        args.results, args.k, args.out or args.results.parent / "pruning", args.variant
-    ):
+    for path in write_pruning_configs(args.results, args.k, args.out or args.results.parent / "pruning", args.variant):
         print(f"wrote {path}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import asdict
 
 from torch import Tensor
 
@@ -49,6 +51,53 @@ def profile_layers(profile: dict[str, Tensor], decode: Callable[[int], str]) -> 
     return rows
 
 
+def locate_massive(rows: Tensor, count: int, decode: Callable[[int], str]) -> list[dict]:
+    """Every (layer, dim, position) that is massive in at least one sequence: the token most
+    often there, the mean signed value where massive, and the share of sequences."""
+    groups: dict[tuple[int, int, int], list[tuple[int, float]]] = defaultdict(list)
+    for layer, dim, position, token, value in rows.tolist():
+        groups[(int(layer), int(dim), int(position))].append((int(token), value))
+    out = []
+    for (layer, dim, position), hits in sorted(groups.items()):
+        token, _ = Counter(t for t, _ in hits).most_common(1)[0]
+        out.append(
+            {
+                "layer": layer,
+                "dim": dim,
+                "position": position,
+                "token_id": token,
+                "token": decode(token),
+                "value": sum(v for _, v in hits) / len(hits),
+                "fraction": len(hits) / max(count, 1),
+            }
+        )
+    return out
+
+
+def component_entries(rows: Tensor) -> list[dict]:
+    """Per massive (dim, position) and block: mean input, attention and MLP contributions,
+    over the sequences where that (dim, position) is massive in some block output."""
+    sums: dict[tuple[int, int, int], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0])
+    for dim, position, layer, resid_in, attn, mlp in rows.tolist():
+        acc = sums[(int(dim), int(position), int(layer))]
+        acc[0] += resid_in
+        acc[1] += attn
+        acc[2] += mlp
+        acc[3] += 1
+    return [
+        {
+            "layer": layer,
+            "dim": dim,
+            "position": position,
+            "resid_in": r / n,
+            "attn": a / n,
+            "mlp": m / n,
+            "sequences": n,
+        }
+        for (dim, position, layer), (r, a, m, n) in sorted(sums.items())
+    ]
+
+
 def first_massive_layer(layers: list[dict]) -> int | None:
     """First block where most sequences have a massive top-1 (the paper's criterion)."""
     return next((row["layer"] for row in layers if (row["massive_fraction"] or 0.0) >= 0.5), None)
@@ -63,9 +112,7 @@ def change_vs_baseline(layers: list[dict], baseline: list[dict]) -> dict:
     each of those averaged over blocks."""
     change: dict = {}
     for j in range(len(baseline[0]["top"])):
-        change[f"top{j + 1}_pct"] = [
-            _pct(v["top"][j], b["top"][j]) for v, b in zip(layers, baseline, strict=True)
-        ]
+        change[f"top{j + 1}_pct"] = [_pct(v["top"][j], b["top"][j]) for v, b in zip(layers, baseline, strict=True)]
     change["median_pct"] = [_pct(v["median"], b["median"]) for v, b in zip(layers, baseline, strict=True)]
     change["mean_over_layers"] = {
         key: sum(values) / len(values) if None not in values else None for key, values in change.items()
@@ -79,8 +126,10 @@ def variant_results(computed: dict, decode: Callable[[int], str], baseline: dict
     layers = profile_layers(profile, decode)
     scores, ppl = computed["head_scores"], computed["perplexity"]
     overflow = [row["layer"] for row in layers if row["nonfinite_values"]]
+    edit, components = computed.get("edit"), computed.get("components")
     out = {
         "pruned_heads": [list(h) for h in computed["pruned_heads"]],
+        "edit": None if edit is None else asdict(edit),
         "num_sequences": int(profile["count"]),
         "first_massive_layer": first_massive_layer(layers),
         "first_nonfinite_layer": overflow[0] if overflow else None,
@@ -90,6 +139,8 @@ def variant_results(computed: dict, decode: Callable[[int], str], baseline: dict
         "nll_sum": None if ppl is None else _finite(float(ppl["nll_sum"])),
         "scored_tokens": None if ppl is None else int(ppl["tokens"]),
         "nonfinite_tokens": None if ppl is None else int(ppl["nonfinite_tokens"]),
+        "massive": locate_massive(profile["massive_rows"], int(profile["count"]), decode),
+        "components": None if components is None else component_entries(components),
     }
     if baseline is not None:
         out["change_vs_baseline"] = change_vs_baseline(layers, baseline["layers"])

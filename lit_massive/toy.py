@@ -85,9 +85,7 @@ def build_toy_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_toy_model(
-    config: ToyConfig = ToyConfig(), attn_implementation: str | None = None
-) -> GPT2LMHeadModel:
+def build_toy_model(config: ToyConfig = ToyConfig(), attn_implementation: str | None = None) -> GPT2LMHeadModel:
     """Seeded random GPT-2 weights plus the planted circuit described in the module docstring."""
     eos = _vocab()[EOS]
     gpt2_config = GPT2Config(

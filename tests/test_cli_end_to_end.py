@@ -111,9 +111,7 @@ def test_tensorboard_has_profile_curves_figure_and_table(tmp_path):
 
 
 def test_saved_config_runs_again_and_runs_do_not_overwrite(tmp_path):
-    first, _ = run_validate(
-        tmp_path, "--config", str(REPO / "configs" / "demo.yaml"), "--data.num_sequences", "2"
-    )
+    first, _ = run_validate(tmp_path, "--config", str(REPO / "configs" / "demo.yaml"), "--data.num_sequences", "2")
     second, results = run_validate(tmp_path, "--config", str(first / "config.yaml"))
     assert first != second and (first / "results.json").exists()
     assert results["data"]["num_windows"] == 2

@@ -155,7 +155,7 @@ def test_sweep_expands_and_random_order_is_seeded(tmp_path):
     assert results["sweep"]["variants"] == ["sweep_random_1", "sweep_random_3"]
     first3 = results["variants"]["sweep_random_3"]["pruned_heads"]
     assert results["variants"]["sweep_random_1"]["pruned_heads"] == first3[:1] and len(first3) == 3
-    again = parse_variants(None, Sweep(order="random", k=(3,), seed=7), 12, 12)
+    again, _ = parse_variants(None, Sweep(order="random", k=(3,), seed=7), 12, 12)
     assert [list(h) for h in again["sweep_random_3"]] == first3
     run_dir = next(tmp_path.glob("lightning_logs/*"))
     assert (run_dir / "figures" / "sweep_top1_change_vs_k.png").exists()
@@ -208,7 +208,7 @@ def test_bad_variants_fail_before_any_forward_pass(tmp_path, monkeypatch, varian
 def test_duplicate_heads_are_merged_with_a_warning():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        specs = parse_variants({"v": [[1, 2], [1, 2], [3, 4]]}, None, 12, 12)
+        specs, _ = parse_variants({"v": [[1, 2], [1, 2], [3, 4]]}, None, 12, 12)
     assert specs["v"] == [(1, 2), (3, 4)]
     assert any("(1, 2) listed twice" in str(w.message) for w in caught)
 

@@ -140,9 +140,7 @@ def test_bf16_mixed_stays_close_to_32_true(tmp_path):
         assert rb["top"] == pytest.approx(rf["top"], rel=1e-2)
         assert rb["median"] == pytest.approx(rf["median"], rel=1e-2)
     assert b["perplexity"] == pytest.approx(f["perplexity"], rel=1e-2)
-    torch.testing.assert_close(
-        torch.tensor(b["head_scores"]), torch.tensor(f["head_scores"]), rtol=0, atol=1e-2
-    )
+    torch.testing.assert_close(torch.tensor(b["head_scores"]), torch.tensor(f["head_scores"]), rtol=0, atol=1e-2)
     assert b["first_massive_layer"] == f["first_massive_layer"] == ToyConfig().massive_layer
 
 
