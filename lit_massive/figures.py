@@ -75,7 +75,7 @@ def head_heatmap(scores: list[list[float]], title: str) -> tuple[Figure, Axes]:
     n_layer, n_head = len(scores), len(scores[0])
     fig = Figure(figsize=(1.5 + 0.45 * n_head, 1.2 + 0.4 * n_layer), layout="constrained")
     ax = fig.subplots()
-    image = ax.imshow(scores, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    image = ax.imshow([_values(row) for row in scores], vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
     fig.colorbar(image, ax=ax, label="mean attention on token 0")
     ax.set_xticks(range(n_head))
     ax.set_yticks(range(n_layer))

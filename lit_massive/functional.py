@@ -84,8 +84,10 @@ def token_nll(logits: Tensor, input_ids: Tensor, score_from: Tensor) -> tuple[Te
     sum, their count, and how many were not finite (those are left out of the sum).
     Cross-entropy is log-softmax based, in float32 whatever the logits dtype."""
     b, t, v = logits.shape
-    nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, v), input_ids[:, 1:].reshape(-1), reduction="none")
-    nll = nll.view(b, t - 1)
+    # targets shifted left, the last position ignored: no copy of the (B, T, V) logits
+    targets = input_ids.new_full((b, t), -100)
+    targets[:, :-1] = input_ids[:, 1:]
+    nll = F.cross_entropy(logits.float().view(-1, v), targets.view(-1), reduction="none").view(b, t)[:, :-1]
     position = torch.arange(1, t, device=logits.device)
     scored = position[None, :] >= score_from[:, None]  # (B, T-1)
     finite = torch.isfinite(nll)
@@ -102,3 +104,10 @@ def massive_entries(block_outputs: list[Tensor], threshold: float, ratio: float)
         seq, flat = massive_mask(a, a.median(dim=1).values, threshold, ratio).nonzero(as_tuple=True)
         found.append(torch.stack([seq, flat % x.shape[2], flat // x.shape[2]], 1))
     return torch.cat(found).unique(dim=0)
+
+
+def massive_dims(x: Tensor, threshold: float, ratio: float) -> list[int]:
+    """Feature dims holding a massive activation in one block output x (T, D)."""
+    a = x.detach().float().abs().flatten()[None]
+    hit = massive_mask(a, a.median(dim=1).values, threshold, ratio).view(x.shape)
+    return hit.any(dim=0).nonzero().flatten().tolist()

@@ -156,28 +156,35 @@ class LayerProfile(SumMetric):
 
 class HeadScores(SumMetric):
     """Per (layer, head): attention probability on token 0, averaged over query positions,
-    then over sequences."""
+    then over sequences. A non-finite score (half-precision overflow upstream) is left out
+    of its head's mean and counted."""
 
     is_differentiable = False
     higher_is_better = None
     full_state_update = False
 
     score_sum: Tensor  # (L, H) float64
-    count: Tensor  # () int64
+    count: Tensor  # (L, H) int64, sequences with a finite score
+    nonfinite: Tensor  # (L, H) int64
 
     def __init__(self, num_layers: int, num_heads: int, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.add_state("score_sum", torch.zeros(num_layers, num_heads, dtype=torch.float64), "sum")
-        self.add_state("count", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        shape = (num_layers, num_heads)
+        self.add_state("score_sum", torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(shape, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("nonfinite", torch.zeros(shape, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, per_layer: Sequence[Tensor]) -> None:
         """`per_layer[i]` is (B, H): each sequence's mean first-token attention in block i."""
         for i, scores in enumerate(per_layer):
-            self.score_sum[i] += scores.sum(0, dtype=torch.float64)
-        self.count += per_layer[0].shape[0]
+            finite = torch.isfinite(scores)
+            self.score_sum[i] += torch.where(finite, scores, 0.0).sum(0, dtype=torch.float64)
+            self.count[i] += finite.sum(0)
+            self.nonfinite[i] += (~finite).sum(0)
 
     def compute(self) -> Tensor:
-        return self.score_sum / self.count.clamp(min=1)
+        """(L, H) means; NaN for a head with no finite score."""
+        return self.score_sum / self.count
 
 
 class Perplexity(SumMetric):

@@ -10,14 +10,16 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
 from lit_massive import figures
 from lit_massive.errors import InputError
+from lit_massive.functional import massive_dims
 from lit_massive.results import variant_results
-from lit_massive.variants import BASELINE
+from lit_massive.variants import BASELINE, rank_heads
 
 RESULTS = "results.json"
 TOP_HEADS, BOTTOM_HEADS = 10, 5
@@ -74,8 +76,8 @@ def profile_table(layers: list[dict]) -> str:
 
 def ranked_heads(scores: list[list[float]]) -> list[tuple[int, int, float]]:
     """(layer, head, score), highest score first; ties in (layer, head) order."""
-    flat = [(layer, head, s) for layer, row in enumerate(scores) for head, s in enumerate(row)]
-    return sorted(flat, key=lambda t: -t[2])
+    table = torch.tensor([[float("nan") if v is None else v for v in row] for row in scores])
+    return [(layer, head, float(table[layer, head])) for layer, head in rank_heads(table, "top")]
 
 
 def heads_table(ranked: list[tuple[int, int, float]]) -> str:
@@ -138,13 +140,6 @@ def locator_table(massive: list[dict]) -> str:
     ]
     note = f"\n\n{len(massive) - len(shown)} more in results.json" if len(massive) > len(shown) else ""
     return _table(["block", "dim", "position", "token", "mean value", "share of windows"], rows) + note
-
-
-def massive_dims(x, threshold: float, ratio: float) -> list[int]:
-    """Feature dims holding a massive activation in one block output x (T, D)."""
-    a = x.abs()
-    hit = (a > threshold) & (a > ratio * a.flatten().median())
-    return sorted(int(d) for d in hit.any(dim=0).nonzero().flatten())
 
 
 def summary_table(variants: dict[str, dict]) -> str:

@@ -134,7 +134,7 @@ def variant_results(computed: dict, decode: Callable[[int], str], baseline: dict
         "first_massive_layer": first_massive_layer(layers),
         "first_nonfinite_layer": overflow[0] if overflow else None,
         "layers": layers,
-        "head_scores": None if scores is None else scores.tolist(),
+        "head_scores": None if scores is None else [[_finite(v) for v in row] for row in scores.tolist()],
         "perplexity": None if ppl is None else _finite(float(ppl["perplexity"])),
         "nll_sum": None if ppl is None else _finite(float(ppl["nll_sum"])),
         "scored_tokens": None if ppl is None else int(ppl["tokens"]),

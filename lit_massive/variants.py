@@ -101,7 +101,7 @@ def load_scores(path: str, variant: str = BASELINE) -> Tensor:
     scores = data.get("variants", {}).get(variant, {}).get("head_scores")
     if scores is None:
         raise InputError(f"{path}: variant {variant!r} has no head_scores; run it with model.head_scores: true")
-    return torch.tensor(scores, dtype=torch.float64)
+    return torch.tensor([[float("nan") if v is None else v for v in row] for row in scores], dtype=torch.float64)
 
 
 def rank_heads(scores: Tensor, order: str) -> list[Head]:

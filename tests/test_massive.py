@@ -8,8 +8,8 @@ import torch
 from conftest import REPO, run_validate
 from lit_massive.adapter import decoder_layout
 from lit_massive.figures import feature_view_figure
+from lit_massive.functional import massive_dims
 from lit_massive.hooks import probes
-from lit_massive.reporting import massive_dims
 from lit_massive.toy import ToyConfig, build_toy_model, build_toy_tokenizer
 
 TRUTH = ToyConfig()
