@@ -30,7 +30,7 @@ import os
 import tempfile
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import lightning as L
 import torch
@@ -89,9 +89,9 @@ def time_paper_loop(model: torch.nn.Module, windows, args) -> float:
     return best
 
 
-def run_module(model_dir: str, windows, args, **kwargs) -> float:
-    """Seconds of one validation pass of the project's module, as it records them itself
-    (from on_validation_start to the synced metrics; start-up and figures excluded)."""
+def _validate(model_dir: str, windows, args, while_running=None, **kwargs) -> MassiveActivations:
+    """One validation pass of the project's module; `while_running` is entered around it only
+    (after the model is loaded)."""
     module = MassiveActivations(model_dir, **kwargs)
     trainer = L.Trainer(
         accelerator="gpu" if args.device == "cuda" else "cpu",
@@ -102,8 +102,15 @@ def run_module(model_dir: str, windows, args, **kwargs) -> float:
         enable_model_summary=False,
         default_root_dir=tempfile.mkdtemp(prefix="bench_run_"),
     )
-    trainer.validate(module, dataloaders=_loader(windows, args.batch_size), verbose=False)
-    return module.timing["wall_s"]
+    with while_running or nullcontext():
+        trainer.validate(module, dataloaders=_loader(windows, args.batch_size), verbose=False)
+    return module
+
+
+def run_module(model_dir: str, windows, args, **kwargs) -> float:
+    """Seconds of one validation pass, as the module records them itself (from
+    on_validation_start to the synced metrics; start-up and figures excluded)."""
+    return _validate(model_dir, windows, args, **kwargs).timing["wall_s"]
 
 
 def time_module(model_dir: str, windows, args, **kwargs) -> float:
@@ -129,21 +136,15 @@ def _peak_child(model_dir: str, windows, args, queue) -> None:
             peak[0] = max(peak[0], _rss())
             time.sleep(0.002)
 
-    module = MassiveActivations(model_dir, perplexity=False)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision=args.precision,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tempfile.mkdtemp(prefix="bench_run_"),
-    )
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    trainer.validate(module, dataloaders=_loader(windows, args.batch_size), verbose=False)
-    done.set()
-    sampler.join()
+    @contextmanager
+    def sampling():
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        yield
+        done.set()
+        sampler.join()
+
+    _validate(model_dir, windows, args, while_running=sampling(), perplexity=False)
     queue.put(peak[0])
 
 

@@ -256,4 +256,7 @@ class MassiveActivations(L.LightningModule):
             "top_k": h.top_k,
             "massive_threshold": h.massive_threshold,
             "massive_ratio": h.massive_ratio,
+            "head_scores": bool(self.head_scores),
+            "perplexity": bool(self.perplexity),
+            "components": bool(self.components),
         }
