@@ -41,6 +41,14 @@ def cli_main(args: list[str] | None = None) -> MassiveCLI | None:
     try:
         if argv[:1] == ["rank-heads"]:
             return rank_heads.main(argv[1:])
-        return MassiveCLI(MassiveActivations, WikiTextDataModule, args=args)
+        return MassiveCLI(
+            MassiveActivations,
+            WikiTextDataModule,
+            args=args,
+            parser_kwargs={
+                "description": "Measure massive activations: `validate --config X.yaml`; rank a run's "
+                "heads with `rank-heads RUN/results.json --k 3`."
+            },
+        )
     except InputError as err:
         sys.exit(f"lit_massive: error: {err}")

@@ -63,11 +63,10 @@ def first_token_attention(q: Tensor, k: Tensor, scaling: float) -> Tensor:
     """Causal softmax attention probability on key position 0, averaged over query
     positions: (B, H). Recomputed from q and k in float32, so it does not depend on the
     attention backend (sdpa returns no probabilities)."""
-    q, k = q.float(), k.float()
-    scores = (q @ k.transpose(-1, -2)) * scaling  # (B, H, T, T)
+    scores = (q.float() * scaling) @ k.float().transpose(-1, -2)  # (B, H, T, T), scaled on the small side
     t = scores.shape[-1]
     future = torch.ones(t, t, dtype=torch.bool, device=scores.device).triu(1)
-    scores = scores.masked_fill(future, float("-inf"))
+    scores.masked_fill_(future, float("-inf"))  # in place: the one (B, H, T, T) buffer
     p0 = (scores[..., 0] - scores.logsumexp(dim=-1)).exp()  # (B, H, T)
     return p0.mean(dim=-1)
 
