@@ -126,8 +126,8 @@ class MassiveActivations(L.LightningModule):
         self._start = time.perf_counter()
         need_means = {n: e for n, e in self.edits.items() if e.to == "mean"}
         need_scores = needs_run_scores(self.specs)
-        first_pass = need_scores or any(e.source is None for e in need_means.values())
-        scores, located = self._first_pass(locate=bool(need_means)) if first_pass else (None, None)
+        need_locator = any(e.source is None for e in need_means.values())
+        scores, located = self._first_pass(need_scores, need_locator) if need_scores or need_locator else (None, None)
         if need_scores:
             self._set_pruned_heads(resolve(self.specs, run_scores=scores))
         for name, edit in need_means.items():
@@ -138,25 +138,26 @@ class MassiveActivations(L.LightningModule):
             )
 
     @torch.inference_mode()
-    def _first_pass(self, locate: bool) -> tuple[Tensor, list[dict] | None]:
-        """Baseline head scores (and located massive activations) over this run's windows,
+    def _first_pass(self, score: bool, locate: bool) -> tuple[Tensor | None, list[dict] | None]:
+        """Baseline head scores and/or located massive activations over this run's windows,
         synced over all ranks, for selections by score and `mean` edits."""
         lay = self.layout
-        scores = HeadScores(lay.n_layer, lay.n_head).to(self.device)
+        scores = HeadScores(lay.n_layer, lay.n_head).to(self.device) if score else None
         profile = self._new_profile().to(self.device) if locate else None
         with self.trainer.precision_plugin.forward_context():
             for batch in self.trainer.val_dataloaders:
                 input_ids = batch["input_ids"].to(self.device)
-                with probes(lay, head_scores=True) as probed:
+                with probes(lay, head_scores=score) as probed:
                     lay.backbone(input_ids=input_ids, use_cache=False)
-                scores.update(probed.first_token_attention)
+                if scores is not None:
+                    scores.update(probed.first_token_attention)
                 if profile is not None:
                     profile.update(probed.block_outputs, input_ids)
         located = None
         if profile is not None:
             computed = profile.compute()
             located = locate_massive(computed["massive_rows"], int(computed["count"]), str)
-        return scores.compute().cpu(), located
+        return (None if scores is None else scores.compute().cpu()), located
 
     def _edit(self, name: str, batch: dict[str, Tensor]) -> tuple[int, Any] | None:
         """The block-output edit of variant `name` for this batch, as probes() takes it."""
