@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_massive import rank_heads
@@ -30,6 +31,9 @@ class MassiveCLI(LightningCLI):
 
     def after_validate(self) -> None:
         run_dir = self.trainer.log_dir  # a collective: every rank reads it
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # tear the group down here, together, not in interpreter shutdown
+            torch.distributed.destroy_process_group()
         if self.trainer.is_global_zero:
             print(f"Run directory: {run_dir}")
 

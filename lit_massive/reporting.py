@@ -275,8 +275,13 @@ class RunReport(Callback):
         ensure_new_run_dir(self.run_dir, files=(RESULTS,))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or pl_module.results is None:
-            return
+        if trainer.is_global_zero and pl_module.results is not None:
+            self.write(trainer, pl_module)
+        # the other ranks wait, so none exits while rank 0 still holds the process group
+        trainer.strategy.barrier("lit_massive.report")
+
+    def write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """results.json, then TensorBoard and PNG figures and tables (rank 0 only)."""
         results = self.collect(trainer, pl_module)
         values = self.feature_view(trainer, pl_module, results)
         warn_overflow(results)

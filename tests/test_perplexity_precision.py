@@ -99,7 +99,7 @@ def test_two_processes_equal_one(tmp_path, corpus_jsonl, streaming):
     ]
     _, single = run_validate(tmp_path / "one", *args)
     root = tmp_path / "two"
-    subprocess.run(
+    done = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -117,11 +117,12 @@ def test_two_processes_equal_one(tmp_path, corpus_jsonl, streaming):
             "--trainer.enable_progress_bar",
             "false",
         ],
-        check=True,
         cwd=tmp_path,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = root.glob("lightning_logs/*")
     double = json.loads((run_dir / "results.json").read_text())
     assert (single["world_size"], double["world_size"]) == (1, 2)
