@@ -22,18 +22,21 @@ def massive_mask(a: Tensor, median: Tensor, threshold: float, ratio: float) -> T
     return (a > threshold) & (a > ratio * median[:, None])
 
 
+def sequence_massive_mask(x: Tensor, threshold: float, ratio: float) -> Tensor:
+    """Where x (B, T, D) meets the massive criterion against each sequence's own median: (B, T*D)."""
+    a = x.detach().flatten(1).float().abs()
+    return massive_mask(a, a.median(dim=1).values, threshold, ratio)
+
+
 def zero_massive(x: Tensor, threshold: float, ratio: float) -> Tensor:
     """x (B, T, D) with every entry that meets the massive criterion set to 0."""
-    a = x.flatten(1).float().abs()
-    mask = massive_mask(a, a.median(dim=1).values, threshold, ratio)
-    return x.masked_fill(mask.view_as(x), 0.0)
+    return x.masked_fill(sequence_massive_mask(x, threshold, ratio).view_as(x), 0.0)
 
 
 def zero_random(x: Tensor, threshold: float, ratio: float, generators: list[torch.Generator]) -> Tensor:
     """Control for `zero_massive`: in each sequence, zero as many entries as it has massive
     ones, drawn at random (from `generators[b]`) among its non-massive entries."""
-    a = x.flatten(1).float().abs()
-    massive = massive_mask(a, a.median(dim=1).values, threshold, ratio)
+    massive = sequence_massive_mask(x, threshold, ratio)
     out = x.clone()
     flat = out.view(x.shape[0], -1)
     for b, gen in enumerate(generators):
@@ -99,14 +102,12 @@ def massive_entries(block_outputs: list[Tensor], threshold: float, ratio: float)
     block output, each once: (m, 3) int64."""
     found = []
     for x in block_outputs:
-        a = x.detach().flatten(1).float().abs()
-        seq, flat = massive_mask(a, a.median(dim=1).values, threshold, ratio).nonzero(as_tuple=True)
+        seq, flat = sequence_massive_mask(x, threshold, ratio).nonzero(as_tuple=True)
         found.append(torch.stack([seq, flat % x.shape[2], flat // x.shape[2]], 1))
     return torch.cat(found).unique(dim=0)
 
 
 def massive_dims(x: Tensor, threshold: float, ratio: float) -> list[int]:
     """Feature dims holding a massive activation in one block output x (T, D)."""
-    a = x.detach().float().abs().flatten()[None]
-    hit = massive_mask(a, a.median(dim=1).values, threshold, ratio).view(x.shape)
+    hit = sequence_massive_mask(x[None], threshold, ratio).view(x.shape)  # the text is one sequence
     return hit.any(dim=0).nonzero().flatten().tolist()

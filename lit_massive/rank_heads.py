@@ -14,15 +14,17 @@ import yaml
 from torch import Tensor
 
 from lit_massive.errors import InputError
+from lit_massive.reporting import markdown_table, ranked_heads
 from lit_massive.variants import BASELINE, load_scores, rank_heads
 
 
 def ranking_markdown(scores: Tensor) -> str:
     """Every head, highest first-token attention first."""
-    lines = ["| rank | layer | head | score |", "|---|---|---|---|"]
-    for i, (layer, head) in enumerate(rank_heads(scores, "top")):
-        lines.append(f"| {i + 1} | {layer} | {head} | {float(scores[layer, head]):.4f} |")
-    return "\n".join(lines)
+    rows = [
+        [str(i + 1), str(layer), str(head), f"{s:.4f}"]
+        for i, (layer, head, s) in enumerate(ranked_heads(scores.tolist()))
+    ]
+    return markdown_table(["rank", "layer", "head", "score"], rows)
 
 
 def write_pruning_configs(results: Path, k: int, out_dir: Path, variant: str = BASELINE) -> list[Path]:

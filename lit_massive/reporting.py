@@ -36,7 +36,7 @@ def ensure_new_run_dir(run_dir: Path, files: tuple[str, ...] = (RESULTS, "config
             )
 
 
-def _table(head: list[str], rows: list[list[str]]) -> str:
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
 
@@ -71,7 +71,7 @@ def profile_table(layers: list[dict]) -> str:
         ]
         for r in layers
     ]
-    return _table(head, rows)
+    return markdown_table(head, rows)
 
 
 def ranked_heads(scores: list[list[float]]) -> list[tuple[int, int, float]]:
@@ -89,9 +89,9 @@ def heads_table(ranked: list[tuple[int, int, float]]) -> str:
     ]
     return (
         f"**Top {TOP_HEADS} heads by first-token attention**\n\n"
-        + _table(["rank", "layer", "head", "score"], top)
+        + markdown_table(["rank", "layer", "head", "score"], top)
         + f"\n\n**Bottom {BOTTOM_HEADS}**\n\n"
-        + _table(["rank", "layer", "head", "score"], bottom)
+        + markdown_table(["rank", "layer", "head", "score"], bottom)
     )
 
 
@@ -121,7 +121,7 @@ def change_table(variants: dict[str, dict]) -> str:
             ),
         ]
     )
-    return _table(head, rows)
+    return markdown_table(head, rows)
 
 
 def locator_table(massive: list[dict]) -> str:
@@ -139,7 +139,7 @@ def locator_table(massive: list[dict]) -> str:
         for e in shown
     ]
     note = f"\n\n{len(massive) - len(shown)} more in results.json" if len(massive) > len(shown) else ""
-    return _table(["block", "dim", "position", "token", "mean value", "share of windows"], rows) + note
+    return markdown_table(["block", "dim", "position", "token", "mean value", "share of windows"], rows) + note
 
 
 def summary_table(variants: dict[str, dict]) -> str:
@@ -167,7 +167,7 @@ def summary_table(variants: dict[str, dict]) -> str:
                 str(v["first_nonfinite_layer"]),
             ]
         )
-    return _table(head, rows)
+    return markdown_table(head, rows)
 
 
 def warn_overflow(results: dict) -> None:
