@@ -110,7 +110,7 @@ def _validate(model_dir: str, windows, args, while_running=None, **kwargs) -> Ma
 def run_module(model_dir: str, windows, args, **kwargs) -> float:
     """Seconds of one validation pass, as the module records them itself (from
     on_validation_start to the synced metrics; start-up and figures excluded)."""
-    return _validate(model_dir, windows, args, **kwargs).timing["wall_s"]
+    return _validate(model_dir, windows, args, **kwargs).results.timing["wall_s"]
 
 
 def time_module(model_dir: str, windows, args, **kwargs) -> float:

@@ -9,10 +9,10 @@ import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_massive import rank_heads
-from lit_massive.data import WikiTextDataModule
+from lit_massive.data import WindowsDataModule
 from lit_massive.errors import InputError
 from lit_massive.module import MassiveActivations
-from lit_massive.reporting import ensure_new_run_dir
+from lit_massive.reporting import RunReport, ensure_new_run_dir
 
 
 class MassiveCLI(LightningCLI):
@@ -47,8 +47,11 @@ def cli_main(args: list[str] | None = None) -> MassiveCLI | None:
             return rank_heads.main(argv[1:])
         return MassiveCLI(
             MassiveActivations,
-            WikiTextDataModule,
+            WindowsDataModule,
             args=args,
+            # the module measures, the report callback writes; a persistent callback, so
+            # --trainer.callbacks adds to it and config.yaml does not list it
+            trainer_defaults={"callbacks": [RunReport()]},
             parser_kwargs={
                 "description": "Measure massive activations: `validate --config X.yaml`; rank a run's "
                 "heads with `rank-heads RUN/results.json --k 3`."

@@ -93,8 +93,9 @@ def _texts(rows: Iterable[dict], source: str) -> Iterator[str]:
         yield row["text"]
 
 
-class WikiTextDataModule(L.LightningDataModule):
-    """Windows of a text split for validation."""
+class WindowsDataModule(L.LightningDataModule):
+    """Fixed-length token windows of any text split (a hub dataset, local files or the toy
+    corpus) for validation."""
 
     def __init__(
         self,

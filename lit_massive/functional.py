@@ -57,8 +57,9 @@ def set_entries(x: Tensor, positions: Tensor, dims: Tensor, values: Tensor) -> T
     return out
 
 
-def top1_location(idx: Tensor, hidden_size: int) -> tuple[Tensor, Tensor]:
-    """Split flat top-1 indices (B,) into (feature dim, token position)."""
+def flat_location(idx: Tensor, hidden_size: int) -> tuple[Tensor, Tensor]:
+    """Split flat indices into |x| flattened over (position, dim) into (feature dim, token
+    position): the top-1's, or any massive entry's."""
     return idx % hidden_size, torch.div(idx, hidden_size, rounding_mode="floor")
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lit_massive.functional import massive_mask, sequence_profile, token_nll, top1_location
+from lit_massive.functional import flat_location, massive_mask, sequence_profile, token_nll
 
 
 def _rows(state: list[Tensor] | Tensor, width: int) -> Tensor:
@@ -18,7 +19,7 @@ def _rows(state: list[Tensor] | Tensor, width: int) -> Tensor:
     return torch.cat(state) if state else torch.zeros(0, width, dtype=torch.float64)
 
 
-class SumMetric(Metric):
+class SumStatesMetric(Metric):
     """A metric of sums whose states keep their dtype (float64, int64) when the module is
     cast to half precision (`16-true` / `bf16-true` call `module.to(dtype)`, which would
     otherwise turn float64 sums into float16 ones)."""
@@ -36,7 +37,7 @@ class SumMetric(Metric):
         return out
 
 
-class LayerProfile(SumMetric):
+class LayerProfile(SumStatesMetric):
     """Per block: mean over sequences of the top-k and median of |block output|; how often
     each feature dim, token position and token holds the per-sequence top-1; and the share
     of sequences whose top-1 is massive (> threshold and > ratio x that sequence's median).
@@ -114,7 +115,7 @@ class LayerProfile(SumMetric):
             self.massive_count[i] += massive.sum()
             if bool(massive.any()):  # the top-1 is the largest: no massive top-1, no massive entry
                 seq, flat = massive_mask(a, median, self.massive_threshold, self.massive_ratio).nonzero(as_tuple=True)
-                dim, position = top1_location(flat, self.hidden_size)
+                dim, position = flat_location(flat, self.hidden_size)
                 value = signed.flatten(1)[seq, flat].double()
                 layer = torch.full_like(value, i)
                 rows.append(
@@ -123,7 +124,7 @@ class LayerProfile(SumMetric):
                         1,
                     )
                 )
-            dim, position = top1_location(idx[:, 0], self.hidden_size)
+            dim, position = flat_location(idx[:, 0], self.hidden_size)
             token = input_ids_i.gather(1, position[:, None]).squeeze(1)
             for state, where in (
                 (self.top1_dim_count, dim),
@@ -154,7 +155,7 @@ class LayerProfile(SumMetric):
         }
 
 
-class HeadScores(SumMetric):
+class HeadScores(SumStatesMetric):
     """Per (layer, head): attention probability on token 0, averaged over query positions,
     then over sequences. A non-finite score (half-precision overflow upstream) is left out
     of its head's mean and counted."""
@@ -187,7 +188,7 @@ class HeadScores(SumMetric):
         return self.score_sum / self.count
 
 
-class Perplexity(SumMetric):
+class Perplexity(SumStatesMetric):
     """Token-level perplexity from summed next-token NLL (float64) and token counts."""
 
     is_differentiable = False
@@ -223,7 +224,7 @@ class Perplexity(SumMetric):
         }
 
 
-class Components(SumMetric):
+class Components(SumStatesMetric):
     """For each massive (dim, position) of a sequence, what enters every block there and
     what its attention and MLP add: rows of (dim, position, layer, resid_in, attn, mlp)."""
 
@@ -254,3 +255,45 @@ class Components(SumMetric):
 
     def compute(self) -> Tensor:
         return _rows(self.rows, 6)
+
+
+class VariantMetrics(nn.Module):
+    """A run's metric objects, one per variant and measurement (torchmetrics' advice: one
+    instance per loader or stage). `profiles` always; `head_scores`, `perplexities` and
+    `components` are empty when that measurement is off."""
+
+    def __init__(
+        self,
+        names: list[str],
+        new_profile: Callable[[], LayerProfile],
+        num_layers: int,
+        num_heads: int,
+        head_scores: bool,
+        perplexity: bool,
+        components: bool,
+    ) -> None:
+        super().__init__()
+        self.profiles = nn.ModuleDict({n: new_profile() for n in names})
+        self.head_scores = nn.ModuleDict({n: HeadScores(num_layers, num_heads) for n in names} if head_scores else {})
+        self.perplexities = nn.ModuleDict({n: Perplexity() for n in names} if perplexity else {})
+        self.components = nn.ModuleDict({n: Components() for n in names} if components else {})
+        self.names = names
+
+    def compute(self) -> dict[str, dict[str, Any]]:
+        """Per variant: `profile`, `head_scores`, `perplexity`, `components` (None when off);
+        then every metric is reset for the next pass. compute() syncs states across
+        processes, so every rank must call it."""
+        groups = {
+            "profile": self.profiles,
+            "head_scores": self.head_scores,
+            "perplexity": self.perplexities,
+            "components": self.components,
+        }
+        computed = {
+            name: {key: group[name].compute() if name in group else None for key, group in groups.items()}
+            for name in self.names
+        }
+        for group in groups.values():
+            for metric in group.values():
+                metric.reset()
+        return computed

@@ -14,7 +14,7 @@ import yaml
 from torch import Tensor
 
 from lit_massive.errors import InputError
-from lit_massive.reporting import markdown_table, ranked_heads
+from lit_massive.tables import markdown_table, ranked_heads
 from lit_massive.variants import BASELINE, load_scores, rank_heads
 
 

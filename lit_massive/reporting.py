@@ -1,6 +1,6 @@
 """Write a finished run: results.json, TensorBoard scalars / figures / tables, PNG copies.
 
-Reads only what the LightningModule computed; only rank 0 writes.
+Reads only the module's `RunResults`; only rank 0 writes. The CLI registers `RunReport`.
 """
 
 from __future__ import annotations
@@ -10,20 +10,27 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
 from lit_massive import figures
 from lit_massive.errors import InputError
-from lit_massive.functional import massive_dims
-from lit_massive.results import variant_results
-from lit_massive.variants import BASELINE, rank_heads
+from lit_massive.results import FeatureViewResult, RunResults
+from lit_massive.tables import (
+    BOTTOM_HEADS,
+    TOP_HEADS,
+    change_table,
+    heads_table,
+    locator_table,
+    profile_table,
+    ranked_heads,
+    summary_table,
+)
+from lit_massive.variants import BASELINE
 
 RESULTS = "results.json"
-TOP_HEADS, BOTTOM_HEADS = 10, 5
-LOCATOR_ROWS, COMPONENT_FIGURES = 50, 3
+COMPONENT_FIGURES = 3  # (dim, position) pairs with the largest value get a components figure
 
 
 def ensure_new_run_dir(run_dir: Path, files: tuple[str, ...] = (RESULTS, "config.yaml")) -> None:
@@ -36,141 +43,9 @@ def ensure_new_run_dir(run_dir: Path, files: tuple[str, ...] = (RESULTS, "config
             )
 
 
-def markdown_table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
-
-
-def _num(value: float | None, fmt: str = ".4g") -> str:
-    return "n/a" if value is None else format(value, fmt)
-
-
-def profile_table(layers: list[dict]) -> str:
-    """The layer profile as a markdown table (TensorBoard's text tab renders it)."""
-    k = len(layers[0]["top"])
-    head = [
-        "block",
-        *(f"top-{j + 1}" for j in range(k)),
-        "median",
-        "top-1 / median",
-        "massive (share)",
-        "top-1 dim (share)",
-        "position (share)",
-        "token (share)",
-    ]
-    rows = [
-        [
-            str(r["layer"]),
-            *(_num(t) for t in r["top"]),
-            _num(r["median"]),
-            _num(r["top1_over_median"], ".1f"),
-            _num(r["massive_fraction"], ".2f"),
-            f"{r['top1_dim']} ({r['top1_dim_fraction']:.2f})",
-            f"{r['top1_position']} ({r['top1_position_fraction']:.2f})",
-            f"`{r['top1_token']!r}` ({r['top1_token_fraction']:.2f})",
-        ]
-        for r in layers
-    ]
-    return markdown_table(head, rows)
-
-
-def ranked_heads(scores: list[list[float]]) -> list[tuple[int, int, float]]:
-    """(layer, head, score), highest score first; ties in (layer, head) order."""
-    table = torch.tensor([[float("nan") if v is None else v for v in row] for row in scores])
-    return [(layer, head, float(table[layer, head])) for layer, head in rank_heads(table, "top")]
-
-
-def heads_table(ranked: list[tuple[int, int, float]]) -> str:
-    top = [[str(i + 1), str(layer), str(head), f"{s:.4f}"] for i, (layer, head, s) in enumerate(ranked[:TOP_HEADS])]
-    n = len(ranked)
-    bottom = [
-        [str(n - BOTTOM_HEADS + i + 1), str(layer), str(head), f"{s:.4f}"]
-        for i, (layer, head, s) in enumerate(ranked[-BOTTOM_HEADS:])
-    ]
-    return (
-        f"**Top {TOP_HEADS} heads by first-token attention**\n\n"
-        + markdown_table(["rank", "layer", "head", "score"], top)
-        + f"\n\n**Bottom {BOTTOM_HEADS}**\n\n"
-        + markdown_table(["rank", "layer", "head", "score"], bottom)
-    )
-
-
-def change_table(variants: dict[str, dict]) -> str:
-    """Top-1 and median % change per block, one column pair per variant, mean row last."""
-    names = [n for n, v in variants.items() if "change_vs_baseline" in v]
-    n_layer = len(variants[BASELINE]["layers"])
-    head = ["block", *(f"{n} {s} %" for n in names for s in ("top-1", "median"))]
-    rows = [
-        [
-            str(i),
-            *(
-                _num(variants[n]["change_vs_baseline"][key][i], "+.2f")
-                for n in names
-                for key in ("top1_pct", "median_pct")
-            ),
-        ]
-        for i in range(n_layer)
-    ]
-    rows.append(
-        [
-            "mean",
-            *(
-                _num(variants[n]["change_vs_baseline"]["mean_over_layers"][key], "+.2f")
-                for n in names
-                for key in ("top1_pct", "median_pct")
-            ),
-        ]
-    )
-    return markdown_table(head, rows)
-
-
-def locator_table(massive: list[dict]) -> str:
-    """The located massive activations, largest |value| first (all of them in results.json)."""
-    shown = sorted(massive, key=lambda e: -abs(e["value"]))[:LOCATOR_ROWS]
-    rows = [
-        [
-            str(e["layer"]),
-            str(e["dim"]),
-            str(e["position"]),
-            f"`{e['token']!r}`",
-            f"{e['value']:.4g}",
-            f"{e['fraction']:.2f}",
-        ]
-        for e in shown
-    ]
-    note = f"\n\n{len(massive) - len(shown)} more in results.json" if len(massive) > len(shown) else ""
-    return markdown_table(["block", "dim", "position", "token", "mean value", "share of windows"], rows) + note
-
-
-def summary_table(variants: dict[str, dict]) -> str:
-    """One row per variant: what it prunes, perplexity, and the mean change vs baseline."""
-    head = [
-        "variant",
-        "pruned heads",
-        "perplexity",
-        "perplexity change %",
-        "mean top-1 change %",
-        "first massive block",
-        "first inf/NaN block",
-    ]
-    rows = []
-    for name, v in variants.items():
-        change = v.get("change_vs_baseline", {})
-        rows.append(
-            [
-                name,
-                " ".join(f"({layer},{head})" for layer, head in v["pruned_heads"]) or "-",
-                _num(v["perplexity"], ".4f"),
-                _num(change.get("perplexity_pct"), "+.3f"),
-                _num(change.get("mean_over_layers", {}).get("top1_pct"), "+.3f"),
-                str(v["first_massive_layer"]),
-                str(v["first_nonfinite_layer"]),
-            ]
-        )
-    return markdown_table(head, rows)
-
-
 def warn_overflow(results: dict) -> None:
+    """One warning per variant whose block outputs or token NLLs overflowed: such numbers
+    are left out of the statistics, which a user would otherwise not notice."""
     for name, variant in results["variants"].items():
         bad = [(row["layer"], row["nonfinite_values"]) for row in variant["layers"] if row["nonfinite_values"]]
         if bad or variant["nonfinite_tokens"]:
@@ -255,15 +130,16 @@ class Publisher:
             title = f"{model}: cumulative pruning ({sweep['order']})"
             self.figure("sweep/figures/top1_change_vs_k", figures.sweep_figure(sweep["k"], mean, title)[0])
 
-    def feature_view(self, model: str, view: dict, values: dict[int, list[list[float]]]) -> None:
-        for layer, dims in view["massive_dims"].items():
+    def feature_view(self, model: str, view: FeatureViewResult) -> None:
+        for layer, dims in view.massive_dims.items():
             title = f"{model}: block {layer}, " + (f"massive dims {dims}" if dims else "no massive activation")
-            fig, _ = figures.feature_view_figure(values[layer], view["tokens"], dims, title)
+            fig, _ = figures.feature_view_figure(view.values[layer], view.tokens, dims, title)
             self.figure(f"feature_view/figures/layer{layer}", fig)
 
 
 class RunReport(Callback):
-    """Writes the run directory's results at the end of validation."""
+    """Writes the run directory's results at the end of validation, from the module's
+    `results` (a `RunResults`)."""
 
     def __init__(self) -> None:
         self.run_dir: Path | None = None
@@ -271,77 +147,30 @@ class RunReport(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # trainer.log_dir is a collective under several processes: read it on every rank
         self.run_dir = Path(trainer.log_dir)
-        # config.yaml may already be this run's own (SaveConfigCallback runs first)
+        # config.yaml may already be this run's own (SaveConfigCallback writes it in its setup)
         ensure_new_run_dir(self.run_dir, files=(RESULTS,))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and pl_module.results is not None:
-            self.write(trainer, pl_module)
+        results = getattr(pl_module, "results", None)
+        if trainer.is_global_zero and results is not None:
+            writer = next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+            self.write(results, writer)
         # the other ranks wait, so none exits while rank 0 still holds the process group
         trainer.strategy.barrier("lit_massive.report")
 
-    def write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """results.json, then TensorBoard and PNG figures and tables (rank 0 only)."""
-        results = self.collect(trainer, pl_module)
-        values = self.feature_view(trainer, pl_module, results)
-        warn_overflow(results)
+    def write(self, results: RunResults, writer=None) -> None:
+        """results.json, then TensorBoard (`writer`, if any) and PNG figures and tables."""
+        content = results.to_json()
+        warn_overflow(content)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / RESULTS, "x", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
-        writer = next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+            json.dump(content, f, indent=2)
         publish = Publisher(self.run_dir, writer)
-        model = results["model"]["name_or_path"]
-        for name, variant in results["variants"].items():
+        model = results.model["name_or_path"]
+        for name, variant in results.variants.items():
             publish.variant(model, name, variant)
-        publish.comparison(model, results["variants"], results["sweep"])
-        if values:
-            publish.feature_view(model, results["feature_view"], values)
+        publish.comparison(model, results.variants, results.sweep)
+        if results.feature_view is not None:
+            publish.feature_view(model, results.feature_view)
         if writer is not None:
             writer.flush()
-
-    @staticmethod
-    def feature_view(trainer: L.Trainer, pl_module: L.LightningModule, results: dict) -> dict[int, list]:
-        """Experiment 1: |block output| of the configured text at the configured blocks, or
-        at the first block with a massive activation (else the largest top-1 / median).
-        Adds `feature_view` to `results`; returns the values to plot per block."""
-        view, h = pl_module.feature_view, pl_module.hparams
-        tokenizer = getattr(trainer.datamodule, "tokenizer", None)
-        if view is None or tokenizer is None:
-            return {}
-        ids = tokenizer(view.text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-        layers = view.layers
-        if layers is None:
-            baseline = results["variants"][BASELINE]
-            ratios = [row["top1_over_median"] or 0.0 for row in baseline["layers"]]
-            first = baseline["first_massive_layer"]
-            layers = [first if first is not None else max(range(len(ratios)), key=ratios.__getitem__)]
-        outputs = pl_module.block_outputs_of(ids)
-        values = {layer: outputs[layer].abs() for layer in layers}
-        results["feature_view"] = {
-            "text": view.text,
-            "tokens": [tokenizer.decode([int(i)]) for i in ids],
-            "massive_dims": {
-                layer: massive_dims(x, h.massive_threshold, h.massive_ratio) for layer, x in values.items()
-            },
-        }
-        return {layer: x.tolist() for layer, x in values.items()}
-
-    @staticmethod
-    def collect(trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
-        datamodule = trainer.datamodule
-        tokenizer = getattr(datamodule, "tokenizer", None)
-        decode = (lambda i: tokenizer.decode([i])) if tokenizer is not None else str
-        baseline = variant_results(pl_module.results[BASELINE], decode)
-        variants = {BASELINE: baseline}
-        for name, computed in pl_module.results.items():
-            if name != BASELINE:
-                variants[name] = variant_results(computed, decode, baseline=baseline)
-        return {
-            "model": pl_module.describe(),
-            "data": datamodule.describe() if hasattr(datamodule, "describe") else None,
-            "precision": str(trainer.precision),
-            "world_size": trainer.world_size,
-            "timing": pl_module.timing,
-            "sweep": pl_module.describe_sweep(),
-            "variants": variants,
-        }

@@ -1,11 +1,13 @@
-"""Turn computed metric states into the plain numbers of results.json (DESIGN section 3)."""
+"""What a run measured: `RunResults`, and the conversion of computed metric states into the
+plain numbers of results.json (DESIGN section 3). Writers read only `RunResults`."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -129,7 +131,7 @@ def variant_results(computed: dict, decode: Callable[[int], str], baseline: dict
     edit, components = computed.get("edit"), computed.get("components")
     out = {
         "pruned_heads": [list(h) for h in computed["pruned_heads"]],
-        "edit": None if edit is None else asdict(edit),
+        "edit": None if edit is None else asdict(edit),  # an `Edit` record
         "num_sequences": int(profile["count"]),
         "first_massive_layer": first_massive_layer(layers),
         "first_nonfinite_layer": overflow[0] if overflow else None,
@@ -146,3 +148,49 @@ def variant_results(computed: dict, decode: Callable[[int], str], baseline: dict
         out["change_vs_baseline"] = change_vs_baseline(layers, baseline["layers"])
         out["change_vs_baseline"]["perplexity_pct"] = _pct(out["perplexity"], baseline["perplexity"])
     return out
+
+
+@dataclass
+class FeatureViewResult:
+    """Experiment 1: |block output| of one text, per shown block (T, D), with the massive
+    dims detected in it."""
+
+    text: str
+    tokens: list[str]
+    massive_dims: dict[int, list[int]]
+    values: dict[int, list[list[float]]]  # for the figure only; not in results.json
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "tokens": self.tokens, "massive_dims": self.massive_dims}
+
+
+@dataclass
+class RunResults:
+    """Everything one validation pass measured, computed by the LightningModule on every
+    rank; the writers (results.json, TensorBoard, figures, tables) read only this."""
+
+    model: dict[str, Any]  # what was measured: model shape, thresholds, which measurements ran
+    data: dict[str, Any] | None  # the windows (None without a data module)
+    precision: str
+    world_size: int
+    timing: dict[str, float]  # wall_s, tokens, tokens_per_s, forward_passes_per_window
+    sweep: dict[str, Any] | None  # order, seed, k values and variant names of a sweep
+    # name -> that variant's results.json entry (`variant_results`): pruned heads, edit, layer
+    # profile, head scores, perplexity, locator (`massive`), components; baseline first
+    variants: dict[str, dict[str, Any]]
+    feature_view: FeatureViewResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The content of results.json."""
+        out = {
+            "model": self.model,
+            "data": self.data,
+            "precision": self.precision,
+            "world_size": self.world_size,
+            "timing": self.timing,
+            "sweep": self.sweep,
+            "variants": self.variants,
+        }
+        if self.feature_view is not None:
+            out["feature_view"] = self.feature_view.to_json()
+        return out

@@ -1,40 +1,48 @@
-"""Which heads each variant prunes: explicit lists, selections by head score, sweeps.
+"""Variant specs: which heads each variant prunes and how it edits a block output.
 
-Everything is checked when the module is built, before any forward pass.
+The four forms users write under ``model.variants`` are typed here (``list[Head]``,
+`Select`, `SetMassive`, `SetRandom`), so LightningCLI checks their shape and documents them
+in ``--help``. `parse_variants` then checks their values against the model (layer and head
+ranges, files), before any forward pass. An edit's hook lives on its spec.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Union
 
 import torch
 from torch import Tensor
 
 from lit_massive.errors import InputError
+from lit_massive.functional import set_entries, zero_massive, zero_random
+from lit_massive.results import variant_results
+
+if sys.version_info >= (3, 11):
+    from typing import NotRequired, TypedDict
+else:  # pragma: no cover
+    from typing_extensions import NotRequired, TypedDict
 
 BASELINE = "baseline"
 ORDERS = ("top", "bottom")
+EDITS = ("zero", "mean")
 Head = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The first `k` heads of a score ranking; `scores` None means this run's baseline."""
-
-    order: str
-    k: int
-    scores: str | None = None
+BlockEdit = tuple[int, Callable[[Tensor], Tensor]]  # (layer, fn) as hooks.probes(edit=...) takes it
+# the control's per-window seed is seed * SEED_STRIDE + window index: distinct seeds for
+# distinct (seed, window) pairs while a run has fewer windows than this prime
+SEED_STRIDE = 1_000_003
 
 
 @dataclass(frozen=True)
 class Edit:
-    """Set entries of block `layer`'s output: `zero` the massive ones, give the located
-    (dim, position) entries their `mean` value (from `source`, a results.json, or this run's
-    first pass), or zero as many `random` non-massive entries (the control)."""
+    """What a variant did to block `layer`'s output, as results.json records it: `to` is
+    `zero`, `mean` (values from `source`, a results.json, or this run's first pass) or
+    `random` (the control, drawn with `seed`)."""
 
     layer: int
     to: str
@@ -42,7 +50,94 @@ class Edit:
     seed: int = 0
 
 
-EDITS = ("zero", "mean")
+class MeanEntries(NamedTuple):
+    """Located massive entries of one block and the mean value each gets: (n,) tensors."""
+
+    positions: Tensor
+    dims: Tensor
+    values: Tensor
+
+
+@dataclass
+class Select:
+    """Prune the first `k` heads of a ranking by first-token attention: ``select: top``
+    (highest first) or ``bottom``; `scores`: a results.json to rank by, null: this run's
+    baseline scores (from a first pass over the same windows)."""
+
+    select: str
+    k: int
+    scores: str | None = None
+
+
+# a mapping, not a dataclass: its YAML key `from` is a Python keyword
+SetMassiveArgs = TypedDict("SetMassiveArgs", {"layer": int, "to": str, "from": NotRequired[Union[str, None]]})  # noqa: UP007
+
+
+class SetRandomArgs(TypedDict):
+    layer: int
+    seed: NotRequired[int]
+
+
+@dataclass
+class SetMassive:
+    """Set the massive entries of block ``layer``'s output ``to: zero``, or ``to: mean``: the
+    located (dim, position) entries get their mean value, from ``from: results.json`` or
+    (null) this run's first pass; optionally with `prune_heads`."""
+
+    set_massive: SetMassiveArgs
+    prune_heads: list[Head] = field(default_factory=list)
+
+    @property
+    def layer(self) -> int:
+        return self.set_massive["layer"]
+
+    @property
+    def to(self) -> str:
+        return self.set_massive["to"]
+
+    @property
+    def source(self) -> str | None:
+        return self.set_massive.get("from")
+
+    def record(self) -> Edit:
+        return Edit(self.layer, self.to, self.source)
+
+    def block_edit(self, threshold: float, ratio: float, windows: Tensor, means: MeanEntries | None) -> BlockEdit:
+        """The (layer, fn) that probes() applies to this variant's forward pass."""
+        if self.to == "zero":
+            return self.layer, lambda x: zero_massive(x, threshold, ratio)
+        positions, dims, values = means
+        return self.layer, lambda x: set_entries(x, positions, dims, values)
+
+
+@dataclass
+class SetRandom:
+    """The control for `SetMassive`: zero as many randomly chosen non-massive entries of
+    block ``layer``'s output per window (``seed``); optionally with `prune_heads`."""
+
+    set_random: SetRandomArgs
+    prune_heads: list[Head] = field(default_factory=list)
+
+    @property
+    def layer(self) -> int:
+        return self.set_random["layer"]
+
+    @property
+    def seed(self) -> int:
+        return self.set_random.get("seed", 0)
+
+    def record(self) -> Edit:
+        return Edit(self.layer, "random", None, self.seed)
+
+    def block_edit(self, threshold: float, ratio: float, windows: Tensor, means: MeanEntries | None) -> BlockEdit:
+        """The (layer, fn) for one batch: one generator per window, seeded by the window's
+        index, so any number of processes draws the same entries."""
+        gens = [torch.Generator().manual_seed(self.seed * SEED_STRIDE + int(i)) for i in windows]
+        return self.layer, lambda x: zero_random(x, threshold, ratio, gens)
+
+
+VariantSpec = Union[list[Head], Select, SetMassive, SetRandom]  # noqa: UP007
+BlockEditSpec = Union[SetMassive, SetRandom]  # noqa: UP007
 
 
 @dataclass
@@ -58,6 +153,14 @@ class Sweep:
 def sweep_names(sweep: Sweep | None) -> dict[str, int]:
     """Variant name -> k for a sweep."""
     return {} if sweep is None else {f"sweep_{sweep.order}_{k}": k for k in sweep.k}
+
+
+def describe_sweep(sweep: Sweep | None) -> dict | None:
+    """The sweep's order, k values and variant names, for results.json and its figure."""
+    if sweep is None:
+        return None
+    names = sweep_names(sweep)
+    return {"order": sweep.order, "seed": sweep.seed, "k": list(names.values()), "variants": list(names)}
 
 
 def check_heads(name: str, heads: Any, n_layer: int, n_head: int) -> list[Head]:
@@ -104,35 +207,6 @@ def load_scores(path: str, variant: str = BASELINE) -> Tensor:
     return torch.tensor([[float("nan") if v is None else v for v in row] for row in scores], dtype=torch.float64)
 
 
-def rank_heads(scores: Tensor, order: str) -> list[Head]:
-    """All heads by score, highest first for `top`, lowest first for `bottom`;
-    ties keep (layer, head) order."""
-    n_head = scores.shape[1]
-    flat = scores.flatten()
-    index = torch.argsort(-flat if order == "top" else flat, stable=True)
-    return [(int(i) // n_head, int(i) % n_head) for i in index]
-
-
-def _check_edit(name: str, spec: dict, n_layer: int) -> Edit:
-    where = f"variant {name!r}"
-    if "set_massive" in spec:
-        edit = spec["set_massive"]
-        keys, to = {"layer", "to", "from"}, edit.get("to") if isinstance(edit, dict) else None
-        if to not in EDITS:
-            raise InputError(f"{where}: set_massive.to={to!r}; valid: {', '.join(EDITS)}")
-    else:
-        edit, keys, to = spec["set_random"], {"layer", "seed"}, "random"
-    if not isinstance(edit, dict) or set(edit) - keys or "layer" not in edit:
-        raise InputError(f"{where}: {edit!r}; expected a mapping with keys {sorted(keys)}, layer required")
-    layer = edit["layer"]
-    if not isinstance(layer, int) or not 0 <= layer < n_layer:
-        raise InputError(f"{where}: layer {layer!r} out of range; valid layers are 0..{n_layer - 1}")
-    source = edit.get("from")
-    if source is not None:
-        load_massive(source)  # fail now on a missing file
-    return Edit(layer, to, source, int(edit.get("seed", 0)))
-
-
 def load_massive(path: str, variant: str = BASELINE) -> list[dict]:
     """The located massive activations of `variant` from a results.json."""
     file = Path(path).expanduser()
@@ -144,68 +218,112 @@ def load_massive(path: str, variant: str = BASELINE) -> list[dict]:
     return found
 
 
+def rank_heads(scores: Tensor, order: str) -> list[Head]:
+    """All heads by score, highest first for `top`, lowest first for `bottom`;
+    ties keep (layer, head) order."""
+    n_head = scores.shape[1]
+    flat = scores.flatten()
+    index = torch.argsort(-flat if order == "top" else flat, stable=True)
+    return [(int(i) // n_head, int(i) % n_head) for i in index]
+
+
+def _check_edit(name: str, spec: dict, n_layer: int) -> BlockEditSpec:
+    where = f"variant {name!r}"
+    if "set_massive" in spec:
+        edit = spec["set_massive"]
+        keys, to = {"layer", "to", "from"}, edit.get("to") if isinstance(edit, dict) else None
+        if to not in EDITS:
+            raise InputError(f"{where}: set_massive.to={to!r}; valid: {', '.join(EDITS)}")
+    else:
+        edit, keys = spec["set_random"], {"layer", "seed"}
+    if not isinstance(edit, dict) or set(edit) - keys or "layer" not in edit:
+        raise InputError(f"{where}: {edit!r}; expected a mapping with keys {sorted(keys)}, layer required")
+    layer = edit["layer"]
+    if not isinstance(layer, int) or not 0 <= layer < n_layer:
+        raise InputError(f"{where}: layer {layer!r} out of range; valid layers are 0..{n_layer - 1}")
+    source = edit.get("from")
+    if source is not None:
+        load_massive(source)  # fail now on a missing file
+    if "set_massive" in spec:
+        return SetMassive({"layer": layer, "to": to, "from": source})
+    return SetRandom({"layer": layer, "seed": int(edit.get("seed", 0))})
+
+
+def _check_spec(name: str, spec: Any, n_layer: int, n_head: int) -> tuple[list[Head] | Select, BlockEditSpec | None]:
+    """One variant, typed (from LightningCLI) or as plain YAML: its heads (or the `Select`
+    to resolve against scores) and its block edit, checked against the model."""
+    if is_dataclass(spec):
+        spec = asdict(spec)
+    if isinstance(spec, dict) and ({"set_massive", "set_random", "prune_heads"} & set(spec)):
+        unknown = set(spec) - {"set_massive", "set_random", "prune_heads"}
+        if unknown or ("set_massive" in spec and "set_random" in spec):
+            raise InputError(
+                f"variant {name!r}: {spec!r}; expected set_massive or set_random, optionally with prune_heads"
+            )
+        edit = _check_edit(name, spec, n_layer) if "set_massive" in spec or "set_random" in spec else None
+        heads = check_heads(name, spec.get("prune_heads", []), n_layer, n_head)
+        if edit is not None:
+            edit.prune_heads = heads
+        return heads, edit
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"select", "k", "scores"}
+        if unknown or "select" not in spec or "k" not in spec:
+            raise InputError(
+                f"variant {name!r}: {spec!r}; expected a head list, {{select: top|bottom, k: N, "
+                f"scores: path|null}}, or {{set_massive: {{layer: L, to: zero|mean}}, prune_heads: [...]}}"
+            )
+        order = _check_order(f"variant {name!r}", spec["select"], ORDERS)
+        k = _check_k(f"variant {name!r}", spec["k"], n_layer * n_head)
+        if spec.get("scores") is not None:
+            load_scores(spec["scores"])  # fail now on a missing file
+        return Select(order, k, spec.get("scores")), None
+    return check_heads(name, spec, n_layer, n_head), None
+
+
+def _sweep_specs(sweep: Sweep, n_layer: int, n_head: int) -> dict[str, list[Head] | Select]:
+    n_total = n_layer * n_head
+    order = _check_order("sweep", sweep.order, (*ORDERS, "random"))
+    ks = [_check_k("sweep", k, n_total) for k in sweep.k]
+    if order == "random":
+        gen = torch.Generator().manual_seed(sweep.seed)
+        perm = torch.randperm(n_total, generator=gen).tolist()
+        ranking = [(i // n_head, i % n_head) for i in perm]
+    elif sweep.scores is not None:
+        ranking = rank_heads(load_scores(sweep.scores), order)
+    return {
+        name: Select(order, k) if order != "random" and sweep.scores is None else ranking[:k]
+        for name, k in zip(sweep_names(sweep), ks, strict=True)
+    }
+
+
 def parse_variants(
     variants: dict[str, Any] | None, sweep: Sweep | None, n_layer: int, n_head: int
-) -> tuple[dict[str, list[Head] | Selection], dict[str, Edit]]:
-    """Each variant's heads (or a `Selection` to resolve against scores), and its edit of a
-    block output, if any."""
-    n_total = n_layer * n_head
-    specs: dict[str, list[Head] | Selection] = {}
-    edits: dict[str, Edit] = {}
+) -> tuple[dict[str, list[Head] | Select], dict[str, BlockEditSpec]]:
+    """Each variant's heads (or a `Select` to resolve against scores), and its edit of a
+    block output, if any. Accepts the typed specs and their plain YAML forms alike."""
+    specs: dict[str, list[Head] | Select] = {}
+    edits: dict[str, BlockEditSpec] = {}
     for name, spec in (variants or {}).items():
         if name == BASELINE:
             raise InputError(f"variant name {BASELINE!r} is reserved for the unpruned model; rename it")
-        if isinstance(spec, dict) and ({"set_massive", "set_random", "prune_heads"} & set(spec)):
-            unknown = set(spec) - {"set_massive", "set_random", "prune_heads"}
-            if unknown or ("set_massive" in spec and "set_random" in spec):
-                raise InputError(
-                    f"variant {name!r}: {spec!r}; expected set_massive or set_random, optionally with prune_heads"
-                )
-            if "set_massive" in spec or "set_random" in spec:
-                edits[name] = _check_edit(name, spec, n_layer)
-            specs[name] = check_heads(name, spec.get("prune_heads", []), n_layer, n_head)
-        elif isinstance(spec, dict):
-            unknown = set(spec) - {"select", "k", "scores"}
-            if unknown or "select" not in spec or "k" not in spec:
-                raise InputError(
-                    f"variant {name!r}: {spec!r}; expected a head list, {{select: top|bottom, k: N, "
-                    f"scores: path|null}}, or {{set_massive: {{layer: L, to: zero|mean}}, prune_heads: [...]}}"
-                )
-            order = _check_order(f"variant {name!r}", spec["select"], ORDERS)
-            k = _check_k(f"variant {name!r}", spec["k"], n_total)
-            if spec.get("scores") is not None:
-                load_scores(spec["scores"])  # fail now on a missing file
-            specs[name] = Selection(order, k, spec.get("scores"))
-        else:
-            specs[name] = check_heads(name, spec, n_layer, n_head)
+        specs[name], edit = _check_spec(name, spec, n_layer, n_head)
+        if edit is not None:
+            edits[name] = edit
     if sweep is not None:
-        order = _check_order("sweep", sweep.order, (*ORDERS, "random"))
-        ks = [_check_k("sweep", k, n_total) for k in sweep.k]
-        if order == "random":
-            gen = torch.Generator().manual_seed(sweep.seed)
-            perm = torch.randperm(n_total, generator=gen).tolist()
-            ranking = [(i // n_head, i % n_head) for i in perm]
-        elif sweep.scores is not None:
-            ranking = rank_heads(load_scores(sweep.scores), order)
-        for name, k in zip(sweep_names(sweep), ks, strict=True):
-            specs[name] = Selection(order, k) if order != "random" and sweep.scores is None else ranking[:k]
+        specs.update(_sweep_specs(sweep, n_layer, n_head))
     return specs, edits
 
 
-def needs_run_scores(specs: dict[str, list[Head] | Selection]) -> bool:
-    return any(isinstance(s, Selection) and s.scores is None for s in specs.values())
-
-
-def resolve(specs: dict[str, list[Head] | Selection], run_scores: Tensor | None) -> dict[str, list[Head] | None]:
+def resolve(specs: dict[str, list[Head] | Select], run_scores: Tensor | None) -> dict[str, list[Head] | None]:
     """Heads per variant; None where the selection waits for this run's scores."""
     out: dict[str, list[Head] | None] = {}
     for name, spec in specs.items():
-        if not isinstance(spec, Selection):
+        if not isinstance(spec, Select):
             out[name] = spec
         elif spec.scores is not None:
-            out[name] = rank_heads(load_scores(spec.scores), spec.order)[: spec.k]
+            out[name] = rank_heads(load_scores(spec.scores), spec.select)[: spec.k]
         else:
-            out[name] = None if run_scores is None else rank_heads(run_scores, spec.order)[: spec.k]
+            out[name] = None if run_scores is None else rank_heads(run_scores, spec.select)[: spec.k]
     return out
 
 
@@ -215,3 +333,65 @@ def head_mask(heads: list[Head], n_layer: int, n_head: int) -> Tensor:
     for layer, head in heads:
         mask[layer, head] = 0.0
     return mask
+
+
+class VariantPlan:
+    """Every variant of a run, baseline first: the heads each prunes (once its selection is
+    resolved) and the block edit it applies (once its `mean` values are located)."""
+
+    def __init__(self, variants: dict[str, Any] | None, sweep: Sweep | None, n_layer: int, n_head: int) -> None:
+        self.n_layer, self.n_head = n_layer, n_head
+        self.specs, self.edits = parse_variants(variants, sweep, n_layer, n_head)
+        self.names = [BASELINE, *self.specs]
+        self.pruned_heads: dict[str, list[Head] | None] = {BASELINE: [], **resolve(self.specs, run_scores=None)}
+        self.means: dict[str, MeanEntries] = {}
+
+    @property
+    def needs_run_scores(self) -> bool:
+        """Some selection ranks heads by this run's own baseline scores."""
+        return any(isinstance(s, Select) and s.scores is None for s in self.specs.values())
+
+    @property
+    def needs_locator(self) -> bool:
+        """Some `mean` edit takes its values from this run's own baseline locator."""
+        return any(isinstance(e, SetMassive) and e.to == "mean" and e.source is None for e in self.edits.values())
+
+    def use_run_scores(self, scores: Tensor) -> None:
+        """Resolve the selections that waited for this run's baseline head scores (L, H)."""
+        self.pruned_heads.update(resolve(self.specs, run_scores=scores))
+
+    def use_located(self, located: list[dict] | None, device: torch.device) -> None:
+        """Give every `mean` edit its entries: from its results.json, else from `located`."""
+        for name, edit in self.edits.items():
+            if isinstance(edit, SetMassive) and edit.to == "mean":
+                entries = load_massive(edit.source) if edit.source is not None else located
+                at = [e for e in entries if e["layer"] == edit.layer]
+                self.means[name] = MeanEntries(
+                    *(torch.tensor([e[key] for e in at], device=device) for key in ("position", "dim", "value"))
+                )
+
+    def head_masks(self) -> Tensor:
+        """(V, L, H): zeros at each variant's pruned heads; ones while its heads are unknown."""
+        masks = torch.ones(len(self.names), self.n_layer, self.n_head)
+        for v, name in enumerate(self.names):
+            if self.pruned_heads[name] is not None:
+                masks[v] = head_mask(self.pruned_heads[name], self.n_layer, self.n_head)
+        return masks
+
+    def results(self, computed: dict[str, dict[str, Any]], decode: Callable[[int], str]) -> dict[str, dict]:
+        """Each variant's results.json entry from its computed metrics, baseline first (the
+        others' changes are against it)."""
+        variants: dict[str, dict] = {}
+        for name in self.names:
+            edit = self.edits.get(name)
+            entry = {**computed[name], "pruned_heads": self.pruned_heads[name]}
+            entry["edit"] = None if edit is None else edit.record()
+            variants[name] = variant_results(entry, decode, baseline=variants.get(BASELINE))
+        return variants
+
+    def block_edit(self, name: str, windows: Tensor, threshold: float, ratio: float) -> BlockEdit | None:
+        """Variant `name`'s edit for a batch of windows (their dataset indices), or None."""
+        edit = self.edits.get(name)
+        if edit is None:
+            return None
+        return edit.block_edit(threshold, ratio, windows, self.means.get(name))

@@ -7,12 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from lit_massive.data import UnpaddedDistributedSampler, WikiTextDataModule, Windows
+from lit_massive.data import UnpaddedDistributedSampler, Windows, WindowsDataModule
 from lit_massive.toy import build_toy_tokenizer, corpus_path
 
 
 def _windows(**kwargs) -> torch.Tensor:
-    dm = WikiTextDataModule(model_name_or_path="toy", **kwargs)
+    dm = WindowsDataModule(model_name_or_path="toy", **kwargs)
     dm.setup("validate")
     return dm.windows
 

@@ -1,12 +1,14 @@
-"""The toy model's planted massive activation is found by a full demo run."""
+"""The toy model: deterministic, and its planted massive activation is found by a demo run."""
 
-from conftest import REPO, run_validate
-from lit_massive.toy import ToyConfig
+import torch
+
+from conftest import DEMO, run_validate
+from lit_massive.toy import ToyConfig, build_toy_model
 
 
 def test_demo_finds_planted_dim_position_and_first_block(tmp_path):
     truth = ToyConfig()
-    _, results = run_validate(tmp_path, "--config", str(REPO / "configs" / "demo.yaml"))
+    _, results = run_validate(tmp_path, "--config", DEMO)
     variant = results["variants"]["baseline"]
     assert variant["first_massive_layer"] == truth.massive_layer
     for row in variant["layers"]:
@@ -19,3 +21,9 @@ def test_demo_finds_planted_dim_position_and_first_block(tmp_path):
             assert (row["top1_position"], row["top1_position_fraction"]) == (truth.massive_position, 1.0)
             assert row["top"][0] > 1000 * row["median"]
             assert 0.5 * truth.massive_value < row["top"][0] < 1.5 * truth.massive_value
+
+
+def test_toy_model_is_deterministic():
+    a, b = build_toy_model(), build_toy_model()
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name

@@ -1,0 +1,60 @@
+"""Editing a block output: massive entries set to zero or to their mean, and the control."""
+
+import json
+import re
+
+import pytest
+
+from conftest import DEMO, run_validate
+from lit_massive.toy import ToyConfig
+
+TRUTH = ToyConfig()
+
+
+def test_zeroing_changes_downstream_and_the_control_does_not(massive_run):
+    _, results = massive_run
+    v = results["variants"]
+    zero, control, mean = (v[n]["change_vs_baseline"] for n in ("zero", "control", "mean"))
+    for layer in range(TRUTH.massive_layer, TRUTH.n_layer):
+        assert zero["top1_pct"][layer] < -90
+        assert abs(control["top1_pct"][layer]) < 0.1
+        assert abs(mean["top1_pct"][layer]) < 1  # the planted value barely varies over windows
+    assert abs(zero["perplexity_pct"]) > 100 * abs(control["perplexity_pct"])
+    assert abs(zero["perplexity_pct"]) > 0.01
+    assert v["zero"]["massive"] == []
+    assert v["control"]["edit"] == {"layer": TRUTH.massive_layer, "to": "random", "source": None, "seed": 3}
+
+
+def test_mean_edit_from_an_earlier_runs_results(tmp_path, massive_run):
+    run_dir, first = massive_run
+    variants = {"mean_from": {"set_massive": {"layer": 2, "to": "mean", "from": str(run_dir / "results.json")}}}
+    _, results = run_validate(
+        tmp_path,
+        "--config",
+        DEMO,
+        "--data.num_sequences",
+        "6",
+        "--data.batch_size",
+        "3",
+        "--model.variants",
+        json.dumps(variants),
+    )
+    planted = next(
+        e for e in first["variants"]["baseline"]["massive"] if (e["layer"], e["dim"], e["position"]) == (2, 17, 0)
+    )
+    row = results["variants"]["mean_from"]["layers"][2]
+    assert row["top"][0] == pytest.approx(abs(planted["value"]), rel=1e-5)  # every window gets the mean
+
+
+@pytest.mark.parametrize(
+    "variant, message",
+    [
+        ({"set_massive": {"layer": 2, "to": "half"}}, "set_massive.to='half'; valid: zero, mean"),
+        ({"set_massive": {"layer": 12, "to": "zero"}}, "layer 12 out of range; valid layers are 0..11"),
+        ({"set_massive": {"layer": 2, "to": "mean", "from": "/no/results.json"}}, "'/no/results.json' does not exist"),
+        ({"set_random": {"layer": 2, "seed": 0}, "prune_heads": [[0, 12]]}, "head 12 out of range"),
+    ],
+)
+def test_bad_edits_fail_early(tmp_path, variant, message):
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        run_validate(tmp_path, "--config", DEMO, "--model.variants", json.dumps({"v": variant}))

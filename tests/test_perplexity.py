@@ -1,0 +1,55 @@
+"""Perplexity against the Hugging Face fixed-length recipe."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import read_texts, run_validate
+
+
+def _hf_recipe_perplexity(model_dir, jsonl, seq_len, stride, n):
+    """The recipe from the transformers docs ("perplexity of fixed-length models"), with
+    token-weighted averaging and only full windows, as plain transformers code."""
+    ids = AutoTokenizer.from_pretrained(model_dir)("\n\n".join(read_texts(jsonl)), return_tensors="pt").input_ids
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    nll_sum, n_tokens, prev_end = 0.0, 0, 0
+    for begin in range(0, n * stride, stride):
+        end = begin + seq_len
+        trg_len = end - prev_end
+        input_ids = ids[:, begin:end]
+        target_ids = input_ids.clone()
+        target_ids[:, :-trg_len] = -100
+        with torch.no_grad():
+            loss = model(input_ids, labels=target_ids).loss
+        valid = int((target_ids[:, 1:] != -100).sum())  # the model shifts labels left by one
+        nll_sum += float(loss) * valid
+        n_tokens += valid
+        prev_end = end
+    return math.exp(nll_sum / n_tokens), nll_sum, n_tokens
+
+
+@pytest.mark.parametrize("stride", [48, 20])
+def test_perplexity_matches_hf_recipe(tmp_path, tiny_gpt2_dir, corpus_jsonl, stride):
+    seq_len, n = 48, 6
+    _, results = run_validate(
+        tmp_path,
+        "--model.model_name_or_path",
+        str(tiny_gpt2_dir),
+        "--data.data_files",
+        str(corpus_jsonl),
+        "--data.seq_len",
+        str(seq_len),
+        "--data.stride",
+        str(stride),
+        "--data.num_sequences",
+        str(n),
+        "--data.batch_size",
+        "4",
+    )
+    ppl, nll_sum, tokens = _hf_recipe_perplexity(tiny_gpt2_dir, corpus_jsonl, seq_len, stride, n)
+    baseline = results["variants"]["baseline"]
+    assert baseline["scored_tokens"] == tokens == (seq_len - 1) + (n - 1) * min(stride, seq_len - 1)
+    assert baseline["nll_sum"] == pytest.approx(nll_sum, rel=1e-6)
+    assert baseline["perplexity"] == pytest.approx(ppl, rel=1e-6)

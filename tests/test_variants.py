@@ -1,0 +1,107 @@
+"""Variant specs: typed forms, checks before any forward pass, --help and --print_config."""
+
+import json
+import re
+import warnings
+from dataclasses import asdict
+from unittest import mock
+
+import pytest
+import torch
+import yaml
+
+from conftest import DEMO, run_validate
+from lit_massive.functional import zero_massive
+from lit_massive.variants import Select, SetMassive, SetRandom, parse_variants
+
+
+@pytest.mark.parametrize(
+    "variants, message",
+    [
+        ({"v": [[12, 0]]}, "layer 12 out of range; valid layers are 0..11"),
+        ({"v": [[0, 12]]}, "head 12 out of range; valid heads are 0..11"),
+        ({"v": {"select": "middle", "k": 3}}, "unknown order 'middle'; valid: top, bottom"),
+        ({"v": {"select": "top", "k": 145}}, "k=145 must be an integer in 1..144"),
+        ({"v": {"select": "top", "k": 3, "scores": "/no/results.json"}}, "'/no/results.json' does not exist"),
+        ({"baseline": [[0, 0]]}, "'baseline' is reserved"),
+    ],
+)
+def test_bad_variants_fail_before_any_forward_pass(tmp_path, monkeypatch, variants, message):
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "__call__", lambda *a, **k: calls.append(1))
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        run_validate(
+            tmp_path,
+            "--config",
+            DEMO,
+            "--model.variants",
+            json.dumps(variants),
+        )
+    assert not calls
+
+
+def test_duplicate_heads_are_merged_with_a_warning():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        specs, _ = parse_variants({"v": [[1, 2], [1, 2], [3, 4]]}, None, 12, 12)
+    assert specs["v"] == [(1, 2), (3, 4)]
+    assert any("(1, 2) listed twice" in str(w.message) for w in caught)
+
+
+FORMS = {
+    "heads": [[1, 2], [3, 4]],
+    "top2": {"select": "top", "k": 2, "scores": None},
+    "zero": {"set_massive": {"layer": 2, "to": "zero", "from": None}, "prune_heads": [[0, 1]]},
+    "control": {"set_random": {"layer": 2, "seed": 3}, "prune_heads": []},
+}
+
+
+def _cli_output(capsys, *args) -> str:
+    from lit_massive.cli import cli_main
+
+    with mock.patch("sys.argv", ["lit_massive"]), pytest.raises(SystemExit) as info:
+        cli_main(["validate", *args])
+    assert info.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def test_help_documents_the_variant_forms(capsys):
+    text = " ".join(_cli_output(capsys, "--help").split())
+    for form in ("[[layer, head], ...]", "{select: top|bottom, k: N", "{set_massive: {layer: L, to: zero|mean"):
+        assert form in text
+    assert "{set_random: {layer: L, seed: S}" in text and "Select, SetMassive, SetRandom" in text
+
+
+def test_print_config_round_trips_every_form(tmp_path, capsys):
+    printed = _cli_output(capsys, "--config", DEMO, "--model.variants", json.dumps(FORMS), "--print_config")
+    assert yaml.safe_load(printed)["model"]["variants"] == FORMS
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(printed)
+    assert _cli_output(capsys, "--config", str(saved), "--print_config") == printed
+
+
+def test_typed_specs_and_their_yaml_forms_parse_alike():
+    typed = {
+        "heads": [(1, 2), (3, 4)],
+        "top2": Select("top", 2),
+        "zero": SetMassive({"layer": 2, "to": "zero"}, prune_heads=[(0, 1)]),
+        "control": SetRandom({"layer": 2, "seed": 3}),
+    }
+    assert parse_variants(typed, None, 12, 12) == parse_variants(FORMS, None, 12, 12)
+    specs, edits = parse_variants(FORMS, None, 12, 12)
+    assert specs == {"heads": [(1, 2), (3, 4)], "top2": Select("top", 2), "zero": [(0, 1)], "control": []}
+    assert [asdict(e.record()) for e in edits.values()] == [
+        {"layer": 2, "to": "zero", "source": None, "seed": 0},
+        {"layer": 2, "to": "random", "source": None, "seed": 3},
+    ]
+
+
+def test_an_edit_yields_the_layer_and_function_probes_take():
+    x = torch.randn(2, 5, 8)
+    x[0, 0, 3] = 1e4
+    layer, fn = SetMassive({"layer": 1, "to": "zero"}).block_edit(100.0, 1000.0, torch.tensor([0, 1]), None)
+    assert layer == 1 and torch.equal(fn(x), zero_massive(x, 100.0, 1000.0))
+    control = SetRandom({"layer": 1, "seed": 3})
+    _, first = control.block_edit(100.0, 1000.0, torch.tensor([4, 7]), None)
+    _, again = control.block_edit(100.0, 1000.0, torch.tensor([4, 7]), None)
+    assert torch.equal(first(x), again(x)) and int((first(x) == 0).sum()) == 1  # as many as massive ones
