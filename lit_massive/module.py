@@ -60,7 +60,8 @@ class MassiveActivations(L.LightningModule):
                 pass over the same windows). An edit of block L's output (SetMassive):
                 ``{set_massive: {layer: L, to: zero|mean, from: results.json | null},
                 prune_heads: [...]}``, or its control (SetRandom): ``{set_random: {layer: L,
-                seed: S}, prune_heads: [...]}``; ``prune_heads`` is optional.
+                seed: S}, prune_heads: [...]}``; ``prune_heads`` is optional (alone, PruneHeads,
+                it is the first form).
             sweep: cumulative pruning, one variant per k (``sweep_{order}_{k}``).
             attn_implementation: attention backend; null keeps the model's default.
         """

@@ -136,7 +136,15 @@ class SetRandom:
         return self.layer, lambda x: zero_random(x, threshold, ratio, gens)
 
 
-VariantSpec = Union[list[Head], Select, SetMassive, SetRandom]  # noqa: UP007
+@dataclass
+class PruneHeads:
+    """``{prune_heads: [[layer, head], ...]}``: the edit forms' mapping without an edit,
+    the same as the plain list."""
+
+    prune_heads: list[Head]
+
+
+VariantSpec = Union[list[Head], Select, PruneHeads, SetMassive, SetRandom]  # noqa: UP007
 BlockEditSpec = Union[SetMassive, SetRandom]  # noqa: UP007
 
 

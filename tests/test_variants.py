@@ -12,7 +12,7 @@ import yaml
 
 from conftest import DEMO, run_validate
 from lit_massive.functional import zero_massive
-from lit_massive.variants import Select, SetMassive, SetRandom, parse_variants
+from lit_massive.variants import PruneHeads, Select, SetMassive, SetRandom, parse_variants
 
 
 @pytest.mark.parametrize(
@@ -53,6 +53,7 @@ FORMS = {
     "top2": {"select": "top", "k": 2, "scores": None},
     "zero": {"set_massive": {"layer": 2, "to": "zero", "from": None}, "prune_heads": [[0, 1]]},
     "control": {"set_random": {"layer": 2, "seed": 3}, "prune_heads": []},
+    "heads_only": {"prune_heads": [[5, 6]]},
 }
 
 
@@ -69,7 +70,8 @@ def test_help_documents_the_variant_forms(capsys):
     text = " ".join(_cli_output(capsys, "--help").split())
     for form in ("[[layer, head], ...]", "{select: top|bottom, k: N", "{set_massive: {layer: L, to: zero|mean"):
         assert form in text
-    assert "{set_random: {layer: L, seed: S}" in text and "Select, SetMassive, SetRandom" in text
+    assert "{set_random: {layer: L, seed: S}" in text
+    assert all(name in text for name in ("Select", "PruneHeads", "SetMassive", "SetRandom"))
 
 
 def test_print_config_round_trips_every_form(tmp_path, capsys):
@@ -86,10 +88,18 @@ def test_typed_specs_and_their_yaml_forms_parse_alike():
         "top2": Select("top", 2),
         "zero": SetMassive({"layer": 2, "to": "zero"}, prune_heads=[(0, 1)]),
         "control": SetRandom({"layer": 2, "seed": 3}),
+        "heads_only": PruneHeads([(5, 6)]),
     }
     assert parse_variants(typed, None, 12, 12) == parse_variants(FORMS, None, 12, 12)
+    assert parse_variants({"p": PruneHeads([(0, 1)])}, None, 12, 12) == ({"p": [(0, 1)]}, {})
     specs, edits = parse_variants(FORMS, None, 12, 12)
-    assert specs == {"heads": [(1, 2), (3, 4)], "top2": Select("top", 2), "zero": [(0, 1)], "control": []}
+    assert specs == {
+        "heads": [(1, 2), (3, 4)],
+        "top2": Select("top", 2),
+        "zero": [(0, 1)],
+        "control": [],
+        "heads_only": [(5, 6)],
+    }
     assert [asdict(e.record()) for e in edits.values()] == [
         {"layer": 2, "to": "zero", "source": None, "seed": 0},
         {"layer": 2, "to": "random", "source": None, "seed": 3},
