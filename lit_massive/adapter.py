@@ -1,13 +1,16 @@
-"""Where a decoder family keeps its parts.
+"""Where each decoder family keeps its parts.
 
-Everything that depends on the model's module layout lives here, so metrics, probes and
-the LightningModule never name `transformer.h` or `attn.c_proj` themselves. Adding a family
-means adding one function to `_LAYOUTS`.
+Everything that depends on a model's module layout lives here, so metrics, probes and
+the LightningModule never name `transformer.h` or `self_attn.o_proj` themselves. A family
+is one `Family` row: the path to its decoder layers and, inside a layer, the names of the
+attention sublayer, its output projection, and the two modules whose outputs are what
+attention and the MLP add to the residual stream. Head scores need nothing family-specific:
+every family sends its attention through transformers' attention-function registry
+(see `hooks.attention_probe`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -16,18 +19,54 @@ from lit_massive.errors import InputError
 
 
 @dataclass(frozen=True)
+class Family:
+    """Module names of one decoder family, relative to the base model and to a layer."""
+
+    layers: str  # base model -> its list of decoder layers
+    attn: str  # layer -> attention sublayer (the `module` its attention function receives)
+    out_proj: str  # layer -> attention output projection (its input: the heads, concatenated)
+    attn_adds: str  # layer -> module whose output is what attention adds to the residual stream
+    mlp_adds: str  # layer -> module whose output is what the MLP adds
+
+
+# pre-norm blocks: x + attn(norm(x)), then + mlp(norm(.)); parallel blocks (GPT-NeoX with
+# use_parallel_residual, Phi) add both to the same input, which the same names describe
+_PRE_NORM = Family("layers", "self_attn", "self_attn.o_proj", "self_attn", "mlp")
+# sandwich norms (Gemma 2/3, OLMo 2): a sublayer's output is normalised before it is added
+_SANDWICH = Family("layers", "self_attn", "self_attn.o_proj", "post_attention_layernorm", "post_feedforward_layernorm")
+
+FAMILIES: dict[str, Family] = {
+    "gpt2": Family("h", "attn", "attn.c_proj", "attn", "mlp"),
+    "gpt_neox": Family("layers", "attention", "attention.dense", "attention", "mlp"),
+    "opt": Family("decoder.layers", "self_attn", "self_attn.out_proj", "self_attn", "fc2"),
+    "llama": _PRE_NORM,
+    "mistral": _PRE_NORM,
+    "mixtral": _PRE_NORM,  # its `mlp` is the sparse mixture-of-experts block
+    "qwen2": _PRE_NORM,
+    "qwen3": _PRE_NORM,
+    "gemma": _PRE_NORM,
+    "gemma2": _SANDWICH,
+    "gemma3_text": _SANDWICH,
+    "phi": Family("layers", "self_attn", "self_attn.dense", "self_attn", "mlp"),
+    "phi3": _PRE_NORM,
+    "olmo2": _SANDWICH,
+}
+
+
+@dataclass(frozen=True)
 class DecoderLayout:
     """The parts of a decoder-only LM that the probes need."""
 
     backbone: nn.Module  # runs embeddings + blocks + final norm, no LM head
     blocks: list[nn.Module]  # block i's output is the residual stream x_i
-    attn: list[nn.Module]  # per block: the attention sublayer (its output is added to the stream)
-    mlp: list[nn.Module]  # per block: the MLP sublayer (likewise)
+    attn: list[nn.Module]  # per block: the attention sublayer
+    attn_adds: list[nn.Module]  # per block: its output is what attention adds to the stream
+    mlp_adds: list[nn.Module]  # per block: likewise for the MLP
     attn_out_proj: list[nn.Module]  # per block: its input is the concatenated head outputs
-    qk_source: list[nn.Module]  # per block: its output holds the attention queries and keys
-    split_qk: Callable[[Tensor], tuple[Tensor, Tensor]]  # that output -> q, k (B, H, T, hd)
-    attn_scaling: list[float]  # per block: the factor on q.k before the softmax
-    n_head: int
+    attn_implementation: str  # the attention-function registry key the model calls
+    additive: bool  # block output = input + attn_adds + mlp_adds (False: a norm after the sum)
+    n_head: int  # query heads
+    n_kv_head: int
     n_embd: int
     n_positions: int
     vocab_size: int
@@ -37,42 +76,43 @@ class DecoderLayout:
         return len(self.blocks)
 
 
-def _gpt2_layout(model: nn.Module) -> DecoderLayout:
-    cfg = model.config
-    blocks = list(model.transformer.h)
-
-    def split_qk(qkv: Tensor) -> tuple[Tensor, Tensor]:
-        q, k, _ = qkv.split(cfg.n_embd, dim=2)  # c_attn output (B, T, 3D): q | k | v
-        shape = (*q.shape[:2], cfg.n_head, -1)
-        return q.view(shape).transpose(1, 2), k.view(shape).transpose(1, 2)  # (B, H, T, hd)
-
-    return DecoderLayout(
-        backbone=model.transformer,
-        blocks=blocks,
-        attn=[b.attn for b in blocks],
-        mlp=[b.mlp for b in blocks],
-        attn_out_proj=[b.attn.c_proj for b in blocks],
-        qk_source=[b.attn.c_attn for b in blocks],
-        split_qk=split_qk,
-        attn_scaling=[float(b.attn.scaling) for b in blocks],
-        n_head=cfg.n_head,
-        n_embd=cfg.n_embd,
-        n_positions=cfg.n_positions,
-        vocab_size=cfg.vocab_size,
-    )
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for name in path.split("."):
+        module = getattr(module, name)
+    return module
 
 
-_LAYOUTS = {"gpt2": _gpt2_layout}
+def _config_value(cfg, *names: str) -> int | None:
+    return next((getattr(cfg, n) for n in names if getattr(cfg, n, None) is not None), None)
 
 
 def decoder_layout(model: nn.Module) -> DecoderLayout:
     """Return the layout of `model`, or say which model types are supported."""
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in _LAYOUTS:
-        raise InputError(f"model_type {model_type!r} is not supported; supported: {sorted(_LAYOUTS)}")
-    return _LAYOUTS[model_type](model)
+    cfg = model.config
+    family = FAMILIES.get(getattr(cfg, "model_type", None))
+    if family is None:
+        raise InputError(f"model_type {cfg.model_type!r} is not supported; supported: {sorted(FAMILIES)}")
+    backbone = model.base_model
+    blocks = list(_get(backbone, family.layers))
+    n_head = _config_value(cfg, "num_attention_heads", "n_head")
+    return DecoderLayout(
+        backbone=backbone,
+        blocks=blocks,
+        attn=[_get(b, family.attn) for b in blocks],
+        attn_adds=[_get(b, family.attn_adds) for b in blocks],
+        mlp_adds=[_get(b, family.mlp_adds) for b in blocks],
+        attn_out_proj=[_get(b, family.out_proj) for b in blocks],
+        attn_implementation=cfg._attn_implementation,
+        # OPT-350m normalises after each residual sum: no sublayer "adds" to the stream
+        additive=getattr(cfg, "do_layer_norm_before", True),
+        n_head=n_head,
+        n_kv_head=_config_value(cfg, "num_key_value_heads") or n_head,
+        n_embd=_config_value(cfg, "hidden_size", "n_embd"),
+        n_positions=_config_value(cfg, "max_position_embeddings", "n_positions"),
+        vocab_size=cfg.vocab_size,
+    )
 
 
 def block_output(output: Tensor | tuple) -> Tensor:
-    """A block's residual output: transformers 5 returns a Tensor, 4.x a tuple."""
+    """A module's main output: transformers 5 blocks return a Tensor, attention a tuple."""
     return output[0] if isinstance(output, tuple) else output

@@ -23,6 +23,7 @@ class MassiveCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model_name_or_path", "data.model_name_or_path")
+        parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
         parser.link_arguments("model.context_length", "data.context_length", apply_on="instantiate")
 
     def before_validate(self) -> None:

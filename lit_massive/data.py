@@ -2,7 +2,8 @@
 
 Windows follow DESIGN section 2: the `text` column joined with "\\n\\n", tokenised once
 without special tokens, cut into `seq_len`-token windows every `stride` tokens; a shorter
-tail is dropped and `num_sequences` takes the first N.
+tail is dropped and `num_sequences` takes the first N. With BOS (DESIGN section 5) a window
+is the BOS token followed by `seq_len - 1` text tokens.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import datasets
 import lightning as L
@@ -29,9 +31,13 @@ def count_windows(num_tokens: int, seq_len: int, stride: int) -> int:
     return 0 if num_tokens < seq_len else (num_tokens - seq_len) // stride + 1
 
 
-def make_windows(ids: Tensor, seq_len: int, stride: int, num_sequences: int | None) -> Tensor:
-    """Cut a 1-D token tensor into (N, seq_len) windows starting every `stride` tokens."""
-    available = count_windows(len(ids), seq_len, stride)
+def make_windows(
+    ids: Tensor, seq_len: int, stride: int, num_sequences: int | None, bos_token_id: int | None = None
+) -> Tensor:
+    """Cut a 1-D token tensor into (N, seq_len) windows starting every `stride` tokens; with
+    a BOS token, each window is BOS + seq_len - 1 text tokens and `stride` counts text tokens."""
+    text_len = seq_len if bos_token_id is None else seq_len - 1
+    available = count_windows(len(ids), text_len, stride)
     if num_sequences is not None and num_sequences > available:
         raise InputError(
             f"num_sequences={num_sequences} but the text gives only {available} windows of "
@@ -39,7 +45,19 @@ def make_windows(ids: Tensor, seq_len: int, stride: int, num_sequences: int | No
             f"{available} or null for all"
         )
     n = available if num_sequences is None else num_sequences
-    return ids.unfold(0, seq_len, stride)[:n].clone()
+    windows = ids.unfold(0, text_len, stride)[:n]
+    if bos_token_id is None:
+        return windows.clone()
+    return torch.cat([windows.new_full((n, 1), bos_token_id), windows], dim=1)
+
+
+def tokenizer_bos(tokenizer) -> int | None:
+    """The BOS id `tokenizer` puts first when called with `add_special_tokens=True` (Llama,
+    Mistral, Gemma, OPT), else None (GPT-2, Pythia, Qwen)."""
+    bos, text = tokenizer.bos_token_id, "Summer is warm."
+    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
+    special = tokenizer(text, add_special_tokens=True)["input_ids"]
+    return bos if bos is not None and special[: len(plain) + 1] == [bos, *plain] else None
 
 
 class Windows(Dataset):
@@ -48,12 +66,13 @@ class Windows(Dataset):
     Item i is `{"input_ids": (seq_len,), "score_from": int, "index": i}`: perplexity scores the tokens
     at positions >= score_from, i.e. those the previous window did not cover (the Hugging
     Face fixed-length recipe); the first window scores every token that has a context.
+    With `bos`, position 0 is the BOS token, never a target, and `stride` counts text tokens.
     """
 
-    def __init__(self, windows: Tensor, stride: int | None = None) -> None:
+    def __init__(self, windows: Tensor, stride: int | None = None, bos: bool = False) -> None:
         self.windows = windows
-        seq_len = windows.shape[1]
-        self.overlap_from = max(1, seq_len - (stride or seq_len))
+        text_len = windows.shape[1] - bos
+        self.overlap_from = max(1, text_len - (stride or text_len) + bos)
 
     def __len__(self) -> int:
         return self.windows.shape[0]
@@ -110,8 +129,10 @@ class WindowsDataModule(L.LightningDataModule):
         streaming: bool = False,
         tokenizer: str | None = None,
         num_workers: int = 0,
+        bos: bool | Literal["auto"] = "auto",
         model_name_or_path: str = "gpt2",
         context_length: int | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         """
         Args:
@@ -121,21 +142,29 @@ class WindowsDataModule(L.LightningDataModule):
             data_files: local parquet / json(l) / csv / txt file(s) with a ``text`` column
                 (txt: one row per line); takes precedence over ``dataset``.
             seq_len: tokens per window.
-            stride: tokens between window starts; default ``seq_len``.
+            stride: text tokens between window starts; default ``seq_len`` (``seq_len - 1``
+                with BOS), so windows tile the text.
             num_sequences: first N windows; null takes all.
             batch_size: windows per batch.
             streaming: stream the split instead of downloading it; same windows.
             tokenizer: tokenizer name or path; default: the model's.
             num_workers: DataLoader workers.
+            bos: put the tokenizer's BOS token at position 0 of every window (then ``seq_len - 1``
+                text tokens follow); ``auto``: exactly when the tokenizer adds one itself
+                (Llama, Mistral, Gemma, OPT; not GPT-2, Pythia, Qwen).
             model_name_or_path: set from ``model.model_name_or_path`` by the CLI.
             context_length: the model's maximum positions, set by the CLI from the model.
+            trust_remote_code: set from ``model.trust_remote_code`` by the CLI.
         """
         super().__init__()
         self.save_hyperparameters()
-        stride = seq_len if stride is None else stride
-        for name, value in (("seq_len", seq_len), ("stride", stride), ("batch_size", batch_size)):
+        for name, value in (("seq_len", seq_len), ("stride", stride or 1), ("batch_size", batch_size)):
             if value < 1:
                 raise InputError(f"{name}={value}: must be a positive integer")
+        if bos not in (True, False, "auto"):
+            raise InputError(f"bos={bos!r}; valid: auto, true, false")
+        if bos is True and seq_len < 2:
+            raise InputError(f"seq_len={seq_len}: a BOS window needs seq_len >= 2 (BOS + text)")
         if num_sequences is not None and num_sequences < 1:
             raise InputError(f"num_sequences={num_sequences}: must be >= 1, or null for all windows")
         if context_length is not None and seq_len > context_length:
@@ -143,7 +172,8 @@ class WindowsDataModule(L.LightningDataModule):
                 f"seq_len={seq_len} is above the model's context of {context_length} tokens; "
                 f"use seq_len <= {context_length}"
             )
-        self.stride = stride
+        self.stride: int | None = stride  # the default depends on BOS: set in setup()
+        self.bos_token_id: int | None = None
         self.data_files = [data_files] if isinstance(data_files, str) else data_files
         if self.data_files is not None:
             if not self.data_files:
@@ -198,7 +228,7 @@ class WindowsDataModule(L.LightningDataModule):
     # -- windows ----------------------------------------------------------------------------
     def _needed_tokens(self) -> int | None:
         n = self.hparams.num_sequences
-        return None if n is None else (n - 1) * self.stride + self.hparams.seq_len
+        return None if n is None else (n - 1) * self.stride + self.hparams.seq_len - self.uses_bos
 
     def _token_ids(self) -> Tensor:
         what, ds = self._load(self.hparams.streaming)
@@ -237,12 +267,30 @@ class WindowsDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.windows is not None:
             return
-        self.tokenizer = load_tokenizer(self.tokenizer_name)
         h = self.hparams
-        self.windows = make_windows(self._token_ids(), h.seq_len, self.stride, h.num_sequences)
+        self.tokenizer = load_tokenizer(self.tokenizer_name, h.trust_remote_code)
+        self.bos_token_id = self._bos_token_id()
+        if self.hparams.stride is None:
+            self.stride = h.seq_len - self.uses_bos
+        if self.stride < 1:
+            raise InputError(f"seq_len={h.seq_len}: a BOS window needs seq_len >= 2 (BOS + text)")
+        self.windows = make_windows(self._token_ids(), h.seq_len, self.stride, h.num_sequences, self.bos_token_id)
+
+    @property
+    def uses_bos(self) -> bool:
+        return self.bos_token_id is not None
+
+    def _bos_token_id(self) -> int | None:
+        """The BOS decision of `data.bos` for this tokenizer."""
+        bos = self.hparams.bos
+        if bos == "auto":
+            return tokenizer_bos(self.tokenizer)
+        if bos and self.tokenizer.bos_token_id is None:
+            raise InputError(f"bos=true but tokenizer {self.tokenizer_name!r} has no BOS token; use bos: false")
+        return self.tokenizer.bos_token_id if bos else None
 
     def val_dataloader(self) -> DataLoader:
-        dataset = Windows(self.windows, self.stride)
+        dataset = Windows(self.windows, self.stride, self.uses_bos)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         if len(dataset) < world:
@@ -269,6 +317,9 @@ class WindowsDataModule(L.LightningDataModule):
             "tokenizer": self.tokenizer_name,
             "seq_len": h.seq_len,
             "stride": self.stride,
+            "bos": h.bos,
+            "bos_token_id": self.bos_token_id,
+            "uses_bos": self.uses_bos,
             "num_sequences": h.num_sequences,
             "num_windows": None if self.windows is None else int(self.windows.shape[0]),
             "batch_size": h.batch_size,

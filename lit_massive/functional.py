@@ -63,16 +63,44 @@ def flat_location(idx: Tensor, hidden_size: int) -> tuple[Tensor, Tensor]:
     return idx % hidden_size, torch.div(idx, hidden_size, rounding_mode="floor")
 
 
-def first_token_attention(q: Tensor, k: Tensor, scaling: float) -> Tensor:
-    """Causal softmax attention probability on key position 0, averaged over query
-    positions: (B, H). Recomputed from q and k in float32, so it does not depend on the
-    attention backend (sdpa returns no probabilities)."""
-    scores = (q.float() * scaling) @ k.float().transpose(-1, -2)  # (B, H, T, T), scaled on the small side
-    t = scores.shape[-1]
-    future = torch.ones(t, t, dtype=torch.bool, device=scores.device).triu(1)
-    scores.masked_fill_(future, float("-inf"))  # in place: the one (B, H, T, T) buffer
-    p0 = (scores[..., 0] - scores.logsumexp(dim=-1)).exp()  # (B, H, T)
-    return p0.mean(dim=-1)
+def attention_probs(
+    q: Tensor,
+    k: Tensor,
+    scaling: float,
+    mask: Tensor | None = None,
+    softcap: float | None = None,
+    sliding_window: int | None = None,
+) -> Tensor:
+    """The attention probabilities a model uses, recomputed in float32 from the final
+    query (B, H, T, hd) and key (B, H_kv, T, hd) that its attention function receives:
+    each query head reads its key group (grouped-query attention), logits are scaled and
+    soft-capped as the model does, then masked by `mask` (boolean: True attends; float:
+    added) or, when the backend got none, causally (within `sliding_window` if given).
+    Returns (B, H, T, T); the one (B, H, T, T) buffer is reused in place."""
+    b, h, t, hd = q.shape
+    h_kv = k.shape[1]
+    q = q.float().view(b, h_kv, h // h_kv, t, hd)  # (B, H_kv, group, T, hd)
+    scores = (q * scaling) @ k.float()[:, :, None].transpose(-1, -2)  # scaled on the small side
+    scores = scores.view(b, h, t, -1)  # (B, H, T, T)
+    if softcap is not None:
+        scores.div_(softcap).tanh_().mul_(softcap)
+    if mask is None:
+        i = torch.arange(t, device=q.device)
+        allowed = i[None, :] <= i[:, None]
+        if sliding_window is not None:
+            allowed &= i[None, :] > i[:, None] - sliding_window
+        scores.masked_fill_(~allowed, float("-inf"))
+    elif mask.dtype == torch.bool:
+        scores.masked_fill_(~mask[..., : scores.shape[-1]], float("-inf"))
+    else:
+        scores.add_(mask[..., : scores.shape[-1]].float())
+    scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()  # softmax, in place
+    return scores.div_(scores.sum(dim=-1, keepdim=True))
+
+
+def first_token_attention(probs: Tensor) -> Tensor:
+    """Attention probability on key position 0, averaged over query positions: (B, H)."""
+    return probs[..., 0].mean(dim=-1)
 
 
 def mask_heads(x: Tensor, mask: Tensor) -> Tensor:

@@ -6,14 +6,16 @@ later forward pass. This module is the only place that registers them.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from torch import Tensor, nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from lit_massive.adapter import DecoderLayout, block_output
-from lit_massive.functional import first_token_attention, mask_heads
+from lit_massive.functional import attention_probs, first_token_attention, mask_heads
 
 Hook = tuple[nn.Module, Callable]
 
@@ -31,6 +33,55 @@ def hooks(forward: Iterable[Hook] = (), forward_pre: Iterable[Hook] = ()) -> Ite
     finally:
         for handle in handles:
             handle.remove()
+
+
+AttentionFn = Callable[..., tuple]
+
+
+@contextmanager
+def attention_probe(layout: DecoderLayout, on_call: Callable[[int, Tensor], None]) -> Iterator[None]:
+    """Call `on_call(i, probs)` with the attention probabilities (B, H, T, T) of block i,
+    computed from what the model's attention function receives, then run that function.
+
+    Every supported family calls `ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager)` with
+    the final query (after RoPE and q/k norms), the key (one per KV group), the mask it
+    built (sliding windows included), `scaling` and `softcap`. Wrapping the registry entry
+    of the model's own backend keeps that backend (sdpa, flash) for the forward pass and
+    leaves masks untouched, so the probabilities are the ones the model uses. The entry is
+    a local override on the registry, restored on exit like the hooks.
+    """
+    impl = layout.attn_implementation
+    layer_of = {id(m): i for i, m in enumerate(layout.attn)}
+    local = ALL_ATTENTION_FUNCTIONS._local_mapping  # overrides of this registry instance only
+    had_local, previous = impl in local, local.get(impl)
+    backend = ALL_ATTENTION_FUNCTIONS[impl] if impl in ALL_ATTENTION_FUNCTIONS else None
+
+    def probe(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs) -> tuple:
+        i = layer_of.get(id(module))
+        if i is not None:
+            scaling = kwargs.get("scaling")
+            probs = attention_probs(
+                query,
+                key,
+                query.shape[-1] ** -0.5 if scaling is None else scaling,
+                attention_mask,
+                softcap=kwargs.get("softcap"),
+                sliding_window=kwargs.get("sliding_window"),
+            )
+            on_call(i, probs)
+            del probs  # one block's (B, H, T, T) at a time
+        # "eager" is no registry entry: it is the family's own function, the call's default
+        fn = backend or sys.modules[type(module).__module__].eager_attention_forward
+        return fn(module, query, key, value, attention_mask, **kwargs)
+
+    ALL_ATTENTION_FUNCTIONS[impl] = probe
+    try:
+        yield
+    finally:
+        if had_local:
+            local[impl] = previous
+        else:
+            del local[impl]
 
 
 @dataclass
@@ -62,12 +113,12 @@ def probes(
     """Everything one measured forward pass needs, registered together and removed together.
 
     * block outputs, always;
-    * with `head_scores`, each head's mean attention on token 0, computed inside the hook
-      from q and k so no (B, H, T, T) map outlives its block;
+    * with `head_scores`, each head's mean attention on token 0, computed inside the
+      model's attention function (`attention_probe`) so no (B, H, T, T) map outlives its block;
     * with `head_mask` (L, H), a pre-hook on each attention output projection that zeroes
       the pruned heads' outputs (only blocks with a pruned head get one);
-    * with `components`, each block's input and its attention and MLP outputs
-      (block output = input + attention + MLP);
+    * with `components`, each block's input and what its attention and MLP add to the
+      residual stream (block output = input + attention + MLP);
     * with `edit = (i, fn)`, block i's output is replaced by fn(output) before anything
       downstream (or the probes) sees it.
     """
@@ -86,14 +137,9 @@ def probes(
     if head_scores:
         probed.first_token_attention = [None] * n
 
-        def score_heads(i: int) -> Callable:
-            def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-                q, k = layout.split_qk(output)
-                probed.first_token_attention[i] = first_token_attention(q, k, layout.attn_scaling[i])
+        def score_heads(i: int, probs: Tensor) -> None:
+            probed.first_token_attention[i] = first_token_attention(probs)
 
-            return hook
-
-        forward += [(m, score_heads(i)) for i, m in enumerate(layout.qk_source)]
     if components:
         probed.block_inputs, probed.attn_outputs, probed.mlp_outputs = [None] * n, [None] * n, [None] * n
 
@@ -104,8 +150,15 @@ def probes(
             return hook
 
         forward_pre += [(block, keep_input(i)) for i, block in enumerate(layout.blocks)]
-        forward += [(m, _keep(probed.attn_outputs, i)) for i, m in enumerate(layout.attn)]
-        forward += [(m, _keep(probed.mlp_outputs, i)) for i, m in enumerate(layout.mlp)]
+        def keep_added(store: list, i: int) -> Callable:
+            def hook(module: nn.Module, args: tuple, output: Tensor | tuple) -> None:
+                # OPT runs its MLP on (B * T, D): back to the stream's (B, T, D)
+                store[i] = block_output(output).view(probed.block_inputs[i].shape)
+
+            return hook
+
+        forward += [(m, keep_added(probed.attn_outputs, i)) for i, m in enumerate(layout.attn_adds)]
+        forward += [(m, keep_added(probed.mlp_outputs, i)) for i, m in enumerate(layout.mlp_adds)]
     if head_mask is not None:
 
         def prune(mask: Tensor) -> Callable:
@@ -119,5 +172,13 @@ def probes(
             for i, proj in enumerate(layout.attn_out_proj)
             if bool((head_mask[i] == 0).any())
         ]
-    with hooks(forward=forward, forward_pre=forward_pre):
+    with ExitStack() as stack:
+        if head_scores:
+            stack.enter_context(attention_probe(layout, score_heads))
+        stack.enter_context(hooks(forward=forward, forward_pre=forward_pre))
         yield probed
+    missing = [i for i, s in enumerate(probed.first_token_attention) if s is None]
+    # after a forward pass, a block without scores bypassed the registry (GPT-2's eager
+    # `reorder_and_upcast_attn` path does): say so rather than report nothing for it
+    if missing and probed.block_outputs[0] is not None:
+        raise RuntimeError(f"blocks {missing}: attention did not go through the attention-function registry")

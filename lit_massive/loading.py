@@ -39,14 +39,31 @@ def _hub_error(name: str, what: str, err: Exception) -> InputError:
     )
 
 
-def load_causal_lm(name: str, attn_implementation: str | None = None) -> PreTrainedModel:
-    """Load a causal LM in float32 and eval mode; the attention backend stays the default
-    unless `attn_implementation` is given."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise InputError(f"dtype {dtype!r} is not supported; valid: {', '.join(DTYPES)}")
+
+
+def load_causal_lm(
+    name: str,
+    attn_implementation: str | None = None,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """Load a causal LM in eval mode, its weights created directly in `dtype` (`auto`: the
+    checkpoint's own), so a 7B model in bf16 never exists as a float32 copy. The attention
+    backend stays the default unless `attn_implementation` is given."""
+    check_dtype(dtype)
     if name == toy.TOY:
         model = toy.build_toy_model(attn_implementation=attn_implementation)
+        if dtype != "auto":
+            model = model.to(DTYPES[dtype])
     else:
         local = check_local_or_hub(name, "model_name_or_path")
-        kwargs = {"dtype": torch.float32}
+        kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
         try:
@@ -58,13 +75,13 @@ def load_causal_lm(name: str, attn_implementation: str | None = None) -> PreTrai
     return model.eval()
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str, trust_remote_code: bool = False):
     """The tokenizer for `name` (hub id, local directory, or the toy)."""
     if name == toy.TOY:
         return toy.build_toy_tokenizer()
     local = check_local_or_hub(name, "tokenizer")
     try:
-        return AutoTokenizer.from_pretrained(local or name)
+        return AutoTokenizer.from_pretrained(local or name, trust_remote_code=trust_remote_code)
     except OSError as err:
         if local is not None:
             raise InputError(f"tokenizer {name!r}: {err}") from err

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_massive.adapter import DecoderLayout, decoder_layout
+from lit_massive.errors import InputError
 from lit_massive.feature_view import FeatureView, measure_feature_view, shown_layers
 from lit_massive.functional import massive_entries
 from lit_massive.hooks import probes
@@ -26,7 +27,8 @@ __all__ = ["FeatureView", "MassiveActivations", "describe_model"]
 
 class MassiveActivations(L.LightningModule):
     """Measure per-block statistics of |block output| and per-head first-token attention
-    for a GPT-2-family model and for head-pruned or edited variants of it."""
+    for a decoder LM (any family in `adapter.FAMILIES`) and for head-pruned or edited
+    variants of it."""
 
     def __init__(
         self,
@@ -41,10 +43,12 @@ class MassiveActivations(L.LightningModule):
         variants: dict[str, VariantSpec] | None = None,
         sweep: Sweep | None = None,
         attn_implementation: str | None = None,
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
     ) -> None:
         """
         Args:
-            model_name_or_path: hub id (``gpt2``, ``distilgpt2``, ...), local directory saved
+            model_name_or_path: hub id (``gpt2``, ``meta-llama/Llama-2-7b-hf``, ...), local directory saved
                 with ``save_pretrained``, or ``toy`` (the built-in model with planted ground truth).
             top_k: how many of the largest |values| to report per block.
             massive_threshold: a massive activation has |value| above this ...
@@ -64,13 +68,21 @@ class MassiveActivations(L.LightningModule):
                 it is the first form).
             sweep: cumulative pruning, one variant per k (``sweep_{order}_{k}``).
             attn_implementation: attention backend; null keeps the model's default.
+            dtype: weights dtype at load time: ``float32``, ``bfloat16``, ``float16`` or ``auto``
+                (the checkpoint's own); the run's precision applies on top, statistics stay float32+.
+            trust_remote_code: passed to ``from_pretrained`` for the model and its tokenizer.
         """
         super().__init__()
         if top_k < 1:
             raise ValueError(f"top_k={top_k}: must be >= 1")
         self.save_hyperparameters()
-        self.model = load_causal_lm(model_name_or_path, attn_implementation)
+        self.model = load_causal_lm(model_name_or_path, attn_implementation, dtype, trust_remote_code)
         self.layout = lay = decoder_layout(self.model)
+        if components and not lay.additive:
+            raise InputError(
+                f"components: {model_name_or_path!r} normalises after each residual sum (OPT with "
+                f"do_layer_norm_before=false), so no sublayer adds to the stream; set components: false"
+            )
         self.context_length = lay.n_positions
         # the arguments, not hparams, which may hold these as plain dicts (LightningCLI)
         self.feature_view, self.sweep = feature_view, sweep
@@ -203,10 +215,13 @@ def describe_model(model: nn.Module, layout: DecoderLayout, h: Mapping[str, Any]
         "model_type": model.config.model_type,
         "n_layer": layout.n_layer,
         "n_head": layout.n_head,
+        "n_kv_head": layout.n_kv_head,
         "n_embd": layout.n_embd,
         "n_positions": layout.n_positions,
         "vocab_size": layout.vocab_size,
         "attn_implementation": model.config._attn_implementation,
+        "dtype": h["dtype"],
+        "parameter_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "top_k": h["top_k"],
         "massive_threshold": h["massive_threshold"],
         "massive_ratio": h["massive_ratio"],

@@ -33,7 +33,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 TOY = "toy"
@@ -72,10 +72,16 @@ def _vocab() -> dict[str, int]:
     return {tok: i for i, tok in enumerate([EOS, UNK, *sorted(words)])}
 
 
-def build_toy_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level tokenizer over the bundled corpus's words; unknown words map to <unk>."""
+def build_toy_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over the bundled corpus's words; unknown words map to <unk>.
+    With `bos`, it puts `<|endoftext|>` first when called with special tokens, as Llama's
+    tokenizer puts `<s>` (GPT-2's does not), so both BOS behaviours can be tested offline."""
     tok = Tokenizer(models.WordLevel(vocab=_vocab(), unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{EOS} $A", pair=f"{EOS} $A $B", special_tokens=[(EOS, _vocab()[EOS])]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=EOS,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -158,3 +160,49 @@ def massive_run(tmp_path_factory) -> tuple[Path, dict]:
         "--model.variants",
         json.dumps(MASSIVE_VARIANTS),
     )
+
+
+def run_validate_ddp(root: Path, *args: str, devices: int = 2) -> dict:
+    """Run the CLI as `devices` DDP processes on the CPU (a subprocess); return its results."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lit_massive",
+            "validate",
+            *args,
+            "--trainer.default_root_dir",
+            str(root),
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            str(devices),
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        cwd=root.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = root.glob("lightning_logs/*")
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def assert_same_numbers(a, b, path: str = "") -> None:
+    """Every number equal to 1e-6 relative, every other value equal."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_same_numbers(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_numbers(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-12), path
+    else:
+        assert a == b, path

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from lit_massive.adapter import decoder_layout
 from lit_massive.hooks import probes
@@ -19,14 +20,18 @@ def test_probes_are_removed_on_exit_and_on_error():
     mask[2, 7] = mask[5, 1] = 0.0
     ids = torch.arange(10)[None]
     with probes(layout, head_mask=mask, head_scores=True) as probed:
-        # one per block output, one per block's q/k source, one per block with a pruned head
-        assert _count(model) == 2 * layout.n_layer + 2
+        # one per block output, one per block with a pruned head; head scores wrap the
+        # model's attention function instead
+        assert _count(model) == layout.n_layer + 2
+        assert layout.attn_implementation in ALL_ATTENTION_FUNCTIONS._local_mapping
         with torch.no_grad():
             layout.backbone(input_ids=ids)
     assert _count(model) == 0
+    assert layout.attn_implementation not in ALL_ATTENTION_FUNCTIONS._local_mapping
     assert all(x.shape == (1, 10, layout.n_embd) for x in probed.block_outputs)
     assert all(s.shape == (1, layout.n_head) for s in probed.first_token_attention)
-    with pytest.raises(RuntimeError), probes(layout, head_mask=mask):
+    with pytest.raises(RuntimeError, match="boom"), probes(layout, head_mask=mask, head_scores=True):
         assert _count(model) == layout.n_layer + 2
         raise RuntimeError("boom")
     assert _count(model) == 0
+    assert layout.attn_implementation not in ALL_ATTENTION_FUNCTIONS._local_mapping

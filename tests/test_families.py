@@ -1,0 +1,228 @@
+"""Every supported family, against plain transformers code on tiny planted checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import assert_same_numbers, read_texts, reference_profile, run_validate, run_validate_ddp
+from lit_massive.data import WindowsDataModule
+from lit_massive.module import MassiveActivations
+from tiny_families import BOS_DIM, DOT_DIM, FAMILIES, FAMILY_CONFIGS, save_family
+
+SEQ, N = 24, 4
+PRUNED = (1, 1)  # (layer, head)
+LAYERS = {"gpt2": "h", "opt": "decoder.layers"}  # else "layers", below the base model
+OUT_PROJ = {"gpt2": "attn.c_proj", "gpt_neox": "attention.dense", "opt": "self_attn.out_proj", "phi": "self_attn.dense"}
+
+
+def _get(module, path):
+    for name in path.split("."):
+        module = getattr(module, name)
+    return module
+
+
+@pytest.fixture(scope="session")
+def family_dir(tmp_path_factory):
+    made = {}
+
+    def get(model_type):
+        if model_type not in made:
+            made[model_type] = save_family(model_type, tmp_path_factory.mktemp(model_type))
+        return made[model_type]
+
+    return get
+
+
+def _windows(model_dir, jsonl, bos):
+    """Windows built by hand: the text joined with blank lines, tokenised without special
+    tokens, cut into SEQ tokens (BOS + SEQ - 1 with BOS) back to back."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer("\n\n".join(read_texts(jsonl)), add_special_tokens=False)["input_ids"]
+    n = SEQ - bos
+    rows = [([tokenizer.bos_token_id] if bos else []) + ids[i * n : (i + 1) * n] for i in range(N)]
+    return torch.tensor(rows)
+
+
+def _forward(model, model_type, windows):
+    """Block outputs (plain forward hooks on the decoder layers), eager attention maps, and
+    the summed next-token NLL of positions 1.. of every window."""
+    outputs = []
+    layers = _get(model.base_model, LAYERS.get(model_type, "layers"))
+    handles = [
+        layer.register_forward_hook(lambda m, a, o: outputs.append(o[0] if isinstance(o, tuple) else o))
+        for layer in layers
+    ]
+    with torch.no_grad():
+        out = model(windows, labels=windows, output_attentions=True)
+    for handle in handles:
+        handle.remove()
+    nll_sum = float(out.loss) * windows.shape[0] * (windows.shape[1] - 1)
+    return outputs, out.attentions, nll_sum
+
+
+def _assert_profile(layers, block_outputs, windows):
+    for row, ref in zip(layers, reference_profile(block_outputs, windows), strict=True):
+        np.testing.assert_allclose(row["top"], ref["top"], rtol=1e-5)
+        assert row["median"] == pytest.approx(ref["median"], rel=1e-5)
+
+
+def _eager(model_dir, prune=None):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
+    if prune is not None:
+        layer, head = prune
+        proj = _get(_get(model.base_model, LAYERS.get(model.config.model_type, "layers"))[layer],
+                    OUT_PROJ.get(model.config.model_type, "self_attn.o_proj"))
+        with torch.no_grad():
+            if isinstance(proj, torch.nn.Linear):  # (out, in): a head's inputs are columns
+                hd = proj.in_features // model.config.num_attention_heads
+                proj.weight[:, head * hd : (head + 1) * hd] = 0.0
+            else:  # GPT-2's Conv1D is (in, out): rows
+                hd = proj.weight.shape[0] // model.config.num_attention_heads
+                proj.weight[head * hd : (head + 1) * hd, :] = 0.0
+    return model
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_family_matches_plain_transformers(tmp_path, family_dir, corpus_jsonl, model_type):
+    model_dir = family_dir(model_type)
+    bos = FAMILY_CONFIGS[model_type][1]
+    _, results = run_validate(
+        tmp_path,
+        "--model.model_name_or_path", str(model_dir),
+        "--data.data_files", str(corpus_jsonl),
+        "--data.seq_len", str(SEQ),
+        "--data.num_sequences", str(N),
+        "--data.batch_size", "2",
+        "--model.head_scores", "true",
+        "--model.components", "true",
+        "--model.variants", json.dumps({"cut": [list(PRUNED)]}),
+    )  # fmt: skip
+    assert results["model"]["model_type"] == model_type
+    assert results["data"]["uses_bos"] is bos  # bos: auto follows the tokenizer
+    windows = _windows(model_dir, corpus_jsonl, bos)
+    block_outputs, attentions, nll_sum = _forward(_eager(model_dir), model_type, windows)
+    baseline = results["variants"]["baseline"]
+
+    # layer profile: plain forward hooks on the decoder layers
+    _assert_profile(baseline["layers"], block_outputs, windows)
+    # head scores: eager attention maps (GQA, RoPE, q/k norms, softcap and sliding windows included)
+    expected = torch.stack([a[:, :, :, 0].double().mean(-1).mean(0) for a in attentions])
+    got = torch.tensor(baseline["head_scores"], dtype=torch.float64)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    # perplexity: the model's own loss over positions 1.. (BOS, when present, is never a target)
+    assert baseline["scored_tokens"] == N * (SEQ - 1)
+    assert baseline["nll_sum"] == pytest.approx(nll_sum, rel=1e-6)
+
+    # pruning = zeroing that head's input columns of the output projection
+    cut_outputs, _, cut_nll = _forward(_eager(model_dir, prune=PRUNED), model_type, windows)
+    cut = results["variants"]["cut"]
+    _assert_profile(cut["layers"], cut_outputs, windows)
+    assert cut["nll_sum"] == pytest.approx(cut_nll, rel=1e-6)
+    assert cut["nll_sum"] != pytest.approx(baseline["nll_sum"], rel=1e-9)  # the head mattered
+
+    # the planted massive activations are found, at position 0 (BOS) and at "." tokens
+    located = {(e["dim"], e["token"]) for e in baseline["massive"]}
+    assert (DOT_DIM, ".") in located
+    assert ((BOS_DIM, "<|endoftext|>") in located) is bos
+    # components: resid_in + attn + mlp = block output, averaged over the same windows
+    x = torch.stack(block_outputs).double()  # (L, N, T, D)
+    flat = x.abs().flatten(2)
+    massive = (flat > 100) & (flat > 1000 * flat.median(dim=2, keepdim=True).values)  # (L, N, T*D)
+    assert baseline["components"]
+    for e in baseline["components"]:
+        hit = massive[:, :, e["position"] * x.shape[-1] + e["dim"]].any(0)  # windows where it is massive
+        assert int(hit.sum()) == e["sequences"]
+        out = float(x[e["layer"], hit, e["position"], e["dim"]].mean())
+        assert e["resid_in"] + e["attn"] + e["mlp"] == pytest.approx(out, rel=1e-5, abs=1e-4)
+        if e["layer"] > 0:
+            assert e["resid_in"] == pytest.approx(float(x[e["layer"] - 1, hit, e["position"], e["dim"]].mean()),
+                                                  rel=1e-5, abs=1e-4)
+
+
+def test_bos_auto_follows_the_tokenizer(family_dir):
+    for model_type, adds_bos in (("llama", True), ("qwen2", False)):
+        model_dir = str(family_dir(model_type))
+        data = WindowsDataModule(dataset="toy", seq_len=16, num_sequences=3, model_name_or_path=model_dir)
+        data.setup()
+        first = data.windows[:, 0]
+        assert data.uses_bos is adds_bos
+        assert bool((first == 0).all()) is adds_bos  # <|endoftext|> (id 0) leads every window
+        assert data.describe()["uses_bos"] is adds_bos
+
+
+def test_bos_windows_and_perplexity_by_hand(tmp_path, family_dir, corpus_jsonl):
+    """BOS + 11 text tokens every 6 text tokens: window i holds text tokens 6i .. 6i + 10,
+    and scores only the text tokens the previous window did not: all 11 of the first, then
+    the last 6 of each."""
+    model_dir = family_dir("llama")
+    seq_len, stride, n = 12, 6, 4
+    args = ["--model.model_name_or_path", str(model_dir), "--data.data_files", str(corpus_jsonl),
+            "--data.seq_len", str(seq_len), "--data.num_sequences", str(n), "--model.head_scores", "true"]  # fmt: skip
+    _, results = run_validate(tmp_path / "bos", *args, "--data.stride", str(stride))
+    text = "\n\n".join(read_texts(corpus_jsonl))
+    ids = AutoTokenizer.from_pretrained(model_dir)(text, add_special_tokens=False)["input_ids"]
+    model = _eager(model_dir)
+    nll_sum, tokens = 0.0, 0
+    for i in range(n):
+        window = torch.tensor([[0, *ids[i * stride : i * stride + seq_len - 1]]])
+        labels = window.clone()
+        labels[:, : 1 if i == 0 else seq_len - stride] = -100  # BOS never; overlap not twice
+        scored = int((labels[:, 1:] != -100).sum())
+        with torch.no_grad():
+            nll_sum += float(model(window, labels=labels).loss) * scored
+        tokens += scored
+    baseline = results["variants"]["baseline"]
+    assert results["data"]["stride"] == stride and results["data"]["uses_bos"] is True
+    assert baseline["scored_tokens"] == tokens == (seq_len - 1) + (n - 1) * stride
+    assert baseline["nll_sum"] == pytest.approx(nll_sum, rel=1e-6)
+
+    # bos: false on the same model: plain windows, the first token of each never scored
+    _, plain = run_validate(tmp_path / "plain", *args, "--data.bos", "false")
+    windows = torch.tensor([ids[i * seq_len : (i + 1) * seq_len] for i in range(n)])
+    with torch.no_grad():
+        expected = float(model(windows, labels=windows).loss) * n * (seq_len - 1)
+    assert plain["data"]["uses_bos"] is False
+    assert plain["variants"]["baseline"]["nll_sum"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_bfloat16_loads_weights_in_bfloat16(family_dir):
+    model_dir = str(family_dir("llama"))
+    full = MassiveActivations(model_name_or_path=model_dir)
+    half = MassiveActivations(model_name_or_path=model_dir, dtype="bfloat16")
+    assert {p.dtype for p in full.model.parameters()} == {torch.float32}
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    nbytes = [sum(p.numel() * p.element_size() for p in m.model.parameters()) for m in (full, half)]
+    assert nbytes[1] * 2 == nbytes[0]
+    assert half.describe()["parameter_dtype"] == "bfloat16"
+
+
+def test_two_processes_equal_one_on_llama(tmp_path, family_dir, corpus_jsonl):
+    args = [
+        "--model.model_name_or_path", str(family_dir("llama")),
+        "--data.data_files", str(corpus_jsonl),
+        "--data.seq_len", str(SEQ),
+        "--data.num_sequences", "5",
+        "--data.batch_size", "2",
+        "--model.head_scores", "true",
+        "--model.components", "true",
+        "--model.variants", json.dumps({"cut": [list(PRUNED)], "zero": {"set_massive": {"layer": 1, "to": "zero"}}}),
+    ]  # fmt: skip
+    _, single = run_validate(tmp_path / "one", *args)
+    double = run_validate_ddp(tmp_path / "two", *args)
+    assert (single["world_size"], double["world_size"]) == (1, 2)
+    assert double["variants"]["baseline"]["num_sequences"] == 5  # 3 + 2: none repeated or dropped
+    assert_same_numbers(double["variants"], single["variants"])
+
+
+def test_components_refused_where_no_sublayer_adds(tmp_path, family_dir, corpus_jsonl):
+    """OPT-350m normalises after each residual sum: components cannot add up there."""
+    model_dir = save_family("opt", tmp_path / "post_ln", do_layer_norm_before=False)
+    with pytest.raises(SystemExit) as info:
+        run_validate(tmp_path, "--model.model_name_or_path", str(model_dir), "--model.components", "true",
+                     "--data.data_files", str(corpus_jsonl), "--data.seq_len", str(SEQ))  # fmt: skip
+    message = str(info.value.code)
+    assert message.startswith("lit_massive: error: components:") and "do_layer_norm_before" in message
+    assert "\n" not in message
