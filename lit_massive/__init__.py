@@ -1,4 +1,4 @@
-"""lit_massive: measure massive activations and attention heads of GPT-2-family models."""
+"""lit_massive: measure massive activations and attention heads of decoder language models."""
 
 from lit_massive.data import WindowsDataModule
 from lit_massive.errors import InputError
