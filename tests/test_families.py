@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import assert_same_numbers, read_texts, reference_profile, run_validate, run_validate_ddp
 from lit_massive.data import WindowsDataModule
+from lit_massive.functional import attention_probs
 from lit_massive.module import MassiveActivations
 from tiny_families import BOS_DIM, DOT_DIM, FAMILIES, FAMILY_CONFIGS, save_family
 
@@ -226,3 +227,18 @@ def test_components_refused_where_no_sublayer_adds(tmp_path, family_dir, corpus_
     message = str(info.value.code)
     assert message.startswith("lit_massive: error: components:") and "do_layer_norm_before" in message
     assert "\n" not in message
+
+
+def test_sliding_window_without_a_mask_matches_the_masks_transformers_builds():
+    """Flash attention gets no mask, only `sliding_window`: the causal band built from it
+    must equal the 4D masks that eager (additive) and sdpa (boolean) layers receive."""
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 4, 12, 8), torch.randn(2, 2, 12, 8)
+    i = torch.arange(12)
+    band = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - 5)  # (T, T), window 5
+    additive = torch.zeros(12, 12).masked_fill(~band, torch.finfo(torch.float32).min)
+    from_window = attention_probs(q, k, 0.3, None, sliding_window=5)
+    torch.testing.assert_close(from_window, attention_probs(q, k, 0.3, band[None, None]))
+    torch.testing.assert_close(from_window, attention_probs(q, k, 0.3, additive[None, None]))
+    reference = ((q * 0.3) @ k.repeat_interleave(2, dim=1).transpose(-1, -2)).masked_fill(~band, -torch.inf)
+    torch.testing.assert_close(from_window, reference.softmax(-1))
