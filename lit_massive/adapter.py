@@ -63,6 +63,8 @@ class DecoderLayout:
     attn_adds: list[nn.Module]  # per block: its output is what attention adds to the stream
     mlp_adds: list[nn.Module]  # per block: likewise for the MLP
     attn_out_proj: list[nn.Module]  # per block: its input is the concatenated head outputs
+    lm_head: nn.Linear  # final hidden state -> logits
+    final_logit_softcap: float | None  # Gemma 2/3: logits = cap * tanh(logits / cap)
     attn_implementation: str  # the attention-function registry key the model calls
     additive: bool  # block output = input + attn_adds + mlp_adds (False: a norm after the sum)
     n_head: int  # query heads
@@ -102,6 +104,8 @@ def decoder_layout(model: nn.Module) -> DecoderLayout:
         attn_adds=[_get(b, family.attn_adds) for b in blocks],
         mlp_adds=[_get(b, family.mlp_adds) for b in blocks],
         attn_out_proj=[_get(b, family.out_proj) for b in blocks],
+        lm_head=model.get_output_embeddings(),
+        final_logit_softcap=getattr(cfg, "final_logit_softcapping", None),
         attn_implementation=cfg._attn_implementation,
         # OPT-350m normalises after each residual sum: no sublayer "adds" to the stream
         additive=getattr(cfg, "do_layer_norm_before", True),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+NLL_CHUNK_LOGITS = 2**24  # logits per LM-head chunk: 64 MB in float32, whatever the vocabulary
 
 
 def sequence_profile(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -110,20 +112,42 @@ def mask_heads(x: Tensor, mask: Tensor) -> Tensor:
     return (x.view(*shape[:-1], mask.numel(), -1) * mask.to(x.dtype)[:, None]).view(shape)
 
 
-def token_nll(logits: Tensor, input_ids: Tensor, score_from: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Next-token NLL of the scored positions (>= score_from, per sequence): their float64
-    sum, their count, and how many were not finite (those are left out of the sum).
-    Cross-entropy is log-softmax based, in float32 whatever the logits dtype."""
-    b, t, v = logits.shape
-    # targets shifted left, the last position ignored: no copy of the (B, T, V) logits
-    targets = input_ids.new_full((b, t), -100)
-    targets[:, :-1] = input_ids[:, 1:]
-    nll = F.cross_entropy(logits.float().view(-1, v), targets.view(-1), reduction="none").view(b, t)[:, :-1]
-    position = torch.arange(1, t, device=logits.device)
+NLL_CHUNK_LOGITS = 2**24  # logits per LM-head chunk: 64 MB in float32, whatever the vocabulary
+
+
+def token_nll(
+    hidden: Tensor,
+    lm_head: nn.Linear,
+    input_ids: Tensor,
+    score_from: Tensor,
+    softcap: float | None = None,
+    chunk_logits: int = NLL_CHUNK_LOGITS,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Next-token NLL of the scored positions (>= score_from, per sequence) from the final
+    hidden state (B, T, D): their float64 sum, their count, and how many were not finite
+    (left out of the sum). The LM head runs on chunks of positions, so the (B, T, V) logits
+    (and their float32 copy) never exist at once: Llama 3's 128k or Gemma's 256k vocabulary
+    costs one chunk. `softcap` is the family's final-logit softcapping (Gemma 2). Cross-entropy
+    is log-softmax based, in float32 whatever the logits dtype; the last position has no target."""
+    b, t = input_ids.shape
+    position = torch.arange(1, t, device=input_ids.device)  # target positions
     scored = position[None, :] >= score_from[:, None]  # (B, T-1)
-    finite = torch.isfinite(nll)
-    total = torch.where(scored & finite, nll, 0.0).sum(dtype=torch.float64)
-    return total, scored.sum(), (scored & ~finite).sum()
+    total = torch.zeros((), dtype=torch.float64, device=input_ids.device)
+    nonfinite = torch.zeros((), dtype=torch.int64, device=input_ids.device)
+    step = max(1, chunk_logits // (b * lm_head.out_features))
+    for start in range(0, t - 1, step):
+        end = min(start + step, t - 1)
+        logits = lm_head(hidden[:, start:end])  # (B, c, V)
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        nll = F.cross_entropy(
+            logits.float().flatten(0, 1), input_ids[:, start + 1 : end + 1].flatten(), reduction="none"
+        ).view(b, -1)
+        keep = scored[:, start:end]
+        finite = torch.isfinite(nll)
+        total += torch.where(keep & finite, nll, 0.0).sum(dtype=torch.float64)
+        nonfinite += (keep & ~finite).sum()
+    return total, scored.sum(), nonfinite
 
 
 def massive_entries(block_outputs: list[Tensor], threshold: float, ratio: float) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lit_massive.functional import flat_location, massive_mask, sequence_profile, token_nll
+from lit_massive.functional import flat_location, massive_mask, sequence_profile
 
 
 def _rows(state: list[Tensor] | Tensor, width: int) -> Tensor:
@@ -205,8 +205,8 @@ class Perplexity(SumStatesMetric):
         self.add_state("tokens", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("nonfinite_tokens", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(self, logits: Tensor, input_ids: Tensor, score_from: Tensor) -> None:
-        total, tokens, nonfinite = token_nll(logits, input_ids, score_from)
+    def update(self, total: Tensor, tokens: Tensor, nonfinite: Tensor) -> None:
+        """One batch's NLL sum, scored tokens and non-finite token losses (`token_nll`)."""
         self.nll_sum += total
         self.tokens += tokens
         self.nonfinite_tokens += nonfinite

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from lit_massive.adapter import DecoderLayout, decoder_layout
 from lit_massive.errors import InputError
 from lit_massive.feature_view import FeatureView, measure_feature_view, shown_layers
-from lit_massive.functional import massive_entries
+from lit_massive.functional import massive_entries, token_nll
 from lit_massive.hooks import probes
 from lit_massive.loading import load_causal_lm
 from lit_massive.metrics import HeadScores, LayerProfile, VariantMetrics
@@ -131,8 +131,6 @@ class MassiveActivations(L.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         input_ids = batch["input_ids"]
         h = self.hparams
-        # the LM head only when perplexity needs logits; the profile needs block outputs only
-        forward = self.model if h.perplexity else self.layout.backbone
         for v, name in enumerate(self.plan.names):
             with probes(
                 self.layout,
@@ -141,7 +139,7 @@ class MassiveActivations(L.LightningModule):
                 components=h.components,
                 edit=self.plan.block_edit(name, batch["index"], h.massive_threshold, h.massive_ratio),
             ) as probed:
-                output = forward(input_ids=input_ids, use_cache=False)
+                output = self.layout.backbone(input_ids=input_ids, use_cache=False)
             self.metrics.profiles[name].update(probed.block_outputs, input_ids)
             if h.components:
                 entries = massive_entries(probed.block_outputs, h.massive_threshold, h.massive_ratio)
@@ -151,7 +149,10 @@ class MassiveActivations(L.LightningModule):
             if h.head_scores:
                 self.metrics.head_scores[name].update(probed.first_token_attention)
             if h.perplexity:
-                self.metrics.perplexities[name].update(output.logits, input_ids, batch["score_from"])
+                lay = self.layout  # the LM head runs in chunks: no (B, T, V) logits at once
+                nll = token_nll(output.last_hidden_state, lay.lm_head, input_ids, batch["score_from"],
+                                lay.final_logit_softcap)  # fmt: skip
+                self.metrics.perplexities[name].update(*nll)
 
     def on_validation_epoch_end(self) -> None:
         computed = self.metrics.compute()  # a collective: every rank computes

@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import read_texts, run_validate
+from lit_massive.functional import token_nll
 
 
 def _hf_recipe_perplexity(model_dir, jsonl, seq_len, stride, n):
@@ -53,3 +54,26 @@ def test_perplexity_matches_hf_recipe(tmp_path, tiny_gpt2_dir, corpus_jsonl, str
     assert baseline["scored_tokens"] == tokens == (seq_len - 1) + (n - 1) * min(stride, seq_len - 1)
     assert baseline["nll_sum"] == pytest.approx(nll_sum, rel=1e-6)
     assert baseline["perplexity"] == pytest.approx(ppl, rel=1e-6)
+
+
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_chunked_nll_equals_whole_logits(softcap):
+    """The LM head sees at most `chunk_logits` logits at a time; the sums equal a
+    log-softmax-and-gather over the whole (B, T, V) logits."""
+    torch.manual_seed(0)
+    b, t, d, v = 2, 11, 16, 50
+    hidden, ids = torch.randn(b, t, d), torch.randint(0, v, (b, t))
+    score_from = torch.tensor([1, 4])
+    head = torch.nn.Linear(d, v)
+    seen = []
+    head.register_forward_hook(lambda m, a, o: seen.append(o.shape[1]))
+    total, tokens, nonfinite = token_nll(hidden, head, ids, score_from, softcap, chunk_logits=3 * b * v)
+    assert max(seen) == 3 and sum(seen) == t - 1  # chunks of 3 positions; the last has no target
+    with torch.no_grad():
+        logits = head(hidden).double()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    logp = logits.log_softmax(-1)[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+    scored = torch.arange(1, t)[None] >= score_from[:, None]
+    assert int(tokens) == int(scored.sum()) and int(nonfinite) == 0
+    assert float(total) == pytest.approx(float(-(logp * scored).sum()), rel=1e-6)
