@@ -150,6 +150,7 @@ def probes(
             return hook
 
         forward_pre += [(block, keep_input(i)) for i, block in enumerate(layout.blocks)]
+
         def keep_added(store: list, i: int) -> Callable:
             def hook(module: nn.Module, args: tuple, output: Tensor | tuple) -> None:
                 # OPT runs its MLP on (B * T, D): back to the stream's (B, T, D)

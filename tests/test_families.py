@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import assert_same_numbers, read_texts, reference_profile, run_validate, run_validate_ddp
 from lit_massive.data import WindowsDataModule
 from lit_massive.functional import attention_probs
-from lit_massive.module import MassiveActivations
+from lit_massive.module import MassiveActivations, describe_model
 from tiny_families import BOS_DIM, DOT_DIM, FAMILIES, FAMILY_CONFIGS, save_family
 
 SEQ, N = 24, 4
@@ -74,8 +74,10 @@ def _eager(model_dir, prune=None):
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
     if prune is not None:
         layer, head = prune
-        proj = _get(_get(model.base_model, LAYERS.get(model.config.model_type, "layers"))[layer],
-                    OUT_PROJ.get(model.config.model_type, "self_attn.o_proj"))
+        proj = _get(
+            _get(model.base_model, LAYERS.get(model.config.model_type, "layers"))[layer],
+            OUT_PROJ.get(model.config.model_type, "self_attn.o_proj"),
+        )
         with torch.no_grad():
             if isinstance(proj, torch.nn.Linear):  # (out, in): a head's inputs are columns
                 hd = proj.in_features // model.config.num_attention_heads
@@ -139,8 +141,9 @@ def test_family_matches_plain_transformers(tmp_path, family_dir, corpus_jsonl, m
         out = float(x[e["layer"], hit, e["position"], e["dim"]].mean())
         assert e["resid_in"] + e["attn"] + e["mlp"] == pytest.approx(out, rel=1e-5, abs=1e-4)
         if e["layer"] > 0:
-            assert e["resid_in"] == pytest.approx(float(x[e["layer"] - 1, hit, e["position"], e["dim"]].mean()),
-                                                  rel=1e-5, abs=1e-4)
+            assert e["resid_in"] == pytest.approx(
+                float(x[e["layer"] - 1, hit, e["position"], e["dim"]].mean()), rel=1e-5, abs=1e-4
+            )
 
 
 def test_bos_auto_follows_the_tokenizer(family_dir):
@@ -197,7 +200,7 @@ def test_bfloat16_loads_weights_in_bfloat16(family_dir):
     assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
     nbytes = [sum(p.numel() * p.element_size() for p in m.model.parameters()) for m in (full, half)]
     assert nbytes[1] * 2 == nbytes[0]
-    assert half.describe()["parameter_dtype"] == "bfloat16"
+    assert describe_model(half.model, half.layout, half.hparams)["parameter_dtype"] == "bfloat16"
 
 
 def test_two_processes_equal_one_on_llama(tmp_path, family_dir, corpus_jsonl):
