@@ -42,11 +42,15 @@ def measure_feature_view(
     criterion: tuple[float, float],
     forward_context: AbstractContextManager,
     device: torch.device,
+    bos_token_id: int | None = None,
 ) -> FeatureViewResult:
     """Block outputs of the unpruned model for `view.text` (tokenised without special
-    tokens), as float32 |values| at `layers`, and the massive dims detected in each by
+    tokens, after `bos_token_id` when the windows have one, so the text is seen as the
+    windows are), as float32 |values| at `layers`, and the massive dims detected in each by
     `criterion` (threshold, ratio)."""
     ids = tokenizer(view.text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    if bos_token_id is not None:
+        ids = torch.cat([ids.new_tensor([bos_token_id]), ids])
     with forward_context, probes(layout) as probed:
         layout.backbone(input_ids=ids[None].to(device), use_cache=False)
     values = {layer: probed.block_outputs[layer][0].float().cpu().abs() for layer in layers}  # (T, D) each

@@ -182,6 +182,7 @@ class MassiveActivations(L.LightningModule):
                 (h.massive_threshold, h.massive_ratio),
                 self.trainer.precision_plugin.forward_context(),
                 self.device,
+                getattr(datamodule, "bos_token_id", None),
             )
         return RunResults(
             model=describe_model(self.model, self.layout, h),

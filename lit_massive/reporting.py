@@ -109,8 +109,13 @@ class Publisher:
         largest = sorted(
             by_location.items(), key=lambda kv: -max(abs(e["resid_in"] + e["attn"] + e["mlp"]) for e in kv[1])
         )
+        # the token at each located (dim, position): position 0 may be BOS, later ones "." or "\n"
+        token_at = {
+            (e["dim"], e["position"]): e["token"] for e in sorted(variant["massive"], key=lambda e: e["fraction"])
+        }
         for (dim, position), entries in largest[:COMPONENT_FIGURES]:
-            title = f"{model}: {name}, dim {dim}, position {position}"
+            token = token_at.get((dim, position))
+            title = f"{model}: {name}, dim {dim}, position {position}" + (f" ({token!r})" if token is not None else "")
             self.figure(
                 f"{name}/figures/components_dim{dim}_pos{position}",
                 figures.components_figure(entries, title)[0],

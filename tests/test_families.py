@@ -245,3 +245,19 @@ def test_sliding_window_without_a_mask_matches_the_masks_transformers_builds():
     torch.testing.assert_close(from_window, attention_probs(q, k, 0.3, additive[None, None]))
     reference = ((q * 0.3) @ k.repeat_interleave(2, dim=1).transpose(-1, -2)).masked_fill(~band, -torch.inf)
     torch.testing.assert_close(from_window, reference.softmax(-1))
+
+
+def test_feature_view_sees_the_text_as_the_windows_do(tmp_path, family_dir, corpus_jsonl):
+    """With BOS windows the feature view puts BOS first too, so its massive dims are found;
+    the planted "." dim is found at the text's full stops."""
+    _, results = run_validate(
+        tmp_path,
+        "--model.model_name_or_path", str(family_dir("llama")),
+        "--data.data_files", str(corpus_jsonl),
+        "--data.seq_len", str(SEQ),
+        "--data.num_sequences", "2",
+        "--model.feature_view", json.dumps({"text": "Summer is warm. Winter is cold.", "layers": [0, 2]}),
+    )  # fmt: skip
+    view = results["feature_view"]
+    assert view["tokens"][0] == "<|endoftext|>" and view["tokens"][1:] == "Summer is warm . Winter is cold .".split()
+    assert {int(k): v for k, v in view["massive_dims"].items()} == {0: [BOS_DIM, DOT_DIM], 2: [BOS_DIM, DOT_DIM]}
