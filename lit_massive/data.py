@@ -289,6 +289,12 @@ class WindowsDataModule(L.LightningDataModule):
             raise InputError(f"bos=true but tokenizer {self.tokenizer_name!r} has no BOS token; use bos: false")
         return self.tokenizer.bos_token_id if bos else None
 
+    def transfer_batch_to_device(self, batch: dict[str, Tensor], device: torch.device, dataloader_idx: int) -> dict:
+        """Window indices stay on the host, as Python ints: they seed the random control's
+        generators, and reading them back from a GPU inside the step would stall it."""
+        index = batch.pop("index").tolist()
+        return {**super().transfer_batch_to_device(batch, device, dataloader_idx), "index": index}
+
     def val_dataloader(self) -> DataLoader:
         dataset = Windows(self.windows, self.stride, self.uses_bos)
         trainer = self.trainer

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -9,14 +11,66 @@ from torch import Tensor, nn
 NLL_CHUNK_LOGITS = 2**24  # logits per LM-head chunk: 64 MB in float32, whatever the vocabulary
 
 
-def sequence_profile(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per sequence of a block output `x` (B, T, D): |x| flattened to (B, T*D) in float32
-    whatever the model dtype, the k largest values, their flat indices (position * D + dim),
-    and the median (the lower middle value, as `torch.median` defines it)."""
-    a = x.detach().flatten(1).float().abs()  # (B, T*D)
-    top, idx = a.topk(k, dim=1)  # (B, k), sorted descending
-    median = a.median(dim=1).values  # (B,)
-    return a, top, idx, median
+@dataclass
+class BlockStats:
+    """One block output's per-sequence statistics, computed once and shared by the layer
+    profile, the locator and the components. Fixed shapes only, so no value is read back to
+    the host: the massive entries of a sequence are among its K largest |values| (its
+    candidates), marked by `massive`; `overflow` says a sequence had more than K."""
+
+    top: Tensor  # (B, k) largest |x|, float32, descending
+    top_index: Tensor  # (B, k) their flat indices (position * D + dim)
+    median: Tensor  # (B,) lower median of |x|
+    finite: Tensor  # (B,) bool: the sequence's block output holds no inf/NaN
+    nonfinite: Tensor  # () int64: inf/NaN entries in the block output
+    candidate_index: Tensor  # (B, K) flat indices of the K largest |x|
+    candidate_value: Tensor  # (B, K) their signed values, float32
+    massive: Tensor  # (B, K) bool: that candidate meets the massive criterion (finite rows only)
+    overflow: Tensor  # (B,) bool: the (K + 1)-th largest |x| is massive too
+
+
+def block_stats(x: Tensor, k: int, candidates: int, threshold: float, ratio: float) -> BlockStats:
+    """Statistics of a block output x (B, T, D) in float32 whatever the model dtype: one
+    top-(max(k, K + 1)) and one median per sequence (`torch.median`: the lower middle value)."""
+    signed = x.detach().flatten(1).float()  # (B, T*D)
+    a = signed.abs()
+    n = a.shape[1]
+    cand = min(candidates, n)
+    values, index = a.topk(min(max(k, cand + 1), n), dim=1)  # sorted descending
+    median = a.median(dim=1).values
+    finite = torch.isfinite(values[:, 0])  # inf and NaN sort above every finite value
+    massive = massive_mask(values, median, threshold, ratio) & finite[:, None]
+    return BlockStats(
+        top=values[:, :k],
+        top_index=index[:, :k],
+        median=median,
+        finite=finite,
+        nonfinite=(~torch.isfinite(a)).sum(),
+        candidate_index=index[:, :cand],
+        candidate_value=signed.gather(1, index[:, :cand]),
+        massive=massive[:, :cand],
+        overflow=massive[:, cand] if values.shape[1] > cand else torch.zeros_like(finite),
+    )
+
+
+def massive_union(stats: list[BlockStats], candidates: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The flat indices that are massive in at least one block output, per sequence, each
+    once, in K = `candidates` fixed slots: (index (B, K), valid (B, K), overflow (B,)).
+    Invalid slots hold index 0. Sorting replaces `unique`, so no shape depends on the data."""
+    index = torch.cat([s.candidate_index for s in stats], dim=1)  # (B, L * K_c)
+    hit = torch.cat([s.massive for s in stats], dim=1)
+    sentinel = torch.iinfo(index.dtype).max
+    keys = torch.where(hit, index, sentinel).sort(dim=1).values  # massive first, duplicates adjacent
+    first = (keys != sentinel) & torch.cat(
+        [torch.ones_like(keys[:, :1], dtype=torch.bool), keys[:, 1:] != keys[:, :-1]], 1
+    )
+    rank = first.long().cumsum(dim=1) - 1
+    slot = torch.where(first & (rank < candidates), rank, candidates)  # slot K collects the rest
+    out = torch.full((index.shape[0], candidates + 1), sentinel, dtype=index.dtype, device=index.device)
+    out = out.scatter(1, slot, keys)[:, :candidates]
+    valid = out != sentinel
+    overflow = (first.sum(dim=1) > candidates) | torch.stack([s.overflow for s in stats]).any(dim=0)
+    return torch.where(valid, out, 0), valid, overflow
 
 
 def massive_mask(a: Tensor, median: Tensor, threshold: float, ratio: float) -> Tensor:
@@ -35,21 +89,27 @@ def zero_massive(x: Tensor, threshold: float, ratio: float) -> Tensor:
     return x.masked_fill(sequence_massive_mask(x, threshold, ratio).view_as(x), 0.0)
 
 
-def zero_random(x: Tensor, threshold: float, ratio: float, generators: list[torch.Generator]) -> Tensor:
+def zero_random(x: Tensor, threshold: float, ratio: float, seeds: list[int]) -> Tensor:
     """Control for `zero_massive`: in each sequence, zero as many entries as it has massive
-    ones, drawn at random (from `generators[b]`) among its non-massive entries."""
-    massive = sequence_massive_mask(x, threshold, ratio)
-    out = x.clone()
-    flat = out.view(x.shape[0], -1)
-    for b, gen in enumerate(generators):
-        n = int(massive[b].sum())
-        chosen: list[int] = []
-        while len(chosen) < n:
-            for i in torch.randint(0, flat.shape[1], (2 * n,), generator=gen).tolist():
-                if not massive[b, i] and i not in chosen and len(chosen) < n:
-                    chosen.append(i)
-        flat[b, chosen] = 0.0
-    return out
+    ones, drawn uniformly at random among its non-massive entries from a generator seeded
+    with `seeds[b]` on x's device. Fixed shapes: each entry gets a float64 random key
+    (massive ones never win), and the n smallest keys are chosen, n read on the device."""
+    massive = sequence_massive_mask(x, threshold, ratio)  # (B, N)
+    n = massive.sum(dim=1)  # (B,)
+    keys = torch.stack(
+        [
+            torch.rand(
+                massive.shape[1],
+                generator=torch.Generator(x.device).manual_seed(seed),
+                dtype=torch.float64,
+                device=x.device,
+            )
+            for seed in seeds
+        ]
+    ).masked_fill_(massive, 2.0)
+    nth = keys.sort(dim=1).values.gather(1, (n - 1).clamp(min=0)[:, None])  # the n-th smallest key
+    chosen = (keys <= nth) & (n[:, None] > 0)
+    return x.masked_fill(chosen.view_as(x), 0.0)
 
 
 def set_entries(x: Tensor, positions: Tensor, dims: Tensor, values: Tensor) -> Tensor:
@@ -148,16 +208,6 @@ def token_nll(
         total += torch.where(keep & finite, nll, 0.0).sum(dtype=torch.float64)
         nonfinite += (keep & ~finite).sum()
     return total, scored.sum(), nonfinite
-
-
-def massive_entries(block_outputs: list[Tensor], threshold: float, ratio: float) -> Tensor:
-    """(sequence, dim, position) triples that meet the massive criterion in at least one
-    block output, each once: (m, 3) int64."""
-    found = []
-    for x in block_outputs:
-        seq, flat = sequence_massive_mask(x, threshold, ratio).nonzero(as_tuple=True)
-        found.append(torch.stack([seq, flat % x.shape[2], flat // x.shape[2]], 1))
-    return torch.cat(found).unique(dim=0)
 
 
 def massive_dims(x: Tensor, threshold: float, ratio: float) -> list[int]:

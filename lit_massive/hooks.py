@@ -12,6 +12,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from torch import Tensor, nn
+from transformers import masking_utils
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from lit_massive.adapter import DecoderLayout, block_output
@@ -84,6 +85,22 @@ def attention_probe(layout: DecoderLayout, on_call: Callable[[int, Tensor], None
             del local[impl]
 
 
+@contextmanager
+def unpacked_windows() -> Iterator[None]:
+    """Tell transformers' mask builder that no window packs several sequences (ours never
+    do: positions run 0..T-1 in every row). Without this it checks the position ids on every
+    forward pass with a value read back to the host, which on a GPU waits for the device."""
+    check = getattr(masking_utils, "find_packed_sequence_indices", None)
+    if check is None:  # a transformers without the check
+        yield
+        return
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = check
+
+
 @dataclass
 class Probed:
     """What one forward pass under `probes` recorded, per block."""
@@ -106,6 +123,7 @@ def _keep(store: list, i: int) -> Callable:
 def probes(
     layout: DecoderLayout,
     head_mask: Tensor | None = None,
+    pruned_layers: Iterable[int] | None = None,
     head_scores: bool = False,
     components: bool = False,
     edit: tuple[int, Callable[[Tensor], Tensor]] | None = None,
@@ -116,7 +134,8 @@ def probes(
     * with `head_scores`, each head's mean attention on token 0, computed inside the
       model's attention function (`attention_probe`) so no (B, H, T, T) map outlives its block;
     * with `head_mask` (L, H), a pre-hook on each attention output projection that zeroes
-      the pruned heads' outputs (only blocks with a pruned head get one);
+      the pruned heads' outputs (only blocks with a pruned head get one: `pruned_layers`,
+      which callers on a GPU pass from a host copy, else read from the mask);
     * with `components`, each block's input and what its attention and MLP add to the
       residual stream (block output = input + attention + MLP);
     * with `edit = (i, fn)`, block i's output is replaced by fn(output) before anything
@@ -168,12 +187,11 @@ def probes(
 
             return hook
 
-        forward_pre += [
-            (proj, prune(head_mask[i]))
-            for i, proj in enumerate(layout.attn_out_proj)
-            if bool((head_mask[i] == 0).any())
-        ]
+        if pruned_layers is None:
+            pruned_layers = [i for i in range(n) if bool((head_mask[i] == 0).any())]
+        forward_pre += [(layout.attn_out_proj[i], prune(head_mask[i])) for i in pruned_layers]
     with ExitStack() as stack:
+        stack.enter_context(unpacked_windows())
         if head_scores:
             stack.enter_context(attention_probe(layout, score_heads))
         stack.enter_context(hooks(forward=forward, forward_pre=forward_pre))

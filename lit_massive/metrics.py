@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lit_massive.functional import flat_location, massive_mask, sequence_profile
+from lit_massive.functional import BlockStats, block_stats, flat_location
 
 
 def _rows(state: list[Tensor] | Tensor, width: int) -> Tensor:
@@ -17,6 +18,12 @@ def _rows(state: list[Tensor] | Tensor, width: int) -> Tensor:
     if isinstance(state, Tensor):
         return state
     return torch.cat(state) if state else torch.zeros(0, width, dtype=torch.float64)
+
+
+def _valid_rows(rows: Tensor) -> Tensor:
+    """Fixed-shape candidate rows whose last column says they hold a real entry, without it
+    (once per epoch, so the host may read the mask here)."""
+    return rows[rows[:, -1] > 0][:, :-1]
 
 
 class SumStatesMetric(Metric):
@@ -39,11 +46,14 @@ class SumStatesMetric(Metric):
 
 class LayerProfile(SumStatesMetric):
     """Per block: mean over sequences of the top-k and median of |block output|; how often
-    each feature dim, token position and token holds the per-sequence top-1; and the share
-    of sequences whose top-1 is massive (> threshold and > ratio x that sequence's median).
+    each feature dim, token position and token holds the per-sequence top-1; the share of
+    sequences whose top-1 is massive; and every massive entry (the locator's rows).
 
     A sequence whose block output holds inf/NaN (a half-precision overflow) is left out of
-    that block's statistics and counted instead, so overflow never turns a mean into inf."""
+    that block's statistics and counted instead, so overflow never turns a mean into inf.
+    `update` reads nothing back to the host: sequences are masked arithmetically, counts
+    are `index_add_`, and the locator keeps fixed-shape candidate rows with a validity
+    column, filtered once in `compute`."""
 
     is_differentiable = False
     higher_is_better = None
@@ -56,7 +66,8 @@ class LayerProfile(SumStatesMetric):
     finite_count: Tensor  # (L,) int64, sequences whose block output is all finite
     nonfinite_values: Tensor  # (L,) int64, inf/NaN entries in block outputs
     massive_count: Tensor  # (L,) int64, sequences whose top-1 meets the massive criterion
-    massive_rows: list[Tensor]  # (n, 5) float64 each: layer, dim, position, token, value
+    locator_overflow: Tensor  # (L,) int64, sequences with more massive entries than candidates
+    massive_rows: list[Tensor]  # (n, 6) float32 each: layer, dim, position, token, value, valid
     top1_dim_count: Tensor  # (L, D) int64
     top1_position_count: Tensor  # (L, T_max) int64
     top1_token_count: Tensor  # (L, V) int64
@@ -70,22 +81,23 @@ class LayerProfile(SumStatesMetric):
         k: int = 3,
         massive_threshold: float = 100.0,
         massive_ratio: float = 1000.0,
+        candidates: int = 256,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.k = k
-        self.massive_threshold = massive_threshold
-        self.massive_ratio = massive_ratio
         self.hidden_size = hidden_size
+        self.stats_of = partial(
+            block_stats, k=k, candidates=candidates, threshold=massive_threshold, ratio=massive_ratio
+        )
         f64, i64 = torch.float64, torch.int64
         self.add_state("top_sum", torch.zeros(num_layers, k, dtype=f64), dist_reduce_fx="sum")
         self.add_state("median_sum", torch.zeros(num_layers, dtype=f64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=i64), dist_reduce_fx="sum")
         self.add_state("tokens", torch.zeros((), dtype=i64), dist_reduce_fx="sum")
-        self.add_state("finite_count", torch.zeros(num_layers, dtype=i64), dist_reduce_fx="sum")
-        self.add_state("nonfinite_values", torch.zeros(num_layers, dtype=i64), dist_reduce_fx="sum")
-        self.add_state("massive_count", torch.zeros(num_layers, dtype=i64), dist_reduce_fx="sum")
-        # every massive entry of every sequence: few, so gathered as rows, not summed densely
+        for name in ("finite_count", "nonfinite_values", "massive_count", "locator_overflow"):
+            self.add_state(name, torch.zeros(num_layers, dtype=i64), dist_reduce_fx="sum")
+        # candidate rows of every sequence: few per sequence, so gathered as rows, not summed densely
         self.add_state("massive_rows", [], dist_reduce_fx="cat")
         for name, size in (
             ("top1_dim_count", hidden_size),
@@ -94,44 +106,35 @@ class LayerProfile(SumStatesMetric):
         ):
             self.add_state(name, torch.zeros(num_layers, size, dtype=i64), dist_reduce_fx="sum")
 
-    def update(self, block_outputs: Sequence[Tensor], input_ids: Tensor) -> None:
-        """Add one batch: `block_outputs[i]` is block i's output (B, T, D) for `input_ids` (B, T)."""
-        rows = [torch.zeros(0, 5, dtype=torch.float64, device=input_ids.device)]
-        for i, x in enumerate(block_outputs):
-            a, top, idx, median = sequence_profile(x, self.k)
-            # inf and NaN sort above every finite value, so a finite top-1 means a finite row
-            finite = torch.isfinite(top[:, 0])
-            if not bool(finite.all()):
-                self.nonfinite_values[i] += (~torch.isfinite(x)).sum()
-                a, top, idx, median = a[finite], top[finite], idx[finite], median[finite]
-                input_ids_i, signed = input_ids[finite], x[finite]
-            else:
-                input_ids_i, signed = input_ids, x
-            self.finite_count[i] += top.shape[0]
-            self.top_sum[i] += top.sum(0, dtype=torch.float64)
-            self.median_sum[i] += median.sum(dtype=torch.float64)
-            t1 = top[:, 0]
-            massive = (t1 > self.massive_threshold) & (t1 > self.massive_ratio * median)
-            self.massive_count[i] += massive.sum()
-            if bool(massive.any()):  # the top-1 is the largest: no massive top-1, no massive entry
-                seq, flat = massive_mask(a, median, self.massive_threshold, self.massive_ratio).nonzero(as_tuple=True)
-                dim, position = flat_location(flat, self.hidden_size)
-                value = signed.flatten(1)[seq, flat].double()
-                layer = torch.full_like(value, i)
-                rows.append(
-                    torch.stack(
-                        [layer, dim.double(), position.double(), input_ids_i[seq, position].double(), value],
-                        1,
-                    )
-                )
-            dim, position = flat_location(idx[:, 0], self.hidden_size)
-            token = input_ids_i.gather(1, position[:, None]).squeeze(1)
+    def update(self, block_outputs: Sequence[Tensor | BlockStats], input_ids: Tensor) -> None:
+        """Add one batch: `block_outputs[i]` is block i's output (B, T, D) for `input_ids`
+        (B, T), or its `BlockStats` (`stats_of`), which the module computes once per block
+        for the profile and the components."""
+        rows = []
+        for i, s in enumerate(block_outputs):
+            if not isinstance(s, BlockStats):
+                s = self.stats_of(s)
+            finite = s.finite
+            self.nonfinite_values[i] += s.nonfinite
+            self.finite_count[i] += finite.sum()
+            self.top_sum[i] += torch.where(finite[:, None], s.top, 0.0).sum(0, dtype=torch.float64)
+            self.median_sum[i] += torch.where(finite, s.median, 0.0).sum(dtype=torch.float64)
+            self.massive_count[i] += s.massive[:, 0].sum()  # the top-1 is the first candidate
+            self.locator_overflow[i] += s.overflow.sum()
+            dim, position = flat_location(s.top_index[:, 0], self.hidden_size)
+            token = input_ids.gather(1, position[:, None]).squeeze(1)
             for state, where in (
                 (self.top1_dim_count, dim),
                 (self.top1_position_count, position),
                 (self.top1_token_count, token),
             ):
-                state[i] += torch.bincount(where, minlength=state.shape[1])
+                state[i].index_add_(0, where, finite.long())
+            dim, position = flat_location(s.candidate_index, self.hidden_size)  # (B, K)
+            columns = (torch.full_like(dim, i), dim, position, input_ids.gather(1, position))
+            # float32 rows: ids, dims and positions are exact below 2**24; values are float32 already
+            rows.append(
+                torch.stack([*(c.float() for c in columns), s.candidate_value, s.massive.float()], -1).flatten(0, 1)
+            )
         self.massive_rows.append(torch.cat(rows))
         self.count += input_ids.shape[0]
         self.tokens += input_ids.numel()
@@ -148,7 +151,8 @@ class LayerProfile(SumStatesMetric):
             "finite_count": self.finite_count,
             "nonfinite_values": self.nonfinite_values,
             "massive_fraction": self.massive_count / n,
-            "massive_rows": _rows(self.massive_rows, 5),
+            "locator_overflow": self.locator_overflow,
+            "massive_rows": _valid_rows(_rows(self.massive_rows, 6)),
             "top1_dim_count": self.top1_dim_count,
             "top1_position_count": self.top1_position_count,
             "top1_token_count": self.top1_token_count,
@@ -226,35 +230,42 @@ class Perplexity(SumStatesMetric):
 
 class Components(SumStatesMetric):
     """For each massive (dim, position) of a sequence, what enters every block there and
-    what its attention and MLP add: rows of (dim, position, layer, resid_in, attn, mlp)."""
+    what its attention and MLP add: rows of (dim, position, layer, resid_in, attn, mlp),
+    kept as fixed-shape candidate rows with a validity column until `compute`."""
 
     is_differentiable = False
     higher_is_better = None
     full_state_update = False
 
-    rows: list[Tensor]  # (n, 6) float64 each
+    rows: list[Tensor]  # (n, 7) float32 each: dim, position, layer, resid_in, attn, mlp, valid
+    overflow: Tensor  # () int64, sequences with more massive entries than candidates
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.add_state("rows", [], dist_reduce_fx="cat")
+        self.add_state("overflow", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(
         self,
         block_inputs: Sequence[Tensor],
         attn_outputs: Sequence[Tensor],
         mlp_outputs: Sequence[Tensor],
-        entries: Tensor,
+        entries: tuple[Tensor, Tensor, Tensor],
     ) -> None:
-        """`entries` (m, 3): (sequence, dim, position) triples to follow through every block."""
-        seq, dim, pos = entries.unbind(1)
-        rows = [torch.zeros(0, 6, dtype=torch.float64, device=entries.device)]
-        for i, (x_in, attn, mlp) in enumerate(zip(block_inputs, attn_outputs, mlp_outputs, strict=True)):
-            parts = [t[seq, pos, dim].double() for t in (x_in, attn, mlp)]
-            rows.append(torch.stack([dim.double(), pos.double(), torch.full_like(parts[0], i), *parts], 1))
+        """`entries` = `massive_union(...)`: flat indices (B, K) to follow through every
+        block, their validity (B, K), and which sequences overflowed K (B,)."""
+        index, valid, overflow = entries
+        dim, position = flat_location(index, block_inputs[0].shape[-1])
+        rows = []
+        for i, parts in enumerate(zip(block_inputs, attn_outputs, mlp_outputs, strict=True)):
+            values = [t.detach().flatten(1).gather(1, index).float() for t in parts]
+            columns = [dim.float(), position.float(), torch.full_like(values[0], i), *values, valid.float()]
+            rows.append(torch.stack(columns, dim=-1).flatten(0, 1))
         self.rows.append(torch.cat(rows))
+        self.overflow += overflow.sum()
 
-    def compute(self) -> Tensor:
-        return _rows(self.rows, 6)
+    def compute(self) -> dict[str, Tensor]:
+        return {"rows": _valid_rows(_rows(self.rows, 7)), "overflow": self.overflow}
 
 
 class VariantMetrics(nn.Module):

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from lit_massive.adapter import DecoderLayout, decoder_layout
 from lit_massive.errors import InputError
 from lit_massive.feature_view import FeatureView, measure_feature_view, shown_layers
-from lit_massive.functional import massive_entries, token_nll
+from lit_massive.functional import massive_union, token_nll
 from lit_massive.hooks import probes
 from lit_massive.loading import load_causal_lm
 from lit_massive.metrics import HeadScores, LayerProfile, VariantMetrics
@@ -43,6 +43,7 @@ class MassiveActivations(L.LightningModule):
         variants: dict[str, VariantSpec] | None = None,
         sweep: Sweep | None = None,
         attn_implementation: str | None = None,
+        massive_candidates: int = 256,
         dtype: str = "float32",
         trust_remote_code: bool = False,
     ) -> None:
@@ -68,6 +69,9 @@ class MassiveActivations(L.LightningModule):
                 it is the first form).
             sweep: cumulative pruning, one variant per k (``sweep_{order}_{k}``).
             attn_implementation: attention backend; null keeps the model's default.
+            massive_candidates: the most massive entries per sequence and block that the
+                locator and components record (the largest |values|, a fixed number so the
+                measured step never waits on the GPU); more are counted (``locator_overflow``).
             dtype: weights dtype at load time: ``float32``, ``bfloat16``, ``float16`` or ``auto``
                 (the checkpoint's own); the run's precision applies on top, statistics stay float32+.
             trust_remote_code: passed to ``from_pretrained`` for the model and its tokenizer.
@@ -88,7 +92,10 @@ class MassiveActivations(L.LightningModule):
         self.feature_view, self.sweep = feature_view, sweep
         self.plan = VariantPlan(variants, sweep, lay.n_layer, lay.n_head)
         self.register_buffer("head_masks", self.plan.head_masks(), persistent=False)
-        self.new_profile = profile_factory(lay, top_k, massive_threshold, massive_ratio)
+        self.pruned_layers = pruned_layers(self.plan.head_masks())
+        if massive_candidates < 1:
+            raise InputError(f"massive_candidates={massive_candidates}: must be >= 1")
+        self.new_profile = profile_factory(lay, top_k, massive_threshold, massive_ratio, massive_candidates)
         self.metrics = VariantMetrics(
             self.plan.names, self.new_profile, lay.n_layer, lay.n_head, head_scores, perplexity, components
         )
@@ -123,26 +130,33 @@ class MassiveActivations(L.LightningModule):
         if scores is not None:
             plan.use_run_scores(scores.compute().cpu())
             self.head_masks.copy_(plan.head_masks())
+            self.pruned_layers = pruned_layers(plan.head_masks())
         if profile is None:
             return None
         computed = profile.compute()
         return locate_massive(computed["massive_rows"], int(computed["count"]), str)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Every variant on this batch. Nothing here reads a value back to the host (a test
+        checks the ops), so on a GPU the step never waits for the device."""
         input_ids = batch["input_ids"]
         h = self.hparams
         for v, name in enumerate(self.plan.names):
             with probes(
                 self.layout,
                 head_mask=None if name == BASELINE else self.head_masks[v],
+                pruned_layers=self.pruned_layers[v],
                 head_scores=h.head_scores,
                 components=h.components,
                 edit=self.plan.block_edit(name, batch["index"], h.massive_threshold, h.massive_ratio),
             ) as probed:
                 output = self.layout.backbone(input_ids=input_ids, use_cache=False)
-            self.metrics.profiles[name].update(probed.block_outputs, input_ids)
+            profile = self.metrics.profiles[name]
+            # one top-k, median and candidate set per block output, for profile and components
+            stats = [profile.stats_of(x) for x in probed.block_outputs]
+            profile.update(stats, input_ids)
             if h.components:
-                entries = massive_entries(probed.block_outputs, h.massive_threshold, h.massive_ratio)
+                entries = massive_union(stats, h.massive_candidates)
                 self.metrics.components[name].update(
                     probed.block_inputs, probed.attn_outputs, probed.mlp_outputs, entries
                 )
@@ -196,7 +210,9 @@ class MassiveActivations(L.LightningModule):
         )
 
 
-def profile_factory(layout: DecoderLayout, top_k: int, threshold: float, ratio: float) -> Callable[[], LayerProfile]:
+def profile_factory(
+    layout: DecoderLayout, top_k: int, threshold: float, ratio: float, candidates: int
+) -> Callable[[], LayerProfile]:
     """Makes new, empty layer profiles for this model: one per variant, one for a first pass."""
     return partial(
         LayerProfile,
@@ -207,7 +223,13 @@ def profile_factory(layout: DecoderLayout, top_k: int, threshold: float, ratio: 
         k=top_k,
         massive_threshold=threshold,
         massive_ratio=ratio,
+        candidates=candidates,
     )
+
+
+def pruned_layers(head_masks: Tensor) -> list[list[int]]:
+    """Per variant, the blocks with a pruned head, read once on the host from (V, L, H) masks."""
+    return [torch.nonzero((mask == 0).any(dim=1)).flatten().tolist() for mask in head_masks]
 
 
 def describe_model(model: nn.Module, layout: DecoderLayout, h: Mapping[str, Any]) -> dict[str, Any]:

@@ -55,6 +55,14 @@ def warn_overflow(results: dict) -> None:
                 f"that layer's statistics, and perplexity is null; see results.json",
                 stacklevel=3,
             )
+        cut = [(row["layer"], row["locator_overflow"]) for row in variant["layers"] if row["locator_overflow"]]
+        if cut or variant.get("components_overflow"):
+            warnings.warn(
+                f"{name}: more massive entries per sequence than model.massive_candidates in blocks "
+                f"(layer, sequences): {cut}; the locator and components kept the largest ones only. "
+                f"Raise model.massive_candidates to record them all",
+                stacklevel=3,
+            )
 
 
 class Publisher:

@@ -40,6 +40,9 @@ def profile_layers(profile: dict[str, Tensor], decode: Callable[[int], str]) -> 
                 "top1_over_median": top[0] / median if top[0] is not None and median else None,
                 "massive_fraction": _finite(float(profile["massive_fraction"][i])),
                 "finite_sequences": count,
+                # sequences with more massive entries than model.massive_candidates: the locator
+                # kept the largest ones only
+                "locator_overflow": int(profile["locator_overflow"][i]),
                 "nonfinite_values": int(profile["nonfinite_values"][i]),
                 "top1_dim": dim,
                 "top1_dim_fraction": dim_frac,
@@ -142,7 +145,9 @@ def variant_results(computed: dict, decode: Callable[[int], str], baseline: dict
         "scored_tokens": None if ppl is None else int(ppl["tokens"]),
         "nonfinite_tokens": None if ppl is None else int(ppl["nonfinite_tokens"]),
         "massive": locate_massive(profile["massive_rows"], int(profile["count"]), decode),
-        "components": None if components is None else component_entries(components),
+        "components": None if components is None else component_entries(components["rows"]),
+        # sequences with more massive entries than model.massive_candidates: some were not followed
+        "components_overflow": None if components is None else int(components["overflow"]),
     }
     if baseline is not None:
         out["change_vs_baseline"] = change_vs_baseline(layers, baseline["layers"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Union
@@ -102,7 +102,9 @@ class SetMassive:
     def record(self) -> Edit:
         return Edit(self.layer, self.to, self.source)
 
-    def block_edit(self, threshold: float, ratio: float, windows: Tensor, means: MeanEntries | None) -> BlockEdit:
+    def block_edit(
+        self, threshold: float, ratio: float, windows: Sequence[int], means: MeanEntries | None
+    ) -> BlockEdit:
         """The (layer, fn) that probes() applies to this variant's forward pass."""
         if self.to == "zero":
             return self.layer, lambda x: zero_massive(x, threshold, ratio)
@@ -129,11 +131,13 @@ class SetRandom:
     def record(self) -> Edit:
         return Edit(self.layer, "random", None, self.seed)
 
-    def block_edit(self, threshold: float, ratio: float, windows: Tensor, means: MeanEntries | None) -> BlockEdit:
+    def block_edit(
+        self, threshold: float, ratio: float, windows: Sequence[int], means: MeanEntries | None
+    ) -> BlockEdit:
         """The (layer, fn) for one batch: one generator per window, seeded by the window's
         index, so any number of processes draws the same entries."""
-        gens = [torch.Generator().manual_seed(self.seed * SEED_STRIDE + int(i)) for i in windows]
-        return self.layer, lambda x: zero_random(x, threshold, ratio, gens)
+        seeds = [self.seed * SEED_STRIDE + int(i) for i in windows]  # host ints (the data module keeps them)
+        return self.layer, lambda x: zero_random(x, threshold, ratio, seeds)
 
 
 @dataclass
@@ -397,7 +401,7 @@ class VariantPlan:
             variants[name] = variant_results(entry, decode, baseline=variants.get(BASELINE))
         return variants
 
-    def block_edit(self, name: str, windows: Tensor, threshold: float, ratio: float) -> BlockEdit | None:
+    def block_edit(self, name: str, windows: Sequence[int], threshold: float, ratio: float) -> BlockEdit | None:
         """Variant `name`'s edit for a batch of windows (their dataset indices), or None."""
         edit = self.edits.get(name)
         if edit is None:

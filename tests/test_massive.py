@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import run_validate
 from lit_massive.adapter import decoder_layout
 from lit_massive.hooks import probes
 from lit_massive.toy import ToyConfig, build_toy_model
@@ -49,3 +50,23 @@ def test_components_add_up_to_the_hooked_block_output():
         torch.testing.assert_close(parts, out, rtol=1e-5, atol=1e-5)
         if i:
             assert probed.block_inputs[i] is probed.block_outputs[i - 1]
+
+
+def test_more_massive_entries_than_candidates_are_counted_not_hidden(tmp_path, massive_run):
+    """The writer head puts a massive value at all 128 positions from block 8 on: with 16
+    candidates the locator keeps the 16 largest there, and says so per block; below block 8
+    (one massive entry per window) everything equals the full run."""
+    _, full = massive_run
+    args = ["--model.model_name_or_path", "toy", "--data.dataset", "toy", "--data.seq_len", "128",
+            "--data.num_sequences", "6", "--data.batch_size", "3", "--model.components", "true"]  # fmt: skip
+    with pytest.warns(UserWarning, match="more massive entries per sequence than model.massive_candidates"):
+        _, cut = run_validate(tmp_path, *args, "--model.massive_candidates", "16")
+    writer = TRUTH.writer_head[0]
+    layers = cut["variants"]["baseline"]["layers"]
+    assert [row["locator_overflow"] for row in layers] == [0] * writer + [6] * (TRUTH.n_layer - writer)
+    assert all(row["locator_overflow"] == 0 for row in full["variants"]["baseline"]["layers"])
+    kept = [e for e in cut["variants"]["baseline"]["massive"] if e["layer"] == writer]
+    assert 0 < sum(round(e["fraction"] * 6) for e in kept) <= 16 * 6  # at most 16 per window
+    below = [e for e in full["variants"]["baseline"]["massive"] if e["layer"] < writer]
+    assert [e for e in cut["variants"]["baseline"]["massive"] if e["layer"] < writer] == below
+    assert cut["variants"]["baseline"]["components_overflow"] == 6

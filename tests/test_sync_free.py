@@ -1,0 +1,82 @@
+"""The measured step reads nothing back to the host: on a GPU it never waits for the device.
+
+The check runs on the CPU: a dispatch mode records every aten op of one `validation_step`
+with every feature on, and the ops that read a device value on the host (or whose output
+shape depends on data) must not be among them."""
+
+import json
+from unittest import mock
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from conftest import DEMO, run_validate
+from lit_massive.module import MassiveActivations
+from lit_massive.toy import ToyConfig
+
+HOST_READS = {"_local_scalar_dense", "is_nonzero", "item", "nonzero", "masked_select", "bincount"}
+TRUTH = ToyConfig()
+
+
+class HostReads(TorchDispatchMode):
+    """Records every aten op; `found` lists those that read device values on the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        indices = args[1] if name in ("index", "index_put", "index_put_") and len(args) > 1 else ()
+        if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ()):
+            name = "boolean-mask index"
+        self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def found(self) -> set[str]:
+        return {op for op in self.ops if op in HOST_READS or op.startswith("unique") or op == "boolean-mask index"}
+
+
+def test_the_recorder_sees_host_reads():
+    x = torch.arange(6.0)
+    with HostReads() as mode:
+        x.sum().item()
+        x[x > 2].nonzero()
+        bool(x.any())
+    assert {"_local_scalar_dense", "boolean-mask index", "nonzero"} <= mode.found
+
+
+def test_validation_step_with_every_feature_reads_nothing_back(tmp_path):
+    layer = TRUTH.massive_layer
+    variants = {
+        "cut": [[5, 1], [8, 3]],
+        "zero": {"set_massive": {"layer": layer, "to": "zero"}, "prune_heads": [[2, 7]]},
+        "mean": {"set_massive": {"layer": layer, "to": "mean"}},
+        "control": {"set_random": {"layer": layer, "seed": 1}},
+        "low": {"select": "bottom", "k": 2},
+    }
+    recorded: list[HostReads] = []
+    step = MassiveActivations.validation_step
+
+    def recorded_step(self, batch, batch_idx):
+        with HostReads() as mode:
+            step(self, batch, batch_idx)
+        recorded.append(mode)
+
+    with mock.patch.object(MassiveActivations, "validation_step", recorded_step):
+        _, results = run_validate(
+            tmp_path,
+            "--config", DEMO,
+            "--data.num_sequences", "2",
+            "--data.batch_size", "2",
+            "--model.components", "true",
+            "--model.variants", json.dumps(variants),
+        )  # fmt: skip
+    (mode,) = recorded
+    assert {"topk", "median", "index_add_", "gather"} <= set(mode.ops)  # the step was recorded
+    assert mode.found == set()
+    # and it measured: the planted activation is located, the edits took effect
+    assert results["variants"]["baseline"]["first_massive_layer"] == layer
+    assert results["variants"]["zero"]["change_vs_baseline"]["top1_pct"][layer] == pytest.approx(-100, abs=50)
