@@ -13,12 +13,18 @@ forward (with logits) is the reference for "profile + perplexity". The last line
 machine-readable:
 
     RESULT {"profile_vs_bare": ..., "heads_vs_bare": ..., "variants_cost": ...,
-            "profile_vs_paper_loop": ..., "memory_growth": ...}
+            "profile_vs_paper_loop": ..., "memory_growth": ..., "host_syncs_per_step": ...,
+            "ppl_memory_ratio": ...}
 
 `*_vs_*` are throughput ratios (higher is better); `variants_cost` is the extra time of
 one pruning variant divided by one bare forward pass (lower is better; 1.0 means a
 variant costs one more forward pass); `memory_growth` is the peak memory of a profile run
-over 4N windows divided by that over N windows, each measured in a fresh process.
+over 4N windows divided by that over N windows, each measured in a fresh process;
+`host_syncs_per_step` counts the ops of one validation step with every feature on that read
+a device value back to the host (target 0; on CUDA the step also runs under
+`torch.cuda.set_sync_debug_mode("error")`); `ppl_memory_ratio` is the peak memory of a
+profile + perplexity run over a profile-only run for a 128k vocabulary (Llama 3's) at
+2 x 1024 tokens, where whole (B, T, V) float32 logits alone would take 1 GiB.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lit_massive.data import UnpaddedDistributedSampler, Windows
+from lit_massive.host_reads import HostReads
 from lit_massive.module import MassiveActivations
 
 TRUE_DTYPES = {"16-true": torch.float16, "bf16-true": torch.bfloat16}
@@ -122,11 +129,11 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _peak_child(model_dir: str, windows, args, queue) -> None:
+def _peak_child(model_dir: str, windows, args, queue, kwargs) -> None:
     """Peak memory while the validation pass runs: CUDA memory allocated on a GPU; on a CPU
     the resident set, sampled every 2 ms (model loading happens before and is not counted)."""
     if args.device == "cuda":
-        run_module(model_dir, windows, args, perplexity=False)
+        run_module(model_dir, windows, args, **kwargs)
         queue.put(torch.cuda.max_memory_allocated())
         return
     peak, done = [0], threading.Event()
@@ -144,19 +151,61 @@ def _peak_child(model_dir: str, windows, args, queue) -> None:
         done.set()
         sampler.join()
 
-    _validate(model_dir, windows, args, while_running=sampling(), perplexity=False)
+    _validate(model_dir, windows, args, while_running=sampling(), **kwargs)
     queue.put(peak[0])
 
 
-def peak_memory(model_dir: str, windows, args) -> int:
-    """Peak memory of one profile run in a fresh process, so earlier runs cannot inflate it."""
+def peak_memory(model_dir: str, windows, args, perplexity: bool = False) -> int:
+    """Peak memory of one run (profile, with or without perplexity) in a fresh process, so
+    earlier runs cannot inflate it."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_peak_child, args=(model_dir, windows, args, queue))
+    kwargs = {"perplexity": perplexity}
+    child = ctx.Process(target=_peak_child, args=(model_dir, windows, args, queue, kwargs))
     child.start()
     peak = queue.get()
     child.join()
     return peak
+
+
+def host_syncs_per_step(model_dir: str, windows, args) -> float:
+    """Host reads per validation step, every feature on: profile, locator, head scores,
+    perplexity, components, a pruned variant, zero and mean edits and the random control."""
+    counts: list[int] = []
+    step = MassiveActivations.validation_step
+
+    def recorded(self, batch, batch_idx):
+        debug = torch.cuda.set_sync_debug_mode if args.device == "cuda" else lambda mode: None
+        debug("error")  # on a GPU, a sync in the step raises here
+        try:
+            with HostReads() as mode:
+                step(self, batch, batch_idx)
+        finally:
+            debug("default")
+        counts.append(len(mode.found))
+
+    variants = {
+        "pruned": [[0, 1]],
+        "zero": {"set_massive": {"layer": 1, "to": "zero"}},
+        "mean": {"set_massive": {"layer": 1, "to": "mean"}},
+        "control": {"set_random": {"layer": 1, "seed": 0}},
+    }
+    MassiveActivations.validation_step = recorded
+    try:
+        _validate(model_dir, windows, args, head_scores=True, components=True, variants=variants)
+    finally:
+        MassiveActivations.validation_step = step
+    return sum(counts) / len(counts)
+
+
+def ppl_memory_ratio(args) -> float:
+    """Peak memory with perplexity over without, for a 128k vocabulary at 2 x 1024 tokens."""
+    config = GPT2Config(n_layer=2, n_positions=1024, vocab_size=128_256)
+    model_dir = tempfile.mkdtemp(prefix="bench_vocab_")
+    GPT2LMHeadModel(config).save_pretrained(model_dir)
+    windows = torch.randint(0, config.vocab_size, (2, 1024))
+    one_batch = argparse.Namespace(**{**vars(args), "batch_size": 2})
+    return peak_memory(model_dir, windows, one_batch, perplexity=True) / peak_memory(model_dir, windows, one_batch)
 
 
 def main() -> None:
@@ -196,6 +245,8 @@ def main() -> None:
     rows["paper loop"] = time_paper_loop(model.transformer, small, args)
     rows["paper loop on the LM (as published)"] = time_paper_loop(model, small, args)
     peak_n, peak_4n = peak_memory(model_dir, small, args), peak_memory(model_dir, windows, args)
+    syncs = host_syncs_per_step(model_dir, small[: 2 * args.batch_size], args)
+    ppl_ratio = ppl_memory_ratio(args)
 
     bare, bare_lm = rows["bare backbone (blocks + ln_f)"], rows["bare LM (with logits)"]
     print(f"\n{'measurement':30s} {'seconds':>8s} {'tokens/s':>9s} {'vs bare backbone':>17s} {'vs bare LM':>11s}")
@@ -212,6 +263,8 @@ def main() -> None:
         "variants_cost": (rows["profile + 4 variants"] - rows["profile"]) / 4 / bare,
         "profile_vs_paper_loop": rows["paper loop"] / rows["profile"],
         "memory_growth": peak_4n / peak_n,
+        "host_syncs_per_step": syncs,
+        "ppl_memory_ratio": ppl_ratio,
     }
     print("RESULT " + json.dumps({k: round(v, 3) for k, v in result.items()}))
 
