@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lit_massive import rank_heads
+from lit_massive import bundled, rank_heads
 from lit_massive.data import WindowsDataModule
 from lit_massive.errors import InputError
 from lit_massive.module import MassiveActivations
@@ -40,22 +40,28 @@ class MassiveCLI(LightningCLI):
 
 
 def cli_main(args: list[str] | None = None) -> MassiveCLI | None:
-    """Entry point for `validate` and `rank-heads`; bad input ends the program with one
-    line naming the value."""
+    """Entry point for `validate`, `rank-heads` and `configs`; bad input ends the program
+    with one line naming the value."""
     argv = sys.argv[1:] if args is None else args
     try:
         if argv[:1] == ["rank-heads"]:
             return rank_heads.main(argv[1:])
+        if argv[:1] == ["configs"]:
+            return bundled.main(argv[1:])
+        resolved = bundled.resolve_config_args(argv)  # a bundled config's bare name -> its path
+        if args is None:
+            sys.argv[1:] = resolved  # what LightningCLI and DDP's re-launched processes read
         return MassiveCLI(
             MassiveActivations,
             WindowsDataModule,
-            args=args,
+            args=None if args is None else resolved,
             # the module measures, the report callback writes; a persistent callback, so
             # --trainer.callbacks adds to it and config.yaml does not list it
             trainer_defaults={"callbacks": [RunReport()]},
             parser_kwargs={
-                "description": "Measure massive activations: `validate --config X.yaml`; rank a run's "
-                "heads with `rank-heads RUN/results.json --k 3`."
+                "description": "Measure massive activations: `validate --config X.yaml` (a file, or a "
+                "bundled config's name: list them with `configs`); rank a run's heads with "
+                "`rank-heads RUN/results.json --k 3`."
             },
         )
     except InputError as err:

@@ -1,0 +1,96 @@
+"""The example configs that ship inside the package, and `python -m lit_massive configs`.
+
+The repository's `configs/` is a link to `lit_massive/configs/`: one copy of each file,
+which users read and edit in the checkout and which every install carries as package data.
+A bare name (`prune_top.yaml`, `prune_top`, or `configs/prune_top.yaml` outside the
+checkout) given to `--config` resolves to the bundled file; an existing path always wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+from importlib.resources import files
+from pathlib import Path
+
+from lit_massive.errors import InputError
+
+_SUFFIXES = (".yaml", ".yml")
+_CONFIG_FLAGS = ("--config", "-c")
+
+
+def bundled_configs() -> dict[str, Path]:
+    """Name (file stem) -> path of every config shipped with the package, sorted by name."""
+    directory = Path(str(files("lit_massive") / "configs"))
+    paths = [p for p in directory.iterdir() if p.suffix in _SUFFIXES] if directory.is_dir() else []
+    return {p.stem: p for p in sorted(paths)}
+
+
+def describe_config(path: Path) -> str:
+    """The config's one-line description: its first comment line."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") and line.lstrip("#").strip():
+            return line.lstrip("#").strip()
+        if line.strip() and not line.startswith("#"):
+            break
+    return ""
+
+
+def _bundled_name(value: str) -> str | None:
+    """`prune_top`, `prune_top.yaml` or `configs/prune_top.yaml` -> `prune_top`; else None."""
+    head, _, tail = value.rpartition("/")
+    if head not in ("", "configs") or not tail:
+        return None
+    path = Path(tail)
+    if path.suffix in _SUFFIXES:
+        return path.stem
+    return path.name if not path.suffix else None
+
+
+def _unknown(value: str, what: str) -> InputError:
+    names = ", ".join(bundled_configs()) or "none"
+    return InputError(f"{what} {value!r} is neither an existing file nor a bundled config (bundled: {names})")
+
+
+def resolve_config(value: str) -> str:
+    """The config file `--config value` means: an existing path as given, else the bundled
+    config of that name; raise InputError naming the bundled configs otherwise."""
+    if Path(value).expanduser().exists():
+        return value
+    name = _bundled_name(value)
+    bundled = bundled_configs()
+    if name in bundled:
+        return str(bundled[name])
+    raise _unknown(value, "config")
+
+
+def resolve_config_args(argv: list[str]) -> list[str]:
+    """`argv` with the value of every `--config X`, `--config=X` and `-c X` resolved."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg in _CONFIG_FLAGS and i + 1 < len(out):
+            out[i + 1] = resolve_config(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + resolve_config(arg.split("=", 1)[1])
+    return out
+
+
+def main(argv: list[str]) -> None:
+    """`configs`: list the bundled configs; `configs NAME`: print one, to copy and edit."""
+    parser = argparse.ArgumentParser(
+        prog="lit_massive configs",
+        description="List the example configs shipped with lit_massive, or print one of them "
+        "(`python -m lit_massive configs prune_top > my.yaml`). Any of them runs by name: "
+        "`python -m lit_massive validate --config prune_top.yaml`.",
+    )
+    parser.add_argument("name", nargs="?", help="a bundled config to print (with or without .yaml)")
+    args = parser.parse_args(argv)
+    bundled = bundled_configs()
+    if args.name is None:
+        width = max(map(len, bundled), default=0)
+        for name, path in bundled.items():
+            print(f"{name:<{width}}  {describe_config(path)}")
+        return
+    name = _bundled_name(args.name)
+    if name not in bundled:
+        raise _unknown(args.name, "bundled config")
+    print(bundled[name].read_text(encoding="utf-8"), end="")
