@@ -189,6 +189,7 @@ class WindowsDataModule(L.LightningDataModule):
         self.tokenizer_name = tokenizer or model_name_or_path
         self.tokenizer = None
         self.windows: Tensor | None = None
+        self.fingerprint: str | None = None  # the loaded split's datasets fingerprint (None when streaming)
 
     # -- where the text comes from -------------------------------------------------------
     def _source(self) -> tuple[str, dict]:
@@ -232,6 +233,7 @@ class WindowsDataModule(L.LightningDataModule):
 
     def _token_ids(self) -> Tensor:
         what, ds = self._load(self.hparams.streaming)
+        self.fingerprint = getattr(ds, "_fingerprint", None)
         columns = ds.column_names
         if columns is not None and "text" not in columns:
             raise InputError(f"{what} has no 'text' column (columns: {sorted(columns)})")
@@ -329,4 +331,5 @@ class WindowsDataModule(L.LightningDataModule):
             "num_sequences": h.num_sequences,
             "num_windows": None if self.windows is None else int(self.windows.shape[0]),
             "batch_size": h.batch_size,
+            "fingerprint": self.fingerprint,
         }

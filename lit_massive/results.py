@@ -184,6 +184,8 @@ class RunResults:
     # profile, head scores, perplexity, locator (`massive`), components; baseline first
     variants: dict[str, dict[str, Any]]
     feature_view: FeatureViewResult | None = None
+    # versions, model revision, data fingerprint, git commit, date, hardware (`run_provenance`)
+    provenance: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The content of results.json."""
@@ -196,6 +198,8 @@ class RunResults:
             "sweep": self.sweep,
             "variants": self.variants,
         }
+        if self.provenance is not None:
+            out["provenance"] = self.provenance
         if self.feature_view is not None:
             out["feature_view"] = self.feature_view.to_json()
         return out

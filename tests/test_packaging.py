@@ -1,5 +1,5 @@
 """Bundled configs by name from any directory, the `configs` subcommand, a wheel that
-carries configs and corpus and runs the demo."""
+carries configs and corpus and runs the demo, and the provenance block of results.json."""
 
 from __future__ import annotations
 
@@ -9,13 +9,18 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from transformers import GPT2LMHeadModel
 
+import lit_massive
 from conftest import REPO, run_validate
-from lit_massive import bundled
+from lit_massive import bundled, toy
 from lit_massive.cli import cli_main
+from lit_massive.provenance import _hub_revision, run_provenance
 
 NAMES = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
 
@@ -102,4 +107,61 @@ def test_wheel_carries_configs_and_corpus_and_runs_the_demo_when_installed(tmp_p
     )
     assert run.returncode == 0, run.stderr[-2000:]
     (results,) = work.glob("lightning_logs/*/results.json")
-    assert json.loads(results.read_text())["model"]["name_or_path"] == "toy"
+    provenance = json.loads(results.read_text())["provenance"]
+    assert provenance["model"]["source"] == "toy" and provenance["git"] is None  # installed, not a checkout
+
+
+def _tiny_run(root: Path, model_dir: Path) -> dict:
+    _, results = run_validate(
+        root,
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        "--model.model_name_or_path",
+        str(model_dir),
+        "--model.feature_view",
+        "null",
+        "--data.seq_len",
+        "32",
+        "--data.num_sequences",
+        "2",
+    )
+    return results["provenance"]
+
+
+def test_results_carry_provenance(tmp_path, tiny_gpt2_dir):
+    first = _tiny_run(tmp_path, tiny_gpt2_dir)
+    assert set(first) == {"versions", "model", "data_fingerprint", "git", "date", "hardware"}
+    assert first["versions"]["lit_massive"] and first["versions"]["torch"] == torch.__version__
+    assert all(first["versions"][p] for p in ("transformers", "lightning", "datasets", "torchmetrics"))
+    assert first["model"]["source"] == "local" and first["model"]["weights_files"] == ["model.safetensors"]
+    assert len(first["model"]["weights_sha256"]) == 64
+    assert first["data_fingerprint"]
+    if Path(lit_massive.__file__).resolve().parent == REPO.resolve() / "lit_massive":
+        assert len(first["git"]["commit"]) == 40  # run from the checkout
+    else:
+        assert first["git"] is None  # an installed copy (scripts/check_min_deps.sh)
+    assert first["hardware"]["cpu_count"] == os.cpu_count() and "gpus" in first["hardware"]
+
+    second = _tiny_run(tmp_path, tiny_gpt2_dir)
+    assert second["model"] == first["model"] and second["data_fingerprint"] == first["data_fingerprint"]
+
+    changed = tmp_path / "changed"
+    model = GPT2LMHeadModel.from_pretrained(tiny_gpt2_dir)
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.bias[0] += 1.0
+    model.save_pretrained(changed)
+    toy.build_toy_tokenizer().save_pretrained(changed)
+    assert _tiny_run(tmp_path, changed)["model"]["weights_sha256"] != first["model"]["weights_sha256"]
+
+
+def test_toy_and_hub_revisions(tmp_path):
+    first, second = run_provenance("toy")["model"], run_provenance("toy")["model"]
+    assert first["source"] == "toy" and first == second and len(first["weights_sha256"]) == 64
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--owner--name"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    assert _hub_revision("owner/name", None, cache_dir=tmp_path) == commit
+    assert _hub_revision("owner/other", None, cache_dir=tmp_path) is None
