@@ -18,8 +18,8 @@ from lit_massive.feature_view import FeatureView, measure_feature_view, shown_la
 from lit_massive.functional import massive_union, token_nll
 from lit_massive.hooks import probes
 from lit_massive.loading import load_causal_lm
-from lit_massive.provenance import run_provenance
 from lit_massive.metrics import HeadScores, LayerProfile, VariantMetrics
+from lit_massive.provenance import run_provenance
 from lit_massive.results import RunResults, locate_massive
 from lit_massive.variants import BASELINE, Sweep, VariantPlan, VariantSpec, describe_sweep
 
