@@ -70,13 +70,15 @@ def change_figure(changes: dict[str, list[float | None]], title: str) -> tuple[F
     return fig, ax
 
 
-def head_heatmap(scores: list[list[float]], title: str) -> tuple[Figure, Axes]:
-    """Layers x heads grid of first-token attention."""
+def head_heatmap(
+    scores: list[list[float]], title: str, label: str = "mean attention on token 0"
+) -> tuple[Figure, Axes]:
+    """Layers x heads grid of a head score (first-token or massive-token attention)."""
     n_layer, n_head = len(scores), len(scores[0])
     fig = Figure(figsize=(1.5 + 0.45 * n_head, 1.2 + 0.4 * n_layer), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow([_values(row) for row in scores], vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-    fig.colorbar(image, ax=ax, label="mean attention on token 0")
+    fig.colorbar(image, ax=ax, label=label)
     ax.set_xticks(range(n_head))
     ax.set_yticks(range(n_layer))
     ax.set_xlabel("head (0-based)")
@@ -156,4 +158,35 @@ def components_figure(entries: list[dict], title: str) -> tuple[Figure, Axes]:
     ax.set_ylabel("value (mean over sequences)")
     ax.set_title(title)
     ax.legend(fontsize="small")
+    return fig, ax
+
+
+def attention_to_massive_figure(values: list[float | None], title: str) -> tuple[Figure, Axes]:
+    """Per block, the share of all attention mass on the window's massive tokens (the
+    paper's attention-concentration view); 0 where a block's windows have none."""
+    fig = Figure(figsize=(7, 3.5), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(range(len(values)), _values(values), marker="o", color="tab:purple")
+    ax.set_ylim(0.0, 1.05)
+    ax.set_xticks(range(len(values)))
+    ax.set_xlabel("block (0-based)")
+    ax.set_ylabel("attention on massive tokens")
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    return fig, ax
+
+
+def received_figure(received: list[list[float | None]], title: str) -> tuple[Figure, Axes]:
+    """Blocks x leading key positions: the mean attention each position receives (over heads,
+    queries and windows); a bright column away from 0 is a position-specific sink."""
+    n_layer, n_pos = len(received), len(received[0])
+    fig = Figure(figsize=(1.5 + 0.4 * n_pos, 1.2 + 0.35 * n_layer), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow([_values(row) for row in received], vmin=0.0, vmax=1.0, cmap="magma", aspect="auto")
+    fig.colorbar(image, ax=ax, label="mean attention received")
+    ax.set_xticks(range(n_pos))
+    ax.set_yticks(range(n_layer))
+    ax.set_xlabel("key position (0-based)")
+    ax.set_ylabel("block (0-based)")
+    ax.set_title(title)
     return fig, ax

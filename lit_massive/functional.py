@@ -27,6 +27,7 @@ class BlockStats:
     candidate_value: Tensor  # (B, K) their signed values, float32
     massive: Tensor  # (B, K) bool: that candidate meets the massive criterion (finite rows only)
     overflow: Tensor  # (B,) bool: the (K + 1)-th largest |x| is massive too
+    hidden_size: int  # D, to split flat indices
 
 
 def block_stats(x: Tensor, k: int, candidates: int, threshold: float, ratio: float) -> BlockStats:
@@ -50,6 +51,7 @@ def block_stats(x: Tensor, k: int, candidates: int, threshold: float, ratio: flo
         candidate_value=signed.gather(1, index[:, :cand]),
         massive=massive[:, :cand],
         overflow=massive[:, cand] if values.shape[1] > cand else torch.zeros_like(finite),
+        hidden_size=x.shape[-1],
     )
 
 
@@ -160,9 +162,21 @@ def attention_probs(
     return scores.div_(scores.sum(dim=-1, keepdim=True))
 
 
-def first_token_attention(probs: Tensor) -> Tensor:
-    """Attention probability on key position 0, averaged over query positions: (B, H)."""
-    return probs[..., 0].mean(dim=-1)
+def received_attention(probs: Tensor) -> Tensor:
+    """What each key position receives, averaged over all query positions: (B, H, T_k).
+    Column 0 is the first-token score; summing the columns of a window's massive tokens
+    gives its massive-token score."""
+    return probs.mean(dim=-2)
+
+
+def massive_positions(stats: list[BlockStats], seq_len: int) -> Tensor:
+    """(B, T) bool: the window's massive tokens, the positions where some block output meets
+    the massive criterion (from each block's candidates; fixed shapes, no host read)."""
+    hits = torch.zeros(stats[0].massive.shape[0], seq_len, dtype=torch.float32, device=stats[0].massive.device)
+    for s in stats:
+        position = torch.div(s.candidate_index, s.hidden_size, rounding_mode="floor")
+        hits.scatter_add_(1, position, s.massive.float())
+    return hits > 0
 
 
 def mask_heads(x: Tensor, mask: Tensor) -> Tensor:

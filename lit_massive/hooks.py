@@ -16,7 +16,7 @@ from transformers import masking_utils
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from lit_massive.adapter import DecoderLayout, block_output
-from lit_massive.functional import attention_probs, first_token_attention, mask_heads
+from lit_massive.functional import attention_probs, mask_heads, received_attention
 
 Hook = tuple[nn.Module, Callable]
 
@@ -107,6 +107,7 @@ class Probed:
 
     block_outputs: list[Tensor | None]
     first_token_attention: list[Tensor | None] = field(default_factory=list)  # (B, H) each
+    received: list[Tensor | None] = field(default_factory=list)  # (B, H, T) each: mean over queries
     block_inputs: list[Tensor | None] = field(default_factory=list)  # with components
     attn_outputs: list[Tensor | None] = field(default_factory=list)  # with components
     mlp_outputs: list[Tensor | None] = field(default_factory=list)  # with components
@@ -131,8 +132,9 @@ def probes(
     """Everything one measured forward pass needs, registered together and removed together.
 
     * block outputs, always;
-    * with `head_scores`, each head's mean attention on token 0, computed inside the
-      model's attention function (`attention_probe`) so no (B, H, T, T) map outlives its block;
+    * with `head_scores`, the attention each key position receives from each head (mean
+      over queries) and its first column, the first-token score, computed inside the model's
+      attention function (`attention_probe`) so no (B, H, T, T) map outlives its block;
     * with `head_mask` (L, H), a pre-hook on each attention output projection that zeroes
       the pruned heads' outputs (only blocks with a pruned head get one: `pruned_layers`,
       which callers on a GPU pass from a host copy, else read from the mask);
@@ -154,10 +156,11 @@ def probes(
         forward.append((layout.blocks[layer], apply_edit))  # first, so the probes see the edit
     forward += [(block, _keep(probed.block_outputs, i)) for i, block in enumerate(layout.blocks)]
     if head_scores:
-        probed.first_token_attention = [None] * n
+        probed.first_token_attention, probed.received = [None] * n, [None] * n
 
         def score_heads(i: int, probs: Tensor) -> None:
-            probed.first_token_attention[i] = first_token_attention(probs)
+            probed.received[i] = received = received_attention(probs)
+            probed.first_token_attention[i] = received[..., 0]
 
     if components:
         probed.block_inputs, probed.attn_outputs, probed.mlp_outputs = [None] * n, [None] * n, [None] * n

@@ -160,36 +160,60 @@ class LayerProfile(SumStatesMetric):
 
 
 class HeadScores(SumStatesMetric):
-    """Per (layer, head): attention probability on token 0, averaged over query positions,
-    then over sequences. A non-finite score (half-precision overflow upstream) is left out
-    of its head's mean and counted."""
+    """Per (layer, head): the attention probability on token 0 (first-token score) and on
+    the window's massive tokens (massive-token score), each averaged over query positions,
+    then over sequences; per layer, the attention each of the first `positions` key
+    positions receives, averaged over heads, queries and sequences. A sequence whose scores
+    are not finite (half-precision overflow upstream) is left out of that layer's means
+    and counted."""
 
     is_differentiable = False
     higher_is_better = None
     full_state_update = False
 
-    score_sum: Tensor  # (L, H) float64
+    score_sum: Tensor  # (L, H) float64, first-token scores
+    massive_sum: Tensor  # (L, H) float64, massive-token scores
     count: Tensor  # (L, H) int64, sequences with a finite score
     nonfinite: Tensor  # (L, H) int64
+    received_sum: Tensor  # (L, P) float64
+    received_count: Tensor  # (L, P) int64, sequences long enough to have that position, finite
 
-    def __init__(self, num_layers: int, num_heads: int, **kwargs) -> None:
+    def __init__(self, num_layers: int, num_heads: int, positions: int = 16, **kwargs) -> None:
         super().__init__(**kwargs)
-        shape = (num_layers, num_heads)
-        self.add_state("score_sum", torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros(shape, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("nonfinite", torch.zeros(shape, dtype=torch.int64), dist_reduce_fx="sum")
+        self.positions = positions
+        f64, i64 = torch.float64, torch.int64
+        for name, dtype in (("score_sum", f64), ("massive_sum", f64), ("count", i64), ("nonfinite", i64)):
+            self.add_state(name, torch.zeros(num_layers, num_heads, dtype=dtype), dist_reduce_fx="sum")
+        self.add_state("received_sum", torch.zeros(num_layers, positions, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("received_count", torch.zeros(num_layers, positions, dtype=i64), dist_reduce_fx="sum")
 
-    def update(self, per_layer: Sequence[Tensor]) -> None:
-        """`per_layer[i]` is (B, H): each sequence's mean first-token attention in block i."""
-        for i, scores in enumerate(per_layer):
-            finite = torch.isfinite(scores)
-            self.score_sum[i] += torch.where(finite, scores, 0.0).sum(0, dtype=torch.float64)
+    def update(self, received: Sequence[Tensor], massive: Tensor | None = None) -> None:
+        """`received[i]` (B, H, T): what each key position receives in block i (mean over
+        queries); `massive` (B, T) bool: each window's massive tokens (None: none)."""
+        for i, r in enumerate(received):
+            finite = torch.isfinite(r).all(dim=-1)  # (B, H)
+            on_massive = r.mul(massive[:, None, :]).sum(-1) if massive is not None else torch.zeros_like(r[..., 0])
+            self.score_sum[i] += torch.where(finite, r[..., 0], 0.0).sum(0, dtype=torch.float64)
+            self.massive_sum[i] += torch.where(finite, on_massive, 0.0).sum(0, dtype=torch.float64)
             self.count[i] += finite.sum(0)
             self.nonfinite[i] += (~finite).sum(0)
+            p = min(self.positions, r.shape[-1])
+            window_ok = finite.all(dim=-1)  # (B,)
+            head_mean = torch.where(window_ok[:, None], r[..., :p].mean(dim=1), 0.0)  # (B, p)
+            self.received_sum[i, :p] += head_mean.sum(0, dtype=torch.float64)
+            self.received_count[i, :p] += window_ok.sum()
 
-    def compute(self) -> Tensor:
-        """(L, H) means; NaN for a head with no finite score."""
-        return self.score_sum / self.count
+    def compute(self) -> dict[str, Tensor]:
+        """(L, H) first-token and massive-token means (NaN for a head with no finite score),
+        (L, P) received attention (NaN past the window length) and (L,) attention to
+        massive tokens: the share of all attention mass on them, mean over heads."""
+        massive = self.massive_sum / self.count
+        return {
+            "first_token": self.score_sum / self.count,
+            "massive_tokens": massive,
+            "received": self.received_sum / self.received_count,
+            "attention_to_massive": massive.mean(dim=1),
+        }
 
 
 class Perplexity(SumStatesMetric):
@@ -282,10 +306,13 @@ class VariantMetrics(nn.Module):
         head_scores: bool,
         perplexity: bool,
         components: bool,
+        received_positions: int = 16,
     ) -> None:
         super().__init__()
         self.profiles = nn.ModuleDict({n: new_profile() for n in names})
-        self.head_scores = nn.ModuleDict({n: HeadScores(num_layers, num_heads) for n in names} if head_scores else {})
+        self.head_scores = nn.ModuleDict(
+            {n: HeadScores(num_layers, num_heads, received_positions) for n in names} if head_scores else {}
+        )
         self.perplexities = nn.ModuleDict({n: Perplexity() for n in names} if perplexity else {})
         self.components = nn.ModuleDict({n: Components() for n in names} if components else {})
         self.names = names

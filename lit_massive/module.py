@@ -15,13 +15,13 @@ from torch import Tensor, nn
 from lit_massive.adapter import DecoderLayout, decoder_layout
 from lit_massive.errors import InputError
 from lit_massive.feature_view import FeatureView, measure_feature_view, shown_layers
-from lit_massive.functional import massive_union, token_nll
+from lit_massive.functional import massive_positions, massive_union, token_nll
 from lit_massive.hooks import probes
 from lit_massive.loading import load_causal_lm
 from lit_massive.metrics import HeadScores, LayerProfile, VariantMetrics
 from lit_massive.provenance import run_provenance
 from lit_massive.results import RunResults, locate_massive
-from lit_massive.variants import BASELINE, Sweep, VariantPlan, VariantSpec, describe_sweep
+from lit_massive.variants import BASELINE, SCORES, Sweep, VariantPlan, VariantSpec, describe_sweep
 
 __all__ = ["FeatureView", "MassiveActivations", "describe_model"]
 
@@ -45,6 +45,7 @@ class MassiveActivations(L.LightningModule):
         sweep: Sweep | None = None,
         attn_implementation: str | None = None,
         massive_candidates: int = 256,
+        received_positions: int = 16,
         dtype: str = "float32",
         trust_remote_code: bool = False,
     ) -> None:
@@ -55,7 +56,9 @@ class MassiveActivations(L.LightningModule):
             top_k: how many of the largest |values| to report per block.
             massive_threshold: a massive activation has |value| above this ...
             massive_ratio: ... and above this many times the median |value| of its block output.
-            head_scores: measure each head's mean attention on the first token.
+            head_scores: measure each head's mean attention on the first token and on the
+                window's massive tokens, and the attention each of the first
+                ``received_positions`` key positions receives per block.
             perplexity: measure token-level perplexity (needs the LM head's logits).
             components: for every massive (dim, position), what enters each block there and
                 what its attention and MLP add (who writes massive activations).
@@ -73,6 +76,8 @@ class MassiveActivations(L.LightningModule):
             massive_candidates: the most massive entries per sequence and block that the
                 locator and components record (the largest |values|, a fixed number so the
                 measured step never waits on the GPU); more are counted (``locator_overflow``).
+            received_positions: how many leading key positions ``received`` reports per block
+                (position-specific attention sinks show up there).
             dtype: weights dtype at load time: ``float32``, ``bfloat16``, ``float16`` or ``auto``
                 (the checkpoint's own); the run's precision applies on top, statistics stay float32+.
             trust_remote_code: passed to ``from_pretrained`` for the model and its tokenizer.
@@ -97,8 +102,17 @@ class MassiveActivations(L.LightningModule):
         if massive_candidates < 1:
             raise InputError(f"massive_candidates={massive_candidates}: must be >= 1")
         self.new_profile = profile_factory(lay, top_k, massive_threshold, massive_ratio, massive_candidates)
+        if received_positions < 1:
+            raise InputError(f"received_positions={received_positions}: must be >= 1")
         self.metrics = VariantMetrics(
-            self.plan.names, self.new_profile, lay.n_layer, lay.n_head, head_scores, perplexity, components
+            self.plan.names,
+            self.new_profile,
+            lay.n_layer,
+            lay.n_head,
+            head_scores,
+            perplexity,
+            components,
+            received_positions,
         )
         self.results: RunResults | None = None
 
@@ -118,21 +132,22 @@ class MassiveActivations(L.LightningModule):
         first. Computes only what is needed, synced over all ranks; returns the locator."""
         lay, plan = self.layout, self.plan
         scores = HeadScores(lay.n_layer, lay.n_head).to(self.device) if plan.needs_run_scores else None
-        profile = self.new_profile().to(self.device) if plan.needs_locator else None
+        profile = self.new_profile().to(self.device)
         with self.trainer.precision_plugin.forward_context():
             for batch in self.trainer.val_dataloaders:
                 input_ids = batch["input_ids"].to(self.device)
                 with probes(lay, head_scores=scores is not None) as probed:
                     lay.backbone(input_ids=input_ids, use_cache=False)
+                stats = [profile.stats_of(x) for x in probed.block_outputs]
                 if scores is not None:
-                    scores.update(probed.first_token_attention)
-                if profile is not None:
-                    profile.update(probed.block_outputs, input_ids)
+                    scores.update(probed.received, massive_positions(stats, input_ids.shape[1]))
+                if plan.needs_locator:
+                    profile.update(stats, input_ids)
         if scores is not None:
-            plan.use_run_scores(scores.compute().cpu())
+            plan.use_run_scores({by: score.cpu() for by, score in scores.compute().items() if by in SCORES})
             self.head_masks.copy_(plan.head_masks())
             self.pruned_layers = pruned_layers(plan.head_masks())
-        if profile is None:
+        if not plan.needs_locator:
             return None
         computed = profile.compute()
         return locate_massive(computed["massive_rows"], int(computed["count"]), str)
@@ -161,8 +176,8 @@ class MassiveActivations(L.LightningModule):
                 self.metrics.components[name].update(
                     probed.block_inputs, probed.attn_outputs, probed.mlp_outputs, entries
                 )
-            if h.head_scores:
-                self.metrics.head_scores[name].update(probed.first_token_attention)
+            if h.head_scores:  # the massive tokens of this very pass: no second forward
+                self.metrics.head_scores[name].update(probed.received, massive_positions(stats, input_ids.shape[1]))
             if h.perplexity:
                 lay = self.layout  # the LM head runs in chunks: no (B, T, V) logits at once
                 nll = token_nll(output.last_hidden_state, lay.lm_head, input_ids, batch["score_from"],

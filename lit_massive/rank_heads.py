@@ -15,7 +15,7 @@ from torch import Tensor
 
 from lit_massive.errors import InputError
 from lit_massive.tables import markdown_table, ranked_heads
-from lit_massive.variants import BASELINE, load_scores, rank_heads
+from lit_massive.variants import BASELINE, SCORES, load_scores, rank_heads
 
 
 def ranking_markdown(scores: Tensor) -> str:
@@ -27,9 +27,12 @@ def ranking_markdown(scores: Tensor) -> str:
     return markdown_table(["rank", "layer", "head", "score"], rows)
 
 
-def write_pruning_configs(results: Path, k: int, out_dir: Path, variant: str = BASELINE) -> list[Path]:
-    """Write one config per order, pruning that order's first k heads; returns their paths."""
-    scores = load_scores(str(results), variant)
+def write_pruning_configs(
+    results: Path, k: int, out_dir: Path, variant: str = BASELINE, by: str = "first_token"
+) -> list[Path]:
+    """Write one config per order, pruning that order's first k heads by score `by`
+    (first_token or massive_tokens); returns their paths."""
+    scores = load_scores(str(results), variant, by)
     n_total = scores.numel()
     if not 1 <= k <= n_total:
         raise InputError(f"k={k} must be in 1..{n_total} (the number of heads)")
@@ -56,8 +59,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, default=3, help="heads to prune in each config (default 3)")
     parser.add_argument("--variant", default=BASELINE, help="whose scores to rank (default baseline)")
     parser.add_argument("--out", type=Path, default=None, help="where to write configs (default RUN/pruning)")
+    parser.add_argument(
+        "--by",
+        default="first_token",
+        choices=sorted(SCORES),
+        help="rank by attention on token 0 (default) or on each window's massive tokens",
+    )
     args = parser.parse_args(argv)
-    scores = load_scores(str(args.results), args.variant)
+    scores = load_scores(str(args.results), args.variant, args.by)
     print(ranking_markdown(scores))
-    for path in write_pruning_configs(args.results, args.k, args.out or args.results.parent / "pruning", args.variant):
+    out = args.out or args.results.parent / "pruning"
+    for path in write_pruning_configs(args.results, args.k, out, args.variant, args.by):
         print(f"wrote {path}")

@@ -109,6 +109,23 @@ class Publisher:
                 figures.head_ranking_figure(shown, TOP_HEADS, f"{model}: {name}")[0],
             )
             self.text(f"{name}/tables/heads", heads_table(ranked))
+            # attention on the window's massive tokens (position 0 and any later ones)
+            massive = variant["massive_token_scores"]
+            label = "mean attention on massive tokens"
+            self.figure(
+                f"{name}/figures/massive_token_scores", figures.head_heatmap(massive, f"{model}: {name}", label)[0]
+            )
+            self.text(
+                f"{name}/tables/heads_massive_tokens", heads_table(ranked_heads(massive), "massive-token attention")
+            )
+            share = variant["attention_to_massive"]
+            self.figure(
+                f"{name}/figures/attention_to_massive",
+                figures.attention_to_massive_figure(share, f"{model}: {name}")[0],
+            )
+            for layer, value in enumerate(share):
+                self.scalar(f"{name}/attention_to_massive", value, layer)
+            self.figure(f"{name}/figures/received", figures.received_figure(variant["received"], f"{model}: {name}")[0])
         if variant["massive"]:
             self.text(f"{name}/tables/massive", locator_table(variant["massive"]))
         by_location: dict[tuple[int, int], list[dict]] = {}

@@ -17,6 +17,10 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _matrix(values: Tensor) -> list[list[float | None]]:
+    return [[_finite(v) for v in row] for row in values.tolist()]
+
+
 def _most_frequent(counts: Tensor, total: int) -> tuple[int, float]:
     """Index with the highest count and its share of `total`."""
     index = int(counts.argmax())
@@ -139,7 +143,14 @@ def variant_results(computed: dict, decode: Callable[[int], str], baseline: dict
         "first_massive_layer": first_massive_layer(layers),
         "first_nonfinite_layer": overflow[0] if overflow else None,
         "layers": layers,
-        "head_scores": None if scores is None else [[_finite(v) for v in row] for row in scores.tolist()],
+        "head_scores": None if scores is None else _matrix(scores["first_token"]),
+        "massive_token_scores": None if scores is None else _matrix(scores["massive_tokens"]),
+        # per block: the share of all attention mass on the window's massive tokens (mean over heads)
+        "attention_to_massive": None
+        if scores is None
+        else [_finite(v) for v in scores["attention_to_massive"].tolist()],
+        # per block: the attention each leading key position receives (mean over heads and queries)
+        "received": None if scores is None else _matrix(scores["received"]),
         "perplexity": None if ppl is None else _finite(float(ppl["perplexity"])),
         "nll_sum": None if ppl is None else _finite(float(ppl["nll_sum"])),
         "scored_tokens": None if ppl is None else int(ppl["tokens"]),

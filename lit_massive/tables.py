@@ -56,8 +56,8 @@ def ranked_heads(scores: list[list[float]]) -> list[tuple[int, int, float]]:
     return [(layer, head, float(table[layer, head])) for layer, head in rank_heads(table, "top")]
 
 
-def heads_table(ranked: list[tuple[int, int, float]]) -> str:
-    """The top and bottom heads of a ranking (`ranked_heads`)."""
+def heads_table(ranked: list[tuple[int, int, float]], by: str = "first-token attention") -> str:
+    """The top and bottom heads of a ranking (`ranked_heads`) by the score `by` names."""
     top = [[str(i + 1), str(layer), str(head), f"{s:.4f}"] for i, (layer, head, s) in enumerate(ranked[:TOP_HEADS])]
     n = len(ranked)
     bottom = [
@@ -65,7 +65,7 @@ def heads_table(ranked: list[tuple[int, int, float]]) -> str:
         for i, (layer, head, s) in enumerate(ranked[-BOTTOM_HEADS:])
     ]
     return (
-        f"**Top {TOP_HEADS} heads by first-token attention**\n\n"
+        f"**Top {TOP_HEADS} heads by {by}**\n\n"
         + markdown_table(["rank", "layer", "head", "score"], top)
         + f"\n\n**Bottom {BOTTOM_HEADS}**\n\n"
         + markdown_table(["rank", "layer", "head", "score"], bottom)

@@ -30,6 +30,8 @@ else:  # pragma: no cover
 
 BASELINE = "baseline"
 ORDERS = ("top", "bottom")
+# what a selection can rank heads by -> its results.json key
+SCORES = {"first_token": "head_scores", "massive_tokens": "massive_token_scores"}
 EDITS = ("zero", "mean")
 Head = tuple[int, int]
 BlockEdit = tuple[int, Callable[[Tensor], Tensor]]  # (layer, fn) as hooks.probes(edit=...) takes it
@@ -60,13 +62,15 @@ class MeanEntries(NamedTuple):
 
 @dataclass
 class Select:
-    """Prune the first `k` heads of a ranking by first-token attention: ``select: top``
-    (highest first) or ``bottom``; `scores`: a results.json to rank by, null: this run's
-    baseline scores (from a first pass over the same windows)."""
+    """Prune the first `k` heads of a ranking by head score: ``select: top`` (highest
+    first) or ``bottom``; ``by: first_token`` (attention on token 0) or ``massive_tokens``
+    (attention on the window's massive tokens); `scores`: a results.json to rank by, null:
+    this run's baseline scores (from a first pass over the same windows)."""
 
     select: str
     k: int
     scores: str | None = None
+    by: str = "first_token"
 
 
 # a mapping, not a dataclass: its YAML key `from` is a Python keyword
@@ -160,6 +164,7 @@ class Sweep:
     k: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     seed: int = 0  # for order: random
     scores: str | None = None  # results.json to rank by; null: this run's baseline scores
+    by: str = "first_token"  # or massive_tokens: which head score ranks the heads
 
 
 def sweep_names(sweep: Sweep | None) -> dict[str, int]:
@@ -172,7 +177,13 @@ def describe_sweep(sweep: Sweep | None) -> dict | None:
     if sweep is None:
         return None
     names = sweep_names(sweep)
-    return {"order": sweep.order, "seed": sweep.seed, "k": list(names.values()), "variants": list(names)}
+    return {
+        "order": sweep.order,
+        "seed": sweep.seed,
+        "by": sweep.by,
+        "k": list(names.values()),
+        "variants": list(names),
+    }
 
 
 def check_heads(name: str, heads: Any, n_layer: int, n_head: int) -> list[Head]:
@@ -207,15 +218,23 @@ def _check_order(where: str, order: Any, allowed: tuple[str, ...]) -> str:
     return order
 
 
-def load_scores(path: str, variant: str = BASELINE) -> Tensor:
-    """Head scores (L, H) of `variant` from a results.json."""
+def _check_by(where: str, by: Any) -> str:
+    if by not in SCORES:
+        raise InputError(f"{where}: by={by!r}; valid: {', '.join(SCORES)}")
+    return by
+
+
+def load_scores(path: str, variant: str = BASELINE, by: str = "first_token") -> Tensor:
+    """Head scores (L, H) of `variant` from a results.json: first-token (`head_scores`) or
+    massive-token (`massive_token_scores`) ones."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise InputError(f"scores file {path!r} does not exist; give a results.json of a run with head_scores")
     data = json.loads(file.read_text())
-    scores = data.get("variants", {}).get(variant, {}).get("head_scores")
+    key = SCORES[by]
+    scores = data.get("variants", {}).get(variant, {}).get(key)
     if scores is None:
-        raise InputError(f"{path}: variant {variant!r} has no head_scores; run it with model.head_scores: true")
+        raise InputError(f"{path}: variant {variant!r} has no {key}; run it with model.head_scores: true")
     return torch.tensor([[float("nan") if v is None else v for v in row] for row in scores], dtype=torch.float64)
 
 
@@ -278,7 +297,7 @@ def _check_spec(name: str, spec: Any, n_layer: int, n_head: int) -> tuple[list[H
             edit.prune_heads = heads
         return heads, edit
     if isinstance(spec, dict):
-        unknown = set(spec) - {"select", "k", "scores"}
+        unknown = set(spec) - {"select", "k", "scores", "by"}
         if unknown or "select" not in spec or "k" not in spec:
             raise InputError(
                 f"variant {name!r}: {spec!r}; expected a head list, {{select: top|bottom, k: N, "
@@ -286,9 +305,10 @@ def _check_spec(name: str, spec: Any, n_layer: int, n_head: int) -> tuple[list[H
             )
         order = _check_order(f"variant {name!r}", spec["select"], ORDERS)
         k = _check_k(f"variant {name!r}", spec["k"], n_layer * n_head)
+        by = _check_by(f"variant {name!r}", spec.get("by", "first_token"))
         if spec.get("scores") is not None:
-            load_scores(spec["scores"])  # fail now on a missing file
-        return Select(order, k, spec.get("scores")), None
+            load_scores(spec["scores"], by=by)  # fail now on a missing file
+        return Select(order, k, spec.get("scores"), by), None
     return check_heads(name, spec, n_layer, n_head), None
 
 
@@ -301,9 +321,11 @@ def _sweep_specs(sweep: Sweep, n_layer: int, n_head: int) -> dict[str, list[Head
         perm = torch.randperm(n_total, generator=gen).tolist()
         ranking = [(i // n_head, i % n_head) for i in perm]
     elif sweep.scores is not None:
-        ranking = rank_heads(load_scores(sweep.scores), order)
+        ranking = rank_heads(load_scores(sweep.scores, by=_check_by("sweep", sweep.by)), order)
     return {
-        name: Select(order, k) if order != "random" and sweep.scores is None else ranking[:k]
+        name: Select(order, k, by=_check_by("sweep", sweep.by))
+        if order != "random" and sweep.scores is None
+        else ranking[:k]
         for name, k in zip(sweep_names(sweep), ks, strict=True)
     }
 
@@ -326,16 +348,19 @@ def parse_variants(
     return specs, edits
 
 
-def resolve(specs: dict[str, list[Head] | Select], run_scores: Tensor | None) -> dict[str, list[Head] | None]:
-    """Heads per variant; None where the selection waits for this run's scores."""
+def resolve(
+    specs: dict[str, list[Head] | Select], run_scores: dict[str, Tensor] | None
+) -> dict[str, list[Head] | None]:
+    """Heads per variant; None where the selection waits for this run's scores (`by` ->
+    (L, H))."""
     out: dict[str, list[Head] | None] = {}
     for name, spec in specs.items():
         if not isinstance(spec, Select):
             out[name] = spec
         elif spec.scores is not None:
-            out[name] = rank_heads(load_scores(spec.scores), spec.select)[: spec.k]
+            out[name] = rank_heads(load_scores(spec.scores, by=spec.by), spec.select)[: spec.k]
         else:
-            out[name] = None if run_scores is None else rank_heads(run_scores, spec.select)[: spec.k]
+            out[name] = None if run_scores is None else rank_heads(run_scores[spec.by], spec.select)[: spec.k]
     return out
 
 
@@ -368,8 +393,9 @@ class VariantPlan:
         """Some `mean` edit takes its values from this run's own baseline locator."""
         return any(isinstance(e, SetMassive) and e.to == "mean" and e.source is None for e in self.edits.values())
 
-    def use_run_scores(self, scores: Tensor) -> None:
-        """Resolve the selections that waited for this run's baseline head scores (L, H)."""
+    def use_run_scores(self, scores: dict[str, Tensor]) -> None:
+        """Resolve the selections that waited for this run's baseline head scores: `by`
+        (first_token, massive_tokens) -> (L, H)."""
         self.pruned_heads.update(resolve(self.specs, run_scores=scores))
 
     def use_located(self, located: list[dict] | None, device: torch.device) -> None:

@@ -20,6 +20,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E40
 
 from lit_massive.cli import cli_main  # noqa: E402
 from lit_massive.toy import ToyConfig, build_toy_tokenizer, corpus_path  # noqa: E402
+from tiny_families import save_family  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")  # the offline demo: toy model, bundled corpus
@@ -206,3 +207,16 @@ def assert_same_numbers(a, b, path: str = "") -> None:
         assert a == pytest.approx(b, rel=1e-6, abs=1e-12), path
     else:
         assert a == b, path
+
+
+@pytest.fixture(scope="session")
+def family_dir(tmp_path_factory):
+    """`family_dir(model_type)`: the tiny planted checkpoint of that family (tiny_families), built once."""
+    made = {}
+
+    def get(model_type):
+        if model_type not in made:
+            made[model_type] = save_family(model_type, tmp_path_factory.mktemp(model_type))
+        return made[model_type]
+
+    return get

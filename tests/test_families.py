@@ -25,18 +25,6 @@ def _get(module, path):
     return module
 
 
-@pytest.fixture(scope="session")
-def family_dir(tmp_path_factory):
-    made = {}
-
-    def get(model_type):
-        if model_type not in made:
-            made[model_type] = save_family(model_type, tmp_path_factory.mktemp(model_type))
-        return made[model_type]
-
-    return get
-
-
 def _windows(model_dir, jsonl, bos):
     """Windows built by hand: the text joined with blank lines, tokenised without special
     tokens, cut into SEQ tokens (BOS + SEQ - 1 with BOS) back to back."""

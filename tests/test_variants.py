@@ -50,7 +50,7 @@ def test_duplicate_heads_are_merged_with_a_warning():
 
 FORMS = {
     "heads": [[1, 2], [3, 4]],
-    "top2": {"select": "top", "k": 2, "scores": None},
+    "top2": {"select": "top", "k": 2, "scores": None, "by": "first_token"},
     "zero": {"set_massive": {"layer": 2, "to": "zero", "from": None}, "prune_heads": [[0, 1]]},
     "control": {"set_random": {"layer": 2, "seed": 3}, "prune_heads": []},
     "heads_only": {"prune_heads": [[5, 6]]},
