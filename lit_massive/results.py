@@ -22,7 +22,8 @@ def _matrix(values: Tensor) -> list[list[float | None]]:
 
 
 def _most_frequent(counts: Tensor, total: int) -> tuple[int, float]:
-    """Index with the highest count and its share of `total`."""
+    """Index with the highest count and its share of `total`; on a tie the lowest index
+    (`argmax` returns the first maximum), whatever the number of processes."""
     index = int(counts.argmax())
     return index, float(counts[index]) / max(total, 1)
 
@@ -62,13 +63,16 @@ def profile_layers(profile: dict[str, Tensor], decode: Callable[[int], str]) -> 
 
 def locate_massive(rows: Tensor, count: int, decode: Callable[[int], str]) -> list[dict]:
     """Every (layer, dim, position) that is massive in at least one sequence: the token most
-    often there, the mean signed value where massive, and the share of sequences."""
+    often there (on a tie the lowest token id), the mean signed value where massive, and the
+    share of sequences. Neither depends on the order of `rows`, which differs with the
+    number of processes (rows are gathered rank by rank)."""
     groups: dict[tuple[int, int, int], list[tuple[int, float]]] = defaultdict(list)
     for layer, dim, position, token, value in rows.tolist():
         groups[(int(layer), int(dim), int(position))].append((int(token), value))
     out = []
     for (layer, dim, position), hits in sorted(groups.items()):
-        token, _ = Counter(t for t, _ in hits).most_common(1)[0]
+        counts = Counter(t for t, _ in hits)
+        token = min(counts, key=lambda t: (-counts[t], t))
         out.append(
             {
                 "layer": layer,
@@ -76,7 +80,7 @@ def locate_massive(rows: Tensor, count: int, decode: Callable[[int], str]) -> li
                 "position": position,
                 "token_id": token,
                 "token": decode(token),
-                "value": sum(v for _, v in hits) / len(hits),
+                "value": math.fsum(v for _, v in hits) / len(hits),  # exactly rounded: any order
                 "fraction": len(hits) / max(count, 1),
             }
         )
