@@ -115,7 +115,10 @@ def zero_random(x: Tensor, threshold: float, ratio: float, seeds: list[int]) -> 
 
 
 def set_entries(x: Tensor, positions: Tensor, dims: Tensor, values: Tensor) -> Tensor:
-    """x (B, T, D) with x[:, positions[j], dims[j]] = values[j] in every sequence."""
+    """x (B, T, D) with x[:, positions[j], dims[j]] = values[j] in every sequence; x itself
+    when there is nothing to set."""
+    if positions.numel() == 0:
+        return x
     out = x.clone()
     out[:, positions, dims] = values.to(x.dtype)
     return out

@@ -12,7 +12,7 @@ import json
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, Union
 
@@ -50,6 +50,8 @@ class Edit:
     to: str
     source: str | None = None
     seed: int = 0
+    entries: int | None = None  # `mean`: how many located (dim, position) entries it sets
+    note: str | None = None  # why the edit changed nothing, when it did
 
 
 class MeanEntries(NamedTuple):
@@ -404,9 +406,29 @@ class VariantPlan:
             if isinstance(edit, SetMassive) and edit.to == "mean":
                 entries = load_massive(edit.source) if edit.source is not None else located
                 at = [e for e in entries if e["layer"] == edit.layer]
+                if not at:
+                    warnings.warn(f"variant {name!r}: {self._nothing_located(edit)}", stacklevel=2)
                 self.means[name] = MeanEntries(
-                    *(torch.tensor([e[key] for e in at], device=device) for key in ("position", "dim", "value"))
+                    torch.tensor([e["position"] for e in at], dtype=torch.long, device=device),
+                    torch.tensor([e["dim"] for e in at], dtype=torch.long, device=device),
+                    torch.tensor([e["value"] for e in at], dtype=torch.float32, device=device),
                 )
+
+    @staticmethod
+    def _nothing_located(edit: SetMassive) -> str:
+        where = edit.source or "this run's baseline"
+        return (
+            f"nothing massive is located at block {edit.layer} in {where}, so its mean edit sets "
+            f"nothing and changes nothing (lower model.massive_threshold / massive_ratio to edit smaller values)"
+        )
+
+    def _record(self, name: str, edit: BlockEditSpec) -> Edit:
+        """What results.json says the edit did."""
+        record = edit.record()
+        if name not in self.means:
+            return record
+        n = len(self.means[name].positions)
+        return replace(record, entries=n, note=None if n else self._nothing_located(edit))
 
     def head_masks(self) -> Tensor:
         """(V, L, H): zeros at each variant's pruned heads; ones while its heads are unknown."""
@@ -423,7 +445,7 @@ class VariantPlan:
         for name in self.names:
             edit = self.edits.get(name)
             entry = {**computed[name], "pruned_heads": self.pruned_heads[name]}
-            entry["edit"] = None if edit is None else edit.record()
+            entry["edit"] = None if edit is None else self._record(name, edit)
             variants[name] = variant_results(entry, decode, baseline=variants.get(BASELINE))
         return variants
 

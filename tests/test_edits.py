@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import DEMO, run_validate
+from conftest import DEMO, REPO, run_validate, tiny_run_args
 from lit_massive.toy import ToyConfig
 
 TRUTH = ToyConfig()
@@ -22,7 +22,10 @@ def test_zeroing_changes_downstream_and_the_control_does_not(massive_run):
     assert abs(zero["perplexity_pct"]) > 100 * abs(control["perplexity_pct"])
     assert abs(zero["perplexity_pct"]) > 0.01
     assert v["zero"]["massive"] == []
-    assert v["control"]["edit"] == {"layer": TRUTH.massive_layer, "to": "random", "source": None, "seed": 3}
+    assert v["control"]["edit"] == {
+        "layer": TRUTH.massive_layer, "to": "random", "source": None, "seed": 3, "entries": None, "note": None
+    }  # fmt: skip
+    assert v["mean"]["edit"]["entries"] > 0 and v["mean"]["edit"]["note"] is None
 
 
 def test_mean_edit_from_an_earlier_runs_results(tmp_path, massive_run):
@@ -58,3 +61,21 @@ def test_mean_edit_from_an_earlier_runs_results(tmp_path, massive_run):
 def test_bad_edits_fail_early(tmp_path, variant, message):
     with pytest.raises(SystemExit, match=re.escape(message)):
         run_validate(tmp_path, "--config", DEMO, "--model.variants", json.dumps({"v": variant}))
+
+
+def test_mean_edit_with_nothing_massive_runs_and_says_it_changed_nothing(tmp_path, tiny_gpt2_dir, corpus_jsonl):
+    """configs/massive.yaml on a model without massive activations (a small random GPT-2)."""
+    with pytest.warns(UserWarning, match="nothing massive is located at block 2"):
+        run_dir, results = run_validate(
+            tmp_path,
+            "--config",
+            str(REPO / "configs" / "massive.yaml"),
+            *tiny_run_args(tiny_gpt2_dir, corpus_jsonl, 32, 4, 2),
+        )
+    v = results["variants"]
+    assert v["baseline"]["massive"] == [] and v["baseline"]["first_massive_layer"] is None
+    edit = v["mean_massive_b2"]["edit"]
+    assert edit["entries"] == 0 and "changes nothing" in edit["note"]
+    assert v["mean_massive_b2"]["layers"] == v["baseline"]["layers"]
+    ((layer, dims),) = results["feature_view"]["massive_dims"].items()  # the largest top-1 / median
+    assert dims == [] and (run_dir / "figures" / f"feature_view_layer{layer}.png").stat().st_size > 0

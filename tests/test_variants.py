@@ -101,8 +101,8 @@ def test_typed_specs_and_their_yaml_forms_parse_alike():
         "heads_only": [(5, 6)],
     }
     assert [asdict(e.record()) for e in edits.values()] == [
-        {"layer": 2, "to": "zero", "source": None, "seed": 0},
-        {"layer": 2, "to": "random", "source": None, "seed": 3},
+        {"layer": 2, "to": "zero", "source": None, "seed": 0, "entries": None, "note": None},
+        {"layer": 2, "to": "random", "source": None, "seed": 3, "entries": None, "note": None},
     ]
 
 
