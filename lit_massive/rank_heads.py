@@ -1,8 +1,9 @@
 """`python -m lit_massive rank-heads RUN/results.json`: a head ranking and pruning configs.
 
-Prints the heads ranked by first-token attention as a markdown table and writes
-`prune_top{k}.yaml` and `prune_bottom{k}.yaml`: the run's own config.yaml (when it sits
-beside results.json) with `model.variants` set, ready for `validate --config`.
+Prints the top 10 and bottom 5 heads by first-token attention (every head with `--all`)
+as a markdown table and writes `prune_top{k}.yaml` and `prune_bottom{k}.yaml`: the run's
+own config.yaml (when it sits beside results.json) with `model.variants` set, ready for
+`validate --config`. Bad input (`--k 0`, a config that exists) fails before any output.
 """
 
 from __future__ import annotations
@@ -14,17 +15,33 @@ import yaml
 from torch import Tensor
 
 from lit_massive.errors import InputError
-from lit_massive.tables import markdown_table, ranked_heads
+from lit_massive.tables import BOTTOM_HEADS, TOP_HEADS, markdown_table, ranked_heads
 from lit_massive.variants import BASELINE, SCORES, load_scores, rank_heads
 
 
-def ranking_markdown(scores: Tensor) -> str:
-    """Every head, highest first-token attention first."""
-    rows = [
-        [str(i + 1), str(layer), str(head), f"{s:.4f}"]
-        for i, (layer, head, s) in enumerate(ranked_heads(scores.tolist()))
-    ]
-    return markdown_table(["rank", "layer", "head", "score"], rows)
+def ranking_markdown(scores: Tensor, everything: bool = False) -> str:
+    """The top 10 and bottom 5 heads by first-token attention, highest first; every head with
+    `everything`."""
+    ranked = ranked_heads(scores.tolist())
+    rows = [[str(i + 1), str(layer), str(head), f"{s:.4f}"] for i, (layer, head, s) in enumerate(ranked)]
+    if everything or len(rows) <= TOP_HEADS + BOTTOM_HEADS:
+        return markdown_table(["rank", "layer", "head", "score"], rows)
+    gap = [["...", "", "", ""]]
+    shown = rows[:TOP_HEADS] + gap + rows[-BOTTOM_HEADS:]
+    return markdown_table(["rank", "layer", "head", "score"], shown) + f"\n\n{len(rows)} heads; --all lists every one"
+
+
+def pruning_config_paths(scores: Tensor, k: int, out_dir: Path) -> list[Path]:
+    """Where the configs go; refuses a k out of range or a file that exists, before anything
+    is printed or written."""
+    n_total = scores.numel()
+    if not 1 <= k <= n_total:
+        raise InputError(f"--k {k}: must be in 1..{n_total} (the number of heads)")
+    paths = [out_dir / f"prune_{order}{k}.yaml" for order in ("top", "bottom")]
+    for path in paths:
+        if path.exists():
+            raise InputError(f"{path} already exists; choose another --out directory or --k")
+    return paths
 
 
 def write_pruning_configs(
@@ -33,17 +50,12 @@ def write_pruning_configs(
     """Write one config per order, pruning that order's first k heads by score `by`
     (first_token or massive_tokens); returns their paths."""
     scores = load_scores(str(results), variant, by)
-    n_total = scores.numel()
-    if not 1 <= k <= n_total:
-        raise InputError(f"k={k} must be in 1..{n_total} (the number of heads)")
+    paths = pruning_config_paths(scores, k, out_dir)
     run_config = results.parent / "config.yaml"
     base = yaml.safe_load(run_config.read_text()) if run_config.is_file() else {}
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for order in ("top", "bottom"):
-        path = out_dir / f"prune_{order}{k}.yaml"
-        if path.exists():
-            raise InputError(f"{path} already exists; choose another --out directory")
+    for order, path in zip(("top", "bottom"), paths, strict=True):
         config = {**base, "model": {**base.get("model", {})}}
         config["model"]["variants"] = {f"prune_{order}{k}": [list(h) for h in rank_heads(scores, order)[:k]]}
         config["model"]["sweep"] = None
@@ -53,8 +65,13 @@ def write_pruning_configs(
     return written
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise InputError(f"rank-heads: {message}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lit_massive rank-heads", description=__doc__.split("\n\n")[0])
+    parser = _OneLineErrors(prog="lit_massive rank-heads", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="results.json of a run with model.head_scores: true")
     parser.add_argument("--k", type=int, default=3, help="heads to prune in each config (default 3)")
     parser.add_argument("--variant", default=BASELINE, help="whose scores to rank (default baseline)")
@@ -65,9 +82,11 @@ def main(argv: list[str] | None = None) -> None:
         choices=sorted(SCORES),
         help="rank by attention on token 0 (default) or on each window's massive tokens",
     )
+    parser.add_argument("--all", action="store_true", help="list every head (default: top 10 and bottom 5)")
     args = parser.parse_args(argv)
-    scores = load_scores(str(args.results), args.variant, args.by)
-    print(ranking_markdown(scores))
     out = args.out or args.results.parent / "pruning"
+    scores = load_scores(str(args.results), args.variant, args.by)
+    pruning_config_paths(scores, args.k, out)  # bad input fails before anything is printed
+    print(ranking_markdown(scores, args.all))
     for path in write_pruning_configs(args.results, args.k, out, args.variant, args.by):
         print(f"wrote {path}")
