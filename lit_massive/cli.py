@@ -7,19 +7,52 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 
 from lit_massive import bundled, rank_heads
 from lit_massive.data import WindowsDataModule
 from lit_massive.errors import InputError
 from lit_massive.module import MassiveActivations
 from lit_massive.reporting import RunReport, ensure_new_run_dir
+from lit_massive.tables import terminal_summary
+from lit_massive.terminal import OneLineErrorParser, quiet_lightning
+
+PROG = "lit_massive"
+# commands cli_main runs itself, listed in the help next to `validate`
+OTHER_COMMANDS = {
+    "rank-heads": "Rank a run's heads and write pruning configs: rank-heads RUN/results.json --k 3",
+    "configs": "List the bundled configs, or print one to copy and edit: configs [NAME]",
+}
+# Trainer options that only training uses: left out of --help and the config (their defaults apply)
+TRAINING_ONLY = {
+    "max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches",
+    "limit_test_batches", "limit_predict_batches", "overfit_batches", "val_check_interval",
+    "check_val_every_n_epoch", "num_sanity_val_steps", "log_every_n_steps", "enable_checkpointing",
+    "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm", "detect_anomaly",
+    "reload_dataloaders_every_n_epochs", "use_distributed_sampler", "sync_batchnorm", "model_registry",
+    "barebones", "benchmark", "enable_autolog_hparams",
+}  # fmt: skip
 
 
 class MassiveCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        # evaluation only: there is nothing to fit
-        return {"validate": {"model", "dataloaders", "datamodule"}}
+        # evaluation only: there is nothing to fit, no checkpoint to load
+        return {"validate": {"model", "dataloaders", "datamodule", "ckpt_path", "verbose", "weights_only"}}
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        for name, help in OTHER_COMMANDS.items():  # shown in the help; cli_main runs them
+            parser._subcommands_action.add_subcommand(name, OneLineErrorParser(description=help), help=help)
+
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        trainer_defaults = {"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"}
+        parser.add_class_arguments(
+            self.trainer_class, "trainer", fail_untyped=False, instantiate=False, sub_configs=True, skip=TRAINING_ONLY
+        )
+        parser.set_defaults(trainer_defaults)
+        parser.add_lightning_class_args(self._model_class, "model")
+        parser.add_lightning_class_args(self._datamodule_class, "data")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model_name_or_path", "data.model_name_or_path")
@@ -36,33 +69,52 @@ class MassiveCLI(LightningCLI):
             # tear the group down here, together, not in interpreter shutdown
             torch.distributed.destroy_process_group()
         if self.trainer.is_global_zero:
+            if self.model.results is not None:
+                print(terminal_summary(self.model.results.variants))
             print(f"Run directory: {run_dir}")
 
 
-def cli_main(args: list[str] | None = None) -> MassiveCLI | None:
+def _config_after_command(argv: list[str]) -> list[str]:
+    """`-c X.yaml validate ...` as `validate -c X.yaml ...`: the config's keys belong to the command."""
+    head = []
+    while argv[:1] and (argv[0] in ("-c", "--config") or argv[0].startswith("--config=")):
+        take = 1 if "=" in argv[0] else 2
+        head, argv = head + argv[:take], argv[take:]
+    return argv[:1] + head + argv[1:] if head and argv else head + argv
+
+
+def cli_main(args: list[str] | None = None) -> None:
     """Entry point for `validate`, `rank-heads` and `configs`; bad input ends the program
-    with one line naming the value."""
-    argv = sys.argv[1:] if args is None else args
+    with one line naming the value (printed by rank 0 only). Returns None, so the console
+    script's `sys.exit(cli_main())` exits with status 0 after a run."""
+    argv = _config_after_command(sys.argv[1:] if args is None else list(args))
+    quiet_lightning()
     try:
         if argv[:1] == ["rank-heads"]:
-            return rank_heads.main(argv[1:])
+            rank_heads.main(argv[1:])
+            return
         if argv[:1] == ["configs"]:
-            return bundled.main(argv[1:])
-        resolved = bundled.resolve_config_args(argv)  # a bundled config's bare name -> its path
-        if args is None:
-            sys.argv[1:] = resolved  # what LightningCLI and DDP's re-launched processes read
-        return MassiveCLI(
+            bundled.main(argv[1:])
+            return
+        argv = bundled.resolve_config_args(argv)  # a bundled config's bare name -> its path
+        if args is None:  # LightningCLI reads sys.argv itself (DDP relaunches it for the other ranks)
+            sys.argv[1:] = argv
+        MassiveCLI(
             MassiveActivations,
             WindowsDataModule,
-            args=None if args is None else resolved,
+            args=None if args is None else argv,
             # the module measures, the report callback writes; a persistent callback, so
             # --trainer.callbacks adds to it and config.yaml does not list it
             trainer_defaults={"callbacks": [RunReport()]},
+            seed_everything_default=False,  # nothing is drawn at random outside the seeded variants
+            auto_configure_optimizers=False,
+            parser_class=OneLineErrorParser,
             parser_kwargs={
-                "description": "Measure massive activations: `validate --config X.yaml` (a file, or a "
-                "bundled config's name: list them with `configs`); rank a run's heads with "
-                "`rank-heads RUN/results.json --k 3`."
+                "prog": PROG,
+                "description": "Measure massive activations and attention heads of decoder LMs: "
+                "`validate --config X.yaml` (a file, or a bundled config's name: list them with "
+                "`configs`); `rank-heads RUN/results.json`.",
             },
         )
     except InputError as err:
-        sys.exit(f"lit_massive: error: {err}")
+        sys.exit(f"{PROG}: error: {err}" if rank_zero_only.rank == 0 else 1)

@@ -21,6 +21,10 @@ def _num(value: float | None, fmt: str = ".4g") -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
+def _block(layer: int | None) -> str:
+    return "-" if layer is None else str(layer)
+
+
 def profile_table(layers: list[dict]) -> str:
     """The layer profile as a markdown table (TensorBoard's text tab renders it)."""
     k = len(layers[0]["top"])
@@ -145,3 +149,48 @@ def summary_table(variants: dict[str, dict]) -> str:
             ]
         )
     return markdown_table(head, rows)
+
+
+def largest_change(change: dict) -> tuple[str, int, float] | None:
+    """(statistic, block, % change) with the largest |change| over every statistic and block."""
+    found = [
+        (key.removesuffix("_pct"), i, pct)
+        for key, values in change.items()
+        if key.endswith("_pct") and isinstance(values, list)
+        for i, pct in enumerate(values)
+        if pct is not None
+    ]
+    return max(found, key=lambda f: abs(f[2]), default=None)
+
+
+def peak_ratio(layers: list[dict]) -> tuple[float, int] | None:
+    """The largest top-1 / median over blocks, and its block."""
+    found = [(r["top1_over_median"], r["layer"]) for r in layers if r["top1_over_median"] is not None]
+    return max(found, default=None)
+
+
+def terminal_summary(variants: dict[str, dict]) -> str:
+    """The end-of-run table for the terminal, one row per variant: first massive block, the
+    peak top-1 / median ratio, perplexity, and the change against the baseline (mean top-1
+    change over blocks, perplexity change, the largest change of any statistic)."""
+    head = ["variant", "first massive", "peak top-1/median (block)", "perplexity", "top-1 %", "perplexity %",
+            "largest % (stat, block)"]  # fmt: skip
+    rows = []
+    for name, v in variants.items():
+        change = v.get("change_vs_baseline")
+        peak, largest = peak_ratio(v["layers"]), largest_change(change) if change else None
+        rows.append(
+            [
+                name,
+                _block(v["first_massive_layer"]),
+                "-" if peak is None else f"{peak[0]:.1f} ({peak[1]})",
+                _num(v["perplexity"], ".4f"),
+                "-" if change is None else _num(change["mean_over_layers"]["top1_pct"], "+.2f"),
+                "-" if change is None else _num(change["perplexity_pct"], "+.2f"),
+                "-" if largest is None else f"{largest[2]:+.2f} ({largest[0]}, {largest[1]})",
+            ]
+        )
+    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
+    note = "%: change vs baseline (top-1: mean over blocks; largest: of any statistic at any block)"
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], note])

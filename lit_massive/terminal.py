@@ -1,0 +1,62 @@
+"""What the terminal shows: one-line parser errors, no start-up chatter, the end-of-run summary.
+
+The CLI installs these; they change no result, only what a user reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+
+from lightning.pytorch.cli import LightningArgumentParser
+
+from lit_massive.errors import InputError
+
+# Lightning's info lines that say nothing about this run: device availability (the
+# accelerator is in results.json), and product tips
+_CHATTER = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:")
+_RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+class _DropChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_CHATTER)
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's device-availability lines and product tips, and one deprecation
+    warning raised inside Lightning itself (torch's `LeafSpec`); every other warning stays."""
+    for name in _RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropChatter) for f in logger.filters):
+            logger.addFilter(_DropChatter())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+def one_line(message: str) -> str:
+    """A jsonargparse error as one line: the key, the value given and, for a choice, the
+    valid values, instead of the full type dump (`--trainer.precision 8-true`)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    key = re.match(r'Parser key "([^"]+)":\s*(.*)', lines[0]) if lines else None
+    if key is None:
+        return " ".join(lines)
+    given = next((line.removeprefix("Given value:").strip() for line in lines if line.startswith("Given value:")), None)
+    if given is None:
+        return f"{key.group(1)}: {key.group(2) or (lines[1] if len(lines) > 1 else '')}".strip()
+    choices: list[str] = []
+    for literal in re.findall(r"Expected a typing\.Literal\[([^\]]*)\]", message):
+        for choice in literal.split(","):
+            choice = choice.strip().strip("'\"")
+            if choice not in choices:
+                choices.append(choice)
+    valid = f"; valid: {', '.join(choices)}" if choices else f" ({key.group(2) or lines[1]})"
+    return f"{key.group(1)}={given!r} is not valid{valid}"
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """Bad arguments end with one line naming the value (via `InputError`), not a usage
+    block followed by a type dump."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        raise InputError(one_line(message)) from ex

@@ -1,0 +1,102 @@
+"""What the terminal shows: exit status, one-line errors, no chatter, help, the result table."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from unittest import mock
+
+import pytest
+
+from conftest import DEMO, REPO, run_validate
+from lit_massive.cli import cli_main
+
+# what the `lit-massive` console script runs (pip's wrapper passes cli_main()'s return to sys.exit)
+CONSOLE_SCRIPT = "import sys; from lit_massive.cli import cli_main; sys.exit(cli_main())"
+
+
+def _console(cwd, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-c", CONSOLE_SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_console_script_exit_status_and_terminal(tmp_path):
+    done = _console(tmp_path, "validate", "--config", DEMO, "--data.num_sequences", "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout + done.stderr
+    assert "MassiveCLI object" not in out
+    for chatter in ("GPU available", "TPU available", "💡 Tip", "Seed set", "LeafSpec"):
+        assert chatter not in out
+    assert "first massive" in done.stdout and "Run directory:" in done.stdout
+    (run_dir,) = (tmp_path / "lightning_logs").iterdir()
+
+    bad = _console(tmp_path, "validate", "--config", DEMO, "--trainer.precision", "8-true")
+    assert bad.returncode != 0
+    (line,) = bad.stderr.strip().splitlines()
+    assert line.startswith("lit_massive: error: trainer.precision='8-true' is not valid; valid: ") and "32-true" in line
+    assert list((tmp_path / "lightning_logs").iterdir()) == [run_dir]
+
+
+def _numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"[-+]?\d+(?:\.\d+)?", cell)]
+
+
+def test_end_of_run_summary_equals_results(tmp_path, capsys):
+    variants = {"sink": [[5, 1]], "writer": [[8, 3]]}
+    _, results = run_validate(
+        tmp_path, "--config", DEMO, "--data.num_sequences", "4", "--model.variants", json.dumps(variants)
+    )
+    out = capsys.readouterr().out
+    assert out.count("first massive") == 1 and out.count("Run directory:") == 1
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("variant"))
+    rows = {line.split()[0]: re.split(r"\s{2,}", line.strip()) for line in lines[start + 2 : start + 5]}
+    assert list(rows) == ["baseline", "sink", "writer"]
+    for name, cells in rows.items():
+        v = results["variants"][name]
+        assert cells[1] == str(v["first_massive_layer"])
+        ratio, block = max((r["top1_over_median"], r["layer"]) for r in v["layers"])
+        assert _numbers(cells[2]) == [pytest.approx(ratio, abs=0.05), block]
+        assert _numbers(cells[3])[0] == pytest.approx(v["perplexity"], abs=5e-5)
+        if name == "baseline":
+            assert cells[4:] == ["-", "-", "-"]
+            continue
+        change = v["change_vs_baseline"]
+        assert _numbers(cells[4])[0] == pytest.approx(change["mean_over_layers"]["top1_pct"], abs=5e-3)
+        assert _numbers(cells[5])[0] == pytest.approx(change["perplexity_pct"], abs=5e-3)
+    # the planted writer head: pruning (8, 3) removes what it writes from block 8 on, which
+    # top-1 does not show; the largest change names the statistic and block
+    pct, stat, block = re.match(r"([-+]\d+\.\d+) \((\w+), (\d+)\)", rows["writer"][6]).groups()
+    assert float(pct) == pytest.approx(results["variants"]["writer"]["change_vs_baseline"][f"{stat}_pct"][int(block)],
+                                       abs=5e-3)  # fmt: skip
+    assert int(block) >= 8 and float(pct) < -30
+
+
+def _help(capsys, *args) -> str:
+    with mock.patch("sys.argv", ["lit_massive"]), pytest.raises(SystemExit) as info:
+        cli_main([*args, "--help"])
+    assert info.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def test_help_names_the_program_and_every_command_and_skips_training_options(capsys):
+    main = _help(capsys)
+    assert main.startswith("usage: lit_massive ") and "__main__" not in main
+    assert "{validate,rank-heads}" in main
+    validate = _help(capsys, "validate")
+    assert validate.startswith("usage: lit_massive [options] validate")
+    for option in ("--optimizer", "--lr_scheduler", "--ckpt_path", "gradient_clip_val", "max_epochs"):
+        assert option not in validate
+    assert "--trainer.precision" in validate and "--data.seq_len" in validate
+    assert len(validate.splitlines()) < 400
+
+
+def test_config_before_the_command(tmp_path):
+    with mock.patch("sys.argv", ["lit_massive"]):
+        cli_main(["-c", DEMO, "validate", "--data.num_sequences", "2", "--trainer.default_root_dir", str(tmp_path),
+                  "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    (run_dir,) = (tmp_path / "lightning_logs").iterdir()
+    assert json.loads((run_dir / "results.json").read_text())["data"]["num_windows"] == 2
