@@ -215,7 +215,7 @@ class WindowsDataModule(L.LightningDataModule):
             raise InputError(
                 f"{what} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0]}). "
                 f"Offline? Point data.data_files at a local copy of the split (parquet, json(l) "
-                f"or txt), or use data.dataset: toy"
+                f"or txt), or use data.dataset: toy; set HF_HUB_OFFLINE=1 to fail at once instead of retrying"
             ) from err
         except (ValueError, datasets.exceptions.DatasetGenerationError) as err:
             cause = err.__cause__ or err

@@ -35,7 +35,8 @@ def _hub_error(name: str, what: str, err: Exception) -> InputError:
         f"{what} {name!r} could not be loaded from the Hugging Face Hub ({type(err).__name__}: "
         f"{str(err).splitlines()[0]}). Offline? Save a copy once with internet "
         f"(`AutoModelForCausalLM.from_pretrained({name!r}).save_pretrained(DIR)` and the same "
-        f"for AutoTokenizer) and set model_name_or_path: DIR, or use model_name_or_path: toy"
+        f"for AutoTokenizer) and set model_name_or_path: DIR, or use model_name_or_path: toy; set "
+        f"HF_HUB_OFFLINE=1 to fail at once instead of retrying"
     )
 
 

@@ -28,6 +28,7 @@ def test_hub_id_while_offline_says_how_to_use_a_local_copy(tmp_path):
     start = time.monotonic()
     msg = _error(tmp_path, "--model.model_name_or_path", "gpt2")
     assert "'gpt2'" in msg and "Offline?" in msg and "save_pretrained" in msg and "toy" in msg
+    assert "HF_HUB_OFFLINE=1" in msg
     assert time.monotonic() - start < 30
 
 
