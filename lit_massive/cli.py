@@ -62,6 +62,7 @@ class MassiveCLI(LightningCLI):
     def before_validate(self) -> None:
         # before SaveConfigCallback writes config.yaml; log_dir is a collective on every rank
         ensure_new_run_dir(Path(self.trainer.log_dir))
+        check_before_run(self.trainer, self.model, self.datamodule)
 
     def after_validate(self) -> None:
         run_dir = self.trainer.log_dir  # a collective: every rank reads it
@@ -72,6 +73,16 @@ class MassiveCLI(LightningCLI):
             if self.model.results is not None:
                 print(terminal_summary(self.model.results.variants))
             print(f"Run directory: {run_dir}")
+
+
+def check_before_run(trainer, model: MassiveActivations, datamodule: WindowsDataModule) -> None:
+    """Input errors only the data can reveal (text column, tokenizer, windows per process,
+    top_k per block output), found before the run directory exists: Lightning creates the
+    logger's `version_N` at the start of its setup hooks, before it calls the data module's
+    `setup`, so a failure there would leave an empty run directory behind."""
+    datamodule.setup("validate")  # idempotent: Lightning's own call reuses the windows
+    datamodule.check_processes(trainer.num_nodes * trainer.num_devices)
+    model.check_windows(datamodule.windows.shape[1])
 
 
 def _config_after_command(argv: list[str]) -> list[str]:

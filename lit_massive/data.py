@@ -161,6 +161,11 @@ class WindowsDataModule(L.LightningDataModule):
         for name, value in (("seq_len", seq_len), ("stride", stride or 1), ("batch_size", batch_size)):
             if value < 1:
                 raise InputError(f"{name}={value}: must be a positive integer")
+        if stride is not None and stride > seq_len:
+            raise InputError(
+                f"stride={stride} is above seq_len={seq_len}: windows would skip the tokens between them; "
+                f"use stride <= {seq_len} (null: windows tile the text)"
+            )
         if bos not in (True, False, "auto"):
             raise InputError(f"bos={bos!r}; valid: auto, true, false")
         if bos is True and seq_len < 2:
@@ -276,6 +281,11 @@ class WindowsDataModule(L.LightningDataModule):
             self.stride = h.seq_len - self.uses_bos
         if self.stride < 1:
             raise InputError(f"seq_len={h.seq_len}: a BOS window needs seq_len >= 2 (BOS + text)")
+        if self.stride > h.seq_len - self.uses_bos:
+            raise InputError(
+                f"stride={self.stride} is above the {h.seq_len - 1} text tokens of a BOS window (seq_len="
+                f"{h.seq_len}): windows would skip tokens; use stride <= {h.seq_len - 1}"
+            )
         self.windows = make_windows(self._token_ids(), h.seq_len, self.stride, h.num_sequences, self.bos_token_id)
 
     @property
@@ -301,17 +311,21 @@ class WindowsDataModule(L.LightningDataModule):
         dataset = Windows(self.windows, self.stride, self.uses_bos)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        if len(dataset) < world:
-            raise InputError(
-                f"{len(dataset)} windows for {world} processes; every process needs one: "
-                f"use num_sequences >= {world} or fewer devices"
-            )
+        self.check_processes(world)
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
             sampler=UnpaddedDistributedSampler(dataset, num_replicas=world, rank=rank),
             num_workers=self.hparams.num_workers,
         )
+
+    def check_processes(self, world: int) -> None:
+        """Every process needs at least one window (after `setup`)."""
+        if self.windows.shape[0] < world:
+            raise InputError(
+                f"{self.windows.shape[0]} windows for {world} processes; every process needs one: "
+                f"use data.num_sequences >= {world} or fewer devices"
+            )
 
     def describe(self) -> dict:
         """What was evaluated, for results.json."""

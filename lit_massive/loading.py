@@ -40,6 +40,14 @@ def _hub_error(name: str, what: str, err: Exception) -> InputError:
     )
 
 
+def _local_error(name: str, what: str, err: Exception) -> InputError:
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return InputError(
+        f"{what} {name!r}: cannot be loaded from this directory ({type(err).__name__}: {first}); "
+        f"give a directory written by save_pretrained"
+    )
+
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
@@ -69,9 +77,11 @@ def load_causal_lm(
             kwargs["attn_implementation"] = attn_implementation
         try:
             model = AutoModelForCausalLM.from_pretrained(local or name, **kwargs)
-        except OSError as err:
+        except (OSError, ValueError) as err:
             if local is not None:
-                raise InputError(f"model_name_or_path {name!r}: {err}") from err
+                raise _local_error(name, "model_name_or_path", err) from err
+            if isinstance(err, ValueError):  # not a download failure
+                raise
             raise _hub_error(name, "model_name_or_path", err) from err
     return model.eval()
 
@@ -83,7 +93,9 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     local = check_local_or_hub(name, "tokenizer")
     try:
         return AutoTokenizer.from_pretrained(local or name, trust_remote_code=trust_remote_code)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         if local is not None:
-            raise InputError(f"tokenizer {name!r}: {err}") from err
+            raise _local_error(name, "tokenizer", err) from err
+        if isinstance(err, ValueError):  # not a download failure
+            raise
         raise _hub_error(name, "tokenizer", err) from err

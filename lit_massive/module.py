@@ -83,8 +83,11 @@ class MassiveActivations(L.LightningModule):
             trust_remote_code: passed to ``from_pretrained`` for the model and its tokenizer.
         """
         super().__init__()
-        if top_k < 1:
-            raise ValueError(f"top_k={top_k}: must be >= 1")
+        if isinstance(top_k, bool) or top_k < 1:
+            raise InputError(f"top_k={top_k}: must be an integer >= 1 (the number of largest |values| per block)")
+        for name, value in (("massive_threshold", massive_threshold), ("massive_ratio", massive_ratio)):
+            if not value >= 0:
+                raise InputError(f"{name}={value}: must be >= 0 (the paper's criterion: 100 and 1000)")
         self.save_hyperparameters()
         self.model = load_causal_lm(model_name_or_path, attn_implementation, dtype, trust_remote_code)
         self.layout = lay = decoder_layout(self.model)
@@ -94,6 +97,14 @@ class MassiveActivations(L.LightningModule):
                 f"do_layer_norm_before=false), so no sublayer adds to the stream; set components: false"
             )
         self.context_length = lay.n_positions
+        if feature_view is not None and feature_view.layers is not None:
+            wrong = [layer for layer in feature_view.layers if not 0 <= layer < lay.n_layer]
+            if wrong or not feature_view.layers:
+                raise InputError(
+                    f"feature_view.layers={feature_view.layers}: {'blocks ' + str(wrong) if wrong else 'empty'}"
+                    f" out of range; valid blocks are "
+                    f"0..{lay.n_layer - 1}, or null for the first block with a massive activation"
+                )
         # the arguments, not hparams, which may hold these as plain dicts (LightningCLI)
         self.feature_view, self.sweep = feature_view, sweep
         self.plan = VariantPlan(variants, sweep, lay.n_layer, lay.n_head)
@@ -115,6 +126,15 @@ class MassiveActivations(L.LightningModule):
             received_positions,
         )
         self.results: RunResults | None = None
+
+    def check_windows(self, seq_len: int) -> None:
+        """top_k must fit in one block output of a window: seq_len x hidden size values."""
+        size = seq_len * self.layout.n_embd
+        if self.hparams.top_k > size:
+            raise InputError(
+                f"top_k={self.hparams.top_k} is larger than a block output ({seq_len} tokens x "
+                f"{self.layout.n_embd} dims = {size} values); use top_k <= {size}"
+            )
 
     def on_validation_start(self) -> None:
         self._start = time.perf_counter()

@@ -3,6 +3,8 @@
 import json
 import time
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, run_validate
@@ -11,11 +13,12 @@ DEMO = str(REPO / "configs" / "demo.yaml")
 
 
 def _error(tmp_path, *args) -> str:
+    """The one-line message; and no run directory (not even an empty one) was created."""
     with pytest.raises(SystemExit) as info:
         run_validate(tmp_path, "--config", DEMO, *args)
     message = str(info.value.code)
     assert message.startswith("lit_massive: error: ") and "\n" not in message
-    assert not list(tmp_path.glob("lightning_logs/*/results.json"))
+    assert not list(tmp_path.glob("lightning_logs/*"))
     return message
 
 
@@ -81,3 +84,45 @@ def test_a_second_run_into_the_same_directory_changes_nothing(tmp_path):
     with pytest.raises(SystemExit, match="results.json already exists"):
         run_validate(tmp_path, "--config", DEMO, "--data.num_sequences", "3", *fixed)
     assert results.read_bytes() == before
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_text_less_table_leaves_no_run_directory(tmp_path, suffix):
+    rows = tmp_path / f"rows{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(pa.table({"body": ["Summer is warm ."] * 4}), rows)
+    else:
+        rows.write_text("body\nSummer is warm .\n")
+    msg = _error(tmp_path, "--data.data_files", str(rows))
+    assert f"rows{suffix}" in msg and "no 'text' column" in msg and "body" in msg
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--data.tokenizer", "./no/such/tokenizer"], ["'./no/such/tokenizer'", "does not exist"]),
+        (["--model.top_k", "0"], ["top_k=0", ">= 1"]),
+        (["--model.top_k", "100000"], ["top_k=100000", "128 tokens x 96 dims", "top_k <= 12288"]),
+        (["--model.feature_view.layers", "[50]"], ["feature_view.layers=[50]", "0..11"]),
+        (["--trainer.precision", "8-true"], ["trainer.precision='8-true'", "bf16-mixed", "32-true"]),
+        (["--config", "no_such.yaml"], ["no_such.yaml", "does not exist"]),
+        (["--data.stride", "512"], ["stride=512", "seq_len=128", "stride <= 128"]),
+        (["--model.massive_threshold", "-1"], ["massive_threshold=-1.0", ">= 0"]),
+        (["--model.massive_ratio", "-5"], ["massive_ratio=-5.0", ">= 0"]),
+        (["--model.top_kk", "3"], ["--model.top_kk"]),
+        (
+            ["--data.num_sequences", "1", "--trainer.devices", "2", "--trainer.strategy", "ddp"],
+            ["1 windows for 2 processes", "num_sequences >= 2"],
+        ),
+    ],
+)
+def test_late_or_unreadable_errors_are_one_line_and_leave_nothing(tmp_path, args, expected):
+    msg = _error(tmp_path, *args)
+    assert all(part in msg for part in expected), msg
+
+
+def test_tokenizer_directory_without_files(tmp_path):
+    empty = tmp_path / "tok"
+    empty.mkdir()
+    msg = _error(tmp_path, "--data.tokenizer", str(empty))
+    assert str(empty) in msg
