@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -32,53 +33,131 @@ def layer_profile_figure(layers: list[dict], title: str) -> tuple[Figure, Axes]:
     return fig, ax
 
 
+MIN_PCT_SPAN = 1.0  # a % change axis spans at least +-1 %, so a 0.1 % change looks small
+MANY = 8  # more lines than this: the legend goes beside the chart
+
+
+def _symmetric_pct_axis(ax: Axes, values: list[float | None], axis: str = "y") -> None:
+    """A % change axis symmetric about 0, at least +-MIN_PCT_SPAN, with the zero line drawn."""
+    largest = max((abs(v) for v in values if v is not None and v == v), default=0.0)
+    limit = max(MIN_PCT_SPAN, 1.1 * largest)
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(-limit, limit)
+    (ax.axhline if axis == "y" else ax.axvline)(0.0, color="black", lw=0.9, zorder=1)
+
+
+def _legend(ax: Axes, n_lines: int) -> None:
+    if n_lines > MANY:  # beside the chart, in columns, instead of over the lines
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + n_lines // 16)
+    else:
+        ax.legend(fontsize="small")
+
+
+def _overlap_style(i: int) -> dict:
+    """Markers that shrink line by line, so a line drawn over an equal one leaves it visible."""
+    return {"marker": "osD^v<>p"[i % 8], "ms": max(9 - 1.5 * i, 3), "lw": max(2.5 - 0.3 * i, 1.0), "zorder": 2 + i}
+
+
+def _same(layers: list[dict], baseline: list[dict]) -> bool:
+    return all(a["top"] == b["top"] and a["median"] == b["median"] for a, b in zip(layers, baseline, strict=True))
+
+
 def profiles_figure(variants: dict[str, list[dict]], title: str) -> tuple[Figure, Axes]:
-    """Every variant's top-1 (solid) and median (dashed) against block, on one chart."""
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    """Every variant's top-1 (solid) and median (dashed) against block, on one chart. The
+    first (the baseline) is a wide pale line underneath, so a variant equal to it (marked
+    "= baseline" in the legend) does not hide it."""
+    fig = Figure(figsize=(9, 4.5), layout="constrained")
     ax = fig.subplots()
-    for name, layers in variants.items():
+    names = list(variants)
+    base = variants[names[0]]
+    colors = colormaps["viridis" if len(names) > 10 else "tab10"]
+    for i, (name, layers) in enumerate(variants.items()):
         x = [row["layer"] for row in layers]
-        (line,) = ax.plot(x, _values([row["top"][0] for row in layers]), marker="o", label=f"{name} top 1")
-        ax.plot(
-            x,
-            _values([row["median"] for row in layers]),
-            ls="--",
-            color=line.get_color(),
-            label=f"{name} median",
-        )
+        if i == 0:
+            style = {"color": "0.6", "lw": 5, "alpha": 0.6, "zorder": 1}
+            label = name
+        else:
+            color = colors((i - 1) / max(len(names) - 2, 1)) if len(names) > 10 else colors((i - 1) % 10)
+            style = {"color": color, "lw": 1.3, "marker": "o", "ms": 3, "zorder": 2}
+            label = f"{name} (= {names[0]})" if _same(layers, base) else name
+        ax.plot(x, _values([row["top"][0] for row in layers]), label=label, **style)
+        ax.plot(x, _values([row["median"] for row in layers]), ls="--", **style)
     ax.set_yscale("log")
+    ax.set_xticks([row["layer"] for row in base])
     ax.set_xlabel("block (0-based)")
-    ax.set_ylabel("|block output| (mean over sequences)")
+    ax.set_ylabel("|block output| (mean over sequences)\nsolid: top 1, dashed: median")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", ncol=2)
+    _legend(ax, len(names))
     return fig, ax
 
 
 def change_figure(changes: dict[str, list[float | None]], title: str) -> tuple[Figure, Axes]:
-    """% change of top-1 vs the baseline, per block, one line per variant."""
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    """% change of top-1 vs the baseline, per block, one line per variant, on a symmetric
+    axis of at least +-1 % around the zero line."""
+    fig = Figure(figsize=(9, 4.5), layout="constrained")
     ax = fig.subplots()
-    for name, pct in changes.items():
-        ax.plot(range(len(pct)), _values(pct), marker="o", label=name)
-    ax.axhline(0.0, color="gray", lw=0.8)
+    for i, (name, pct) in enumerate(changes.items()):
+        same = all(p == 0.0 for p in pct)
+        ax.plot(range(len(pct)), _values(pct), label=f"{name} (no change)" if same else name, **_overlap_style(i))
+    _symmetric_pct_axis(ax, [p for pct in changes.values() for p in pct])
+    n_layer = max((len(p) for p in changes.values()), default=0)
+    ax.set_xticks(range(n_layer))
     ax.set_xlabel("block (0-based)")
     ax.set_ylabel("top-1 change vs baseline (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend(ax, len(changes))
+    return fig, ax
+
+
+def _stat_label(key: str) -> str:
+    return key.removesuffix("_pct").replace("top", "top-")
+
+
+def change_heatmap(changes: dict[str, dict], title: str) -> tuple[Figure, Axes]:
+    """% change vs the baseline of every statistic (top-1 .. top-k, median) at every block:
+    one row per (variant, statistic), one column per block, a diverging color scale
+    symmetric about 0 (at least +-1 %), the values written in the cells."""
+    keys = [k for k, v in next(iter(changes.values())).items() if k.endswith("_pct") and isinstance(v, list)]
+    rows = [(name, key) for name in changes for key in keys]
+    grid = [_values(changes[name][key]) for name, key in rows]
+    n_layer = len(grid[0])
+    flat = [v for row in grid for v in row if v == v]
+    limit = max(MIN_PCT_SPAN, max((abs(v) for v in flat), default=0.0))
+    fig = Figure(figsize=(2.5 + 0.55 * n_layer, 1.3 + 0.28 * len(rows)), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(grid, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="change vs baseline (%)", shrink=0.8)
+    if n_layer <= 32 and len(rows) <= 80:
+        for r, row in enumerate(grid):
+            for c, v in enumerate(row):
+                if v == v:
+                    text = f"{v:+.1f}" if abs(v) >= 0.05 else "0"
+                    color = "white" if abs(v) > 0.6 * limit else "black"
+                    ax.text(c, r, text, ha="center", va="center", fontsize=6.5, color=color)
+    ax.set_xticks(range(n_layer))
+    ax.set_yticks(range(len(rows)), [f"{name}: {_stat_label(key)}" for name, key in rows], fontsize="small")
+    for boundary in range(len(keys), len(rows), len(keys)):  # a line between variants
+        ax.axhline(boundary - 0.5, color="black", lw=1.2)
+    ax.set_xlabel("block (0-based)")
+    ax.set_title(title)
     return fig, ax
 
 
 def head_heatmap(
-    scores: list[list[float]], title: str, label: str = "mean attention on token 0"
+    scores: list[list[float]], title: str, pruned: list[list[int]] = (), label: str = "mean attention on token 0"
 ) -> tuple[Figure, Axes]:
-    """Layers x heads grid of a head score (first-token or massive-token attention)."""
+    """Layers x heads grid of a head score (first-token or massive-token attention); the
+    `pruned` heads crossed out (their attention is still measured, but their output is zeroed)."""
     n_layer, n_head = len(scores), len(scores[0])
     fig = Figure(figsize=(1.5 + 0.45 * n_head, 1.2 + 0.4 * n_layer), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow([_values(row) for row in scores], vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
     fig.colorbar(image, ax=ax, label=label)
+    if pruned:
+        ax.scatter([h for _, h in pruned], [layer for layer, _ in pruned], marker="x", s=90, c="red", lw=2.5,
+                   label="pruned")  # fmt: skip
+        ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.08 - 0.3 / n_layer), fontsize="small", frameon=False)
     ax.set_xticks(range(n_head))
     ax.set_yticks(range(n_layer))
     ax.set_xlabel("head (0-based)")
@@ -102,38 +181,86 @@ def head_ranking_figure(ranked: list[tuple[int, int, float]], top: int, title: s
     return fig, ax
 
 
-def sweep_figure(ks: list[int], mean_top1_pct: list[float | None], title: str) -> tuple[Figure, Axes]:
-    """Mean (over blocks) top-1 change against the number of pruned heads."""
-    fig = Figure(figsize=(6, 4), layout="constrained")
+def sweep_figure(ks: list[int], mean_pct: dict[str, list[float | None]], title: str) -> tuple[Figure, Axes]:
+    """Mean (over blocks) change of every statistic (`top1_pct` ... `median_pct` -> values
+    per k) against the number of pruned heads, on a symmetric % axis."""
+    fig = Figure(figsize=(6.5, 4), layout="constrained")
     ax = fig.subplots()
-    ax.plot(ks, _values(mean_top1_pct), marker="o")
-    ax.axhline(0.0, color="gray", lw=0.8)
+    for i, (key, values) in enumerate(mean_pct.items()):
+        style = _overlap_style(i) | ({"color": "gray", "ls": "--"} if key == "median_pct" else {})
+        ax.plot(ks, _values(values), label=_stat_label(key), **style)
+    _symmetric_pct_axis(ax, [v for values in mean_pct.values() for v in values])
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("heads pruned (k)")
-    ax.set_ylabel("mean top-1 change vs baseline (%)")
+    ax.set_ylabel("mean change over blocks vs baseline (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
     return fig, ax
+
+
+def _dim_ticks(n_dim: int, labelled: list[int]) -> list[int]:
+    """The first and last dim, a few evenly spaced ones, and the labelled dims."""
+    even = [round(i * (n_dim - 1) / 4) for i in range(5)]
+    near = [d for d in even if all(abs(d - m) > n_dim / 25 for m in labelled)]
+    return sorted(set(near) | set(labelled))
 
 
 def feature_view_figure(
-    values: list[list[float]], tokens: list[str], dims: list[int], title: str
-) -> tuple[Figure, Axes]:
-    """|block output| of one text as a 3D plot (the paper's figure 1): one line per token
-    along the feature dims; the detected massive dims are the dim axis's tick labels."""
-    fig = Figure(figsize=(9, 5.5), layout="constrained")
-    ax = fig.add_subplot(projection="3d")
+    values: list[list[float]], tokens: list[str], dims: list[int], title: str, note: str | None = None
+) -> tuple[Figure, list[Axes]]:
+    """|block output| of one text, two ways: the paper's 3D view (figure 1; orthographic, so
+    heights compare) of one line per token along the feature dims, and a 2D side view that
+    reads exactly. The detected massive `dims` are labelled on the dim axis and in the 2D
+    view with their value and token; with none detected, the 3 largest dims are labelled and
+    `note` says why nothing was flagged. Returns the figure and its (3D, 2D) axes."""
     n_dim = len(values[0])
+    peaks = [max(range(len(values)), key=lambda t, d=d: values[t][d]) for d in range(n_dim)]  # token per dim
+    largest = sorted(range(n_dim), key=lambda d: -values[peaks[d]][d])[:3]
+    labelled = sorted(dims) if dims else sorted(largest)
+    ticks = _dim_ticks(n_dim, labelled)
+    fig = Figure(figsize=(12, 5.2), layout="constrained")
+    grid = fig.add_gridspec(1, 2, width_ratios=(1.15, 1.0))
+    ax3 = fig.add_subplot(grid[0], projection="3d", proj_type="ortho")
+    ax2 = fig.add_subplot(grid[1])
+    colors = colormaps["tab10"]
     for t, row in enumerate(values):
-        ax.plot(range(n_dim), [t] * n_dim, row, lw=0.8)
-    ax.set_xticks(dims, [str(d) for d in dims])
-    ax.set_yticks(range(len(tokens)), tokens, fontsize="small")
-    ax.set_xlabel("feature dim (massive dims labelled)")
-    ax.set_zlabel("|block output|")
-    ax.set_title(title)
-    ax.view_init(elev=25, azim=-60)
-    return fig, ax
+        ax3.plot(range(n_dim), [t] * n_dim, row, lw=0.8, color=colors(t % 10))
+        ax2.plot(range(n_dim), row, lw=0.8, color=colors(t % 10), label=repr(tokens[t]))
+    ax3.set_xlim(0, n_dim - 1)
+    ax3.set_xticks(ticks, [str(d) for d in ticks], fontsize="small")
+    ax3.set_yticks(range(len(tokens)), tokens, fontsize="small")
+    ax3.set_zlim(0, None)
+    ax3.set_box_aspect((2.0, 1.2, 1.0), zoom=1.15)
+    ax3.set_xlabel("feature dim")
+    ax3.set_title("3D view (token x dim x |value|)", fontsize="small")
+    ax3.view_init(elev=20, azim=-65)
+    kind = "massive dim" if dims else "largest dim"
+    for k, d in enumerate(labelled):
+        t = peaks[d]
+        right = d > 0.6 * (n_dim - 1)  # the label goes left of a peak near the right edge
+        ax2.annotate(
+            f"{kind} {d}: {values[t][d]:.4g}\non {tokens[t]!r} (position {t})",
+            (d, values[t][d]),
+            xytext=(-8 if right else 8, 22 * k),  # staggered, so labels of nearby dims do not overlap
+            textcoords="offset points",
+            fontsize="small",
+            va="bottom",
+            ha="right" if right else "left",
+        )
+    ax2.set_xlim(0, n_dim - 1)
+    ax2.set_xticks(ticks, [str(d) for d in ticks])
+    ax2.set_ylim(0, 1.35 * max(max(row) for row in values))
+    ax2.set_xlabel(f"feature dim (0..{n_dim - 1}; {'massive' if dims else 'largest'} dims labelled)")
+    ax2.set_ylabel("|block output|")
+    ax2.set_title("side view: every token's |value| per dim, to scale", fontsize="small")
+    ax2.grid(True, alpha=0.3)
+    if len(tokens) <= 16:
+        ax2.legend(fontsize="x-small", title="token", title_fontsize="x-small", loc="upper left",
+                   bbox_to_anchor=(1.01, 1.0))  # fmt: skip
+    fig.suptitle(title if note is None else f"{title}\n{note}", fontsize="medium")
+    return fig, [ax3, ax2]
 
 
 def components_figure(entries: list[dict], title: str) -> tuple[Figure, Axes]:

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
@@ -102,7 +103,7 @@ class Publisher:
             shown = ranked[:TOP_HEADS] + ranked[-BOTTOM_HEADS:]
             self.figure(
                 f"{name}/figures/head_scores",
-                figures.head_heatmap(variant["head_scores"], f"{model}: {name}")[0],
+                figures.head_heatmap(variant["head_scores"], f"{model}: {name}", variant["pruned_heads"])[0],
             )
             self.figure(
                 f"{name}/figures/head_ranking",
@@ -113,7 +114,7 @@ class Publisher:
             massive = variant["massive_token_scores"]
             label = "mean attention on massive tokens"
             self.figure(
-                f"{name}/figures/massive_token_scores", figures.head_heatmap(massive, f"{model}: {name}", label)[0]
+                f"{name}/figures/massive_token_scores", figures.head_heatmap(massive, f"{model}: {name}", variant["pruned_heads"], label)[0]
             )
             self.text(
                 f"{name}/tables/heads_massive_tokens", heads_table(ranked_heads(massive), "massive-token attention")
@@ -152,18 +153,33 @@ class Publisher:
             return
         profiles = {n: v["layers"] for n, v in variants.items()}
         self.figure("compare/figures/profiles", figures.profiles_figure(profiles, f"{model}: all variants")[0])
-        changes = {n: v["change_vs_baseline"]["top1_pct"] for n, v in variants.items() if n != BASELINE}
-        self.figure("compare/figures/top1_change", figures.change_figure(changes, f"{model}: top-1 vs baseline")[0])
+        changes = {n: v["change_vs_baseline"] for n, v in variants.items() if n != BASELINE}
+        top1 = {n: c["top1_pct"] for n, c in changes.items()}
+        self.figure("compare/figures/top1_change", figures.change_figure(top1, f"{model}: top-1 vs baseline")[0])
+        title = f"{model}: % change vs baseline, every statistic"
+        self.figure("compare/figures/change_heatmap", figures.change_heatmap(changes, title)[0])
         self.text("compare/tables/change", change_table(variants))
         if sweep:
-            mean = [variants[n]["change_vs_baseline"]["mean_over_layers"]["top1_pct"] for n in sweep["variants"]]
+            keys = [k for k, v in changes[sweep["variants"][0]].items() if isinstance(v, list)]
+            mean = {k: [changes[n]["mean_over_layers"][k] for n in sweep["variants"]] for k in keys}
             title = f"{model}: cumulative pruning ({sweep['order']})"
-            self.figure("sweep/figures/top1_change_vs_k", figures.sweep_figure(sweep["k"], mean, title)[0])
+            self.figure("sweep/figures/change_vs_k", figures.sweep_figure(sweep["k"], mean, title)[0])
 
-    def feature_view(self, model: str, view: FeatureViewResult) -> None:
+    def feature_view(self, model: str, view: FeatureViewResult, threshold: float, ratio: float) -> None:
         for layer, dims in view.massive_dims.items():
-            title = f"{model}: block {layer}, " + (f"massive dims {dims}" if dims else "no massive activation")
-            fig, _ = figures.feature_view_figure(view.values[layer], view.tokens, dims, title)
+            title = f"{model}: block {layer}, {view.text!r}"
+            note = None
+            if dims:
+                title += f", massive dims {dims}"
+            else:  # the block may be the windows' first massive one while this short text stays below
+                values = torch.tensor(view.values[layer])
+                peak, median = float(values.max()), float(values.flatten().median())
+                times = f"{peak / median:.0f}x" if median > 0 else "inf x"
+                note = (
+                    f"nothing massive in this text: its largest |value| is {peak:.4g} = {times} the median, "
+                    f"the criterion is > {threshold:g} and > {ratio:g}x; the 3 largest dims are labelled"
+                )
+            fig, _ = figures.feature_view_figure(view.values[layer], view.tokens, dims, title, note)
             self.figure(f"feature_view/figures/layer{layer}", fig)
 
 
@@ -201,6 +217,7 @@ class RunReport(Callback):
             publish.variant(model, name, variant)
         publish.comparison(model, results.variants, results.sweep)
         if results.feature_view is not None:
-            publish.feature_view(model, results.feature_view)
+            criterion = results.model["massive_threshold"], results.model["massive_ratio"]
+            publish.feature_view(model, results.feature_view, *criterion)
         if writer is not None:
             writer.flush()

@@ -23,5 +23,7 @@ def test_feature_view_labels_the_detected_dims(massive_run):
         layout.backbone(input_ids=ids)
     x = probed.block_outputs[TRUTH.massive_layer][0].abs()
     dims = massive_dims(x, 100.0, 1000.0)
-    _, ax = feature_view_figure(x.tolist(), view["tokens"], dims, "t")
-    assert [t.get_text() for t in ax.get_xticklabels()] == [str(TRUTH.massive_dim)]
+    _, axes = feature_view_figure(x.tolist(), view["tokens"], dims, "t")
+    for ax in axes:  # the 3D and the 2D view: the dims' range and the massive dim
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert str(TRUTH.massive_dim) in labels and labels[0] == "0" and labels[-1] == str(x.shape[1] - 1)

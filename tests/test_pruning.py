@@ -107,4 +107,4 @@ def test_sweep_expands_and_random_order_is_seeded(tmp_path):
     again, _ = parse_variants(None, Sweep(order="random", k=(3,), seed=7), 12, 12)
     assert [list(h) for h in again["sweep_random_3"]] == first3
     run_dir = next(tmp_path.glob("lightning_logs/*"))
-    assert (run_dir / "figures" / "sweep_top1_change_vs_k.png").exists()
+    assert (run_dir / "figures" / "sweep_change_vs_k.png").exists()

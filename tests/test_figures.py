@@ -1,0 +1,54 @@
+"""Figures and tables read right: every statistic, symmetric % axes, marked pruned heads."""
+
+import pytest
+
+from lit_massive import figures
+
+
+def _layers(tops, medians):
+    return [{"layer": i, "top": t, "median": m} for i, (t, m) in enumerate(zip(tops, medians, strict=True))]
+
+
+def test_small_changes_stay_small_on_a_symmetric_axis():
+    _, ax = figures.change_figure({"a": [0.0, 0.13, 0.13], "b": [0.0, 0.0, 0.0]}, "t")
+    assert ax.get_ylim() == pytest.approx((-figures.MIN_PCT_SPAN, figures.MIN_PCT_SPAN))
+    assert any(list(line.get_ydata()) == [0.0, 0.0] for line in ax.get_lines())  # the zero line
+    _, ax = figures.change_figure({"a": [0.0, -40.0, 10.0]}, "t")
+    low, high = ax.get_ylim()
+    assert low == -high and high >= 40
+    assert "b (no change)" in [t.get_text() for t in figures.change_figure({"b": [0.0]}, "t")[1].get_legend().texts]
+
+
+def test_change_heatmap_shows_every_statistic_of_every_variant():
+    change = {"top1_pct": [0.0, 0.0], "top2_pct": [0.0, -33.0], "median_pct": [0.1, 0.0], "perplexity_pct": 1.0}
+    change["mean_over_layers"] = {"top1_pct": 0.0}
+    _, ax = figures.change_heatmap({"p": change, "q": change}, "t")
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["p: top-1", "p: top-2", "p: median", "q: top-1", "q: top-2", "q: median"]
+    image = ax.get_images()[0]
+    assert image.get_array()[1, 1] == -33.0 and image.get_clim() == (-33.0, 33.0)
+    assert "-33.0" in [t.get_text() for t in ax.texts]
+
+
+def test_variant_equal_to_baseline_is_marked_and_baseline_stays_visible():
+    base = _layers([[10.0], [2000.0]], [1.0, 1.0])
+    _, ax = figures.profiles_figure({"baseline": base, "same": base, "other": _layers([[9.0], [5.0]], [1, 1])}, "t")
+    assert [t.get_text() for t in ax.get_legend().texts] == ["baseline", "same (= baseline)", "other"]
+    assert ax.get_lines()[0].get_linewidth() > ax.get_lines()[2].get_linewidth()  # baseline wide, underneath
+
+
+def test_pruned_heads_are_marked_on_the_heatmap():
+    scores = [[0.1] * 4 for _ in range(3)]
+    _, ax = figures.head_heatmap(scores, "t", [[2, 1], [0, 3]])
+    (marks,) = ax.collections
+    assert marks.get_offsets().tolist() == [[1, 2], [3, 0]]  # (head, layer)
+
+
+def test_feature_view_without_massive_dims_labels_the_largest():
+    values = [[0.0] * 10 for _ in range(2)]
+    values[1][7], values[0][2], values[0][4] = 9.0, 5.0, 4.0
+    fig, (ax3, ax2) = figures.feature_view_figure(values, ["a", "b"], [], "t", "nothing massive: why")
+    ticks = [t.get_text() for t in ax2.get_xticklabels()]
+    assert {"0", "2", "4", "7", "9"} <= set(ticks)
+    assert any("largest dim 7: 9" in t.get_text() and "'b'" in t.get_text() for t in ax2.texts)
+    assert "nothing massive: why" in fig._suptitle.get_text()
