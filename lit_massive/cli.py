@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_massive import bundled, rank_heads
@@ -83,6 +84,9 @@ def check_before_run(trainer, model: MassiveActivations, datamodule: WindowsData
     datamodule.setup("validate")  # idempotent: Lightning's own call reuses the windows
     datamodule.check_processes(trainer.num_nodes * trainer.num_devices)
     model.check_windows(datamodule.windows.shape[1])
+    for logger in trainer.loggers:  # no stray `hp_metric = -1` card: nothing here is a training metric
+        if isinstance(logger, TensorBoardLogger):
+            logger._default_hp_metric = False
 
 
 def _config_after_command(argv: list[str]) -> list[str]:

@@ -6,6 +6,7 @@ Reads only the module's `RunResults`; only rank 0 writes. The CLI registers `Run
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -95,8 +96,10 @@ class Publisher:
             for j, value in enumerate(row["top"]):
                 self.scalar(f"{name}/profile/top{j + 1}", value, row["layer"])
             self.scalar(f"{name}/profile/median", row["median"], row["layer"])
-        for i, pct in enumerate(variant.get("change_vs_baseline", {}).get("top1_pct", [])):
-            self.scalar(f"{name}/change/top1_pct", pct, i)
+        for key, values in variant.get("change_vs_baseline", {}).items():
+            if isinstance(values, list):  # top1_pct ... median_pct per block
+                for i, pct in enumerate(values):
+                    self.scalar(f"{name}/change/{key}", pct, i)
         self.scalar(f"{name}/perplexity", variant["perplexity"], 0)
         if variant["head_scores"] is not None:
             ranked = ranked_heads(variant["head_scores"])
@@ -165,6 +168,24 @@ class Publisher:
             title = f"{model}: cumulative pruning ({sweep['order']})"
             self.figure("sweep/figures/change_vs_k", figures.sweep_figure(sweep["k"], mean, title)[0])
 
+    def chart_layout(self, variants: dict[str, dict]) -> None:
+        """TensorBoard's Custom Scalars tab: one chart per variant with its top-1 .. top-k and
+        median against block, and one with its % changes vs the baseline."""
+        if self.writer is None:
+            return
+        profile, change = {}, {}
+        for name, v in variants.items():
+            k = len(v["layers"][0]["top"])
+            tags = [*(f"{name}/profile/top{j + 1}" for j in range(k)), f"{name}/profile/median"]
+            profile[name] = ["Multiline", [f"^{re.escape(t)}$" for t in tags]]  # a chart's tags are regexes
+            keys = [key for key, values in v.get("change_vs_baseline", {}).items() if isinstance(values, list)]
+            if keys:
+                change[name] = ["Multiline", [f"^{re.escape(f'{name}/change/{key}')}$" for key in keys]]
+        layout = {"profile per block (x = block; smoothing 0, log y)": profile}
+        if change:
+            layout["% change vs baseline per block (x = block; smoothing 0)"] = change
+        self.writer.add_custom_scalars(layout)
+
     def feature_view(self, model: str, view: FeatureViewResult, threshold: float, ratio: float) -> None:
         for layer, dims in view.massive_dims.items():
             title = f"{model}: block {layer}, {view.text!r}"
@@ -216,6 +237,7 @@ class RunReport(Callback):
         for name, variant in results.variants.items():
             publish.variant(model, name, variant)
         publish.comparison(model, results.variants, results.sweep)
+        publish.chart_layout(results.variants)
         if results.feature_view is not None:
             criterion = results.model["massive_threshold"], results.model["massive_ratio"]
             publish.feature_view(model, results.feature_view, *criterion)

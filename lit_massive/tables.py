@@ -106,8 +106,10 @@ def change_table(variants: dict[str, dict]) -> str:
 
 
 def locator_table(massive: list[dict]) -> str:
-    """The located massive activations, largest |value| first (all of them in results.json)."""
-    shown = sorted(massive, key=lambda e: -abs(e["value"]))[:LOCATOR_ROWS]
+    """The largest located massive activations (all of them are in results.json), in block
+    order, largest |value| first within a block."""
+    largest = sorted(massive, key=lambda e: -abs(e["value"]))[:LOCATOR_ROWS]
+    shown = sorted(largest, key=lambda e: (e["layer"], -abs(e["value"]), e["dim"], e["position"]))
     rows = [
         [
             str(e["layer"]),
@@ -144,8 +146,8 @@ def summary_table(variants: dict[str, dict]) -> str:
                 _num(v["perplexity"], ".4f"),
                 _num(change.get("perplexity_pct"), "+.3f"),
                 _num(change.get("mean_over_layers", {}).get("top1_pct"), "+.3f"),
-                str(v["first_massive_layer"]),
-                str(v["first_nonfinite_layer"]),
+                _block(v["first_massive_layer"]),
+                _block(v["first_nonfinite_layer"]),
             ]
         )
     return markdown_table(head, rows)

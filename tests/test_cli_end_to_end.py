@@ -72,6 +72,15 @@ def test_tensorboard_has_profile_curves_figure_and_table(tmp_path):
     assert "baseline/profile/median" in tags["scalars"]
     assert "baseline/figures/layer_profile" in tags["images"]
     assert any(t.startswith("baseline/tables/layer_profile") for t in tags["tensors"])
+    assert "hp_metric" not in tags["scalars"]  # no stray card: nothing here is a training metric
+    # Custom Scalars: one chart per variant holding top-1 .. top-k and the median
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    (config,) = events.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    (chart,) = layout.category[0].chart
+    assert chart.title == "baseline"
+    assert list(chart.multiline.tag) == [f"^baseline/profile/{s}$" for s in ("top1", "top2", "top3", "median")]
 
 
 def test_saved_config_runs_again_and_runs_do_not_overwrite(tmp_path):

@@ -3,6 +3,7 @@
 import pytest
 
 from lit_massive import figures
+from lit_massive.tables import locator_table, summary_table
 
 
 def _layers(tops, medians):
@@ -52,3 +53,15 @@ def test_feature_view_without_massive_dims_labels_the_largest():
     assert {"0", "2", "4", "7", "9"} <= set(ticks)
     assert any("largest dim 7: 9" in t.get_text() and "'b'" in t.get_text() for t in ax2.texts)
     assert "nothing massive: why" in fig._suptitle.get_text()
+
+
+def test_locator_table_in_block_order_and_no_python_none():
+    massive = [
+        {"layer": layer, "dim": 1, "position": 0, "token": "x", "value": value, "fraction": 1.0}
+        for layer, value in [(5, 10.0), (2, 300.0), (2, 900.0), (0, 50.0)]
+    ]
+    rows = locator_table(massive).splitlines()[2:]
+    assert [r.split("|")[1].strip() for r in rows] == ["0", "2", "2", "5"]
+    assert "900" in rows[1]
+    variant = {"pruned_heads": [], "perplexity": None, "first_massive_layer": None, "first_nonfinite_layer": None}
+    assert "None" not in summary_table({"baseline": variant})
