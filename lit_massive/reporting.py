@@ -117,7 +117,8 @@ class Publisher:
             massive = variant["massive_token_scores"]
             label = "mean attention on massive tokens"
             self.figure(
-                f"{name}/figures/massive_token_scores", figures.head_heatmap(massive, f"{model}: {name}", variant["pruned_heads"], label)[0]
+                f"{name}/figures/massive_token_scores",
+                figures.head_heatmap(massive, f"{model}: {name}", variant["pruned_heads"], label)[0],
             )
             self.text(
                 f"{name}/tables/heads_massive_tokens", heads_table(ranked_heads(massive), "massive-token attention")
