@@ -105,7 +105,7 @@ def test_text_less_table_leaves_no_run_directory(tmp_path, suffix):
         (["--model.top_k", "100000"], ["top_k=100000", "128 tokens x 96 dims", "top_k <= 12288"]),
         (["--model.feature_view.layers", "[50]"], ["feature_view.layers=[50]", "0..11"]),
         (["--trainer.precision", "8-true"], ["trainer.precision='8-true'", "bf16-mixed", "32-true"]),
-        (["--config", "no_such.yaml"], ["no_such.yaml", "does not exist"]),
+        (["--config", "no_such.yaml"], ["no_such.yaml", "neither an existing file nor a bundled config", "demo"]),
         (["--data.stride", "512"], ["stride=512", "seq_len=128", "stride <= 128"]),
         (["--model.massive_threshold", "-1"], ["massive_threshold=-1.0", ">= 0"]),
         (["--model.massive_ratio", "-5"], ["massive_ratio=-5.0", ">= 0"]),

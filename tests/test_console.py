@@ -85,7 +85,7 @@ def _help(capsys, *args) -> str:
 def test_help_names_the_program_and_every_command_and_skips_training_options(capsys):
     main = _help(capsys)
     assert main.startswith("usage: lit_massive ") and "__main__" not in main
-    assert "{validate,rank-heads}" in main
+    assert "{validate,rank-heads,configs}" in main
     validate = _help(capsys, "validate")
     assert validate.startswith("usage: lit_massive [options] validate")
     for option in ("--optimizer", "--lr_scheduler", "--ckpt_path", "gradient_clip_val", "max_epochs"):
