@@ -43,7 +43,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lit_massive.data import UnpaddedDistributedSampler, Windows
+from lit_massive.data import UnpaddedDistributedSampler, Windows, collate_windows
 from lit_massive.host_reads import HostReads
 from lit_massive.module import MassiveActivations
 
@@ -53,7 +53,9 @@ MIXED_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 
 def _loader(windows: torch.Tensor, batch_size: int) -> DataLoader:
     dataset = Windows(windows)
-    return DataLoader(dataset, batch_size=batch_size, sampler=UnpaddedDistributedSampler(dataset))
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=UnpaddedDistributedSampler(dataset), collate_fn=collate_windows
+    )
 
 
 def _sync(device: str) -> None:

@@ -17,7 +17,7 @@ import datasets
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from lit_massive import toy
 from lit_massive.errors import InputError
@@ -79,6 +79,14 @@ class Windows(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Tensor | int]:
         return {"input_ids": self.windows[i], "score_from": 1 if i == 0 else self.overlap_from, "index": i}
+
+
+def collate_windows(items: list[dict]) -> dict[str, Tensor | list[int]]:
+    """A batch of `Windows` items; the window indices stay a list of Python ints, which
+    Lightning leaves on the host: they seed the random control's generators, and reading
+    them back from a GPU inside the measured step would stall it."""
+    batch = default_collate([{k: v for k, v in item.items() if k != "index"} for item in items])
+    return {**batch, "index": [int(item["index"]) for item in items]}
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -301,12 +309,6 @@ class WindowsDataModule(L.LightningDataModule):
             raise InputError(f"bos=true but tokenizer {self.tokenizer_name!r} has no BOS token; use bos: false")
         return self.tokenizer.bos_token_id if bos else None
 
-    def transfer_batch_to_device(self, batch: dict[str, Tensor], device: torch.device, dataloader_idx: int) -> dict:
-        """Window indices stay on the host, as Python ints: they seed the random control's
-        generators, and reading them back from a GPU inside the step would stall it."""
-        index = batch.pop("index").tolist()
-        return {**super().transfer_batch_to_device(batch, device, dataloader_idx), "index": index}
-
     def val_dataloader(self) -> DataLoader:
         dataset = Windows(self.windows, self.stride, self.uses_bos)
         trainer = self.trainer
@@ -317,6 +319,7 @@ class WindowsDataModule(L.LightningDataModule):
             batch_size=self.hparams.batch_size,
             sampler=UnpaddedDistributedSampler(dataset, num_replicas=world, rank=rank),
             num_workers=self.hparams.num_workers,
+            collate_fn=collate_windows,
         )
 
     def check_processes(self, world: int) -> None:
