@@ -144,25 +144,31 @@ def change_heatmap(changes: dict[str, dict], title: str) -> tuple[Figure, Axes]:
     return fig, ax
 
 
+def _probability_grid(rows: list[list[float | None]], title: str, xlabel: str, label: str, cmap: str):
+    """A blocks x columns grid of probabilities on a fixed 0..1 color scale."""
+    n_layer, n_col = len(rows), len(rows[0])
+    fig = Figure(figsize=(1.5 + 0.45 * n_col, 1.2 + 0.4 * n_layer), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow([_values(row) for row in rows], vmin=0.0, vmax=1.0, cmap=cmap, aspect="auto")
+    fig.colorbar(image, ax=ax, label=label)
+    ax.set_xticks(range(n_col))
+    ax.set_yticks(range(n_layer))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("layer (0-based)")
+    ax.set_title(title)
+    return fig, ax
+
+
 def head_heatmap(
     scores: list[list[float]], title: str, pruned: list[list[int]] = (), label: str = "mean attention on token 0"
 ) -> tuple[Figure, Axes]:
     """Layers x heads grid of a head score (first-token or massive-token attention); the
     `pruned` heads crossed out (their attention is still measured, but their output is zeroed)."""
-    n_layer, n_head = len(scores), len(scores[0])
-    fig = Figure(figsize=(1.5 + 0.45 * n_head, 1.2 + 0.4 * n_layer), layout="constrained")
-    ax = fig.subplots()
-    image = ax.imshow([_values(row) for row in scores], vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-    fig.colorbar(image, ax=ax, label=label)
+    fig, ax = _probability_grid(scores, title, "head (0-based)", label, "viridis")
     if pruned:
         ax.scatter([h for _, h in pruned], [layer for layer, _ in pruned], marker="x", s=90, c="red", lw=2.5,
                    label="pruned")  # fmt: skip
-        ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.08 - 0.3 / n_layer), fontsize="small", frameon=False)
-    ax.set_xticks(range(n_head))
-    ax.set_yticks(range(n_layer))
-    ax.set_xlabel("head (0-based)")
-    ax.set_ylabel("layer (0-based)")
-    ax.set_title(title)
+        ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.08 - 0.3 / len(scores)), fontsize="small", frameon=False)
     return fig, ax
 
 
@@ -306,14 +312,4 @@ def attention_to_massive_figure(values: list[float | None], title: str) -> tuple
 def received_figure(received: list[list[float | None]], title: str) -> tuple[Figure, Axes]:
     """Blocks x leading key positions: the mean attention each position receives (over heads,
     queries and windows); a bright column away from 0 is a position-specific sink."""
-    n_layer, n_pos = len(received), len(received[0])
-    fig = Figure(figsize=(1.5 + 0.4 * n_pos, 1.2 + 0.35 * n_layer), layout="constrained")
-    ax = fig.subplots()
-    image = ax.imshow([_values(row) for row in received], vmin=0.0, vmax=1.0, cmap="magma", aspect="auto")
-    fig.colorbar(image, ax=ax, label="mean attention received")
-    ax.set_xticks(range(n_pos))
-    ax.set_yticks(range(n_layer))
-    ax.set_xlabel("key position (0-based)")
-    ax.set_ylabel("block (0-based)")
-    ax.set_title(title)
-    return fig, ax
+    return _probability_grid(received, title, "key position (0-based)", "mean attention received", "magma")
