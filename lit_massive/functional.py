@@ -189,9 +189,6 @@ def mask_heads(x: Tensor, mask: Tensor) -> Tensor:
     return (x.view(*shape[:-1], mask.numel(), -1) * mask.to(x.dtype)[:, None]).view(shape)
 
 
-NLL_CHUNK_LOGITS = 2**24  # logits per LM-head chunk: 64 MB in float32, whatever the vocabulary
-
-
 def token_nll(
     hidden: Tensor,
     lm_head: nn.Linear,

@@ -106,8 +106,9 @@ class Probed:
     """What one forward pass under `probes` recorded, per block."""
 
     block_outputs: list[Tensor | None]
-    first_token_attention: list[Tensor | None] = field(default_factory=list)  # (B, H) each
-    received: list[Tensor | None] = field(default_factory=list)  # (B, H, T) each: mean over queries
+    # with head_scores, (B, H, T) each: what each key position receives, mean over queries
+    # (column 0: the first-token score)
+    received: list[Tensor | None] = field(default_factory=list)
     block_inputs: list[Tensor | None] = field(default_factory=list)  # with components
     attn_outputs: list[Tensor | None] = field(default_factory=list)  # with components
     mlp_outputs: list[Tensor | None] = field(default_factory=list)  # with components
@@ -133,7 +134,7 @@ def probes(
 
     * block outputs, always;
     * with `head_scores`, the attention each key position receives from each head (mean
-      over queries) and its first column, the first-token score, computed inside the model's
+      over queries; its first column is the first-token score), computed inside the model's
       attention function (`attention_probe`) so no (B, H, T, T) map outlives its block;
     * with `head_mask` (L, H), a pre-hook on each attention output projection that zeroes
       the pruned heads' outputs (only blocks with a pruned head get one: `pruned_layers`,
@@ -156,11 +157,10 @@ def probes(
         forward.append((layout.blocks[layer], apply_edit))  # first, so the probes see the edit
     forward += [(block, _keep(probed.block_outputs, i)) for i, block in enumerate(layout.blocks)]
     if head_scores:
-        probed.first_token_attention, probed.received = [None] * n, [None] * n
+        probed.received = [None] * n
 
         def score_heads(i: int, probs: Tensor) -> None:
-            probed.received[i] = received = received_attention(probs)
-            probed.first_token_attention[i] = received[..., 0]
+            probed.received[i] = received_attention(probs)
 
     if components:
         probed.block_inputs, probed.attn_outputs, probed.mlp_outputs = [None] * n, [None] * n, [None] * n
@@ -199,7 +199,7 @@ def probes(
             stack.enter_context(attention_probe(layout, score_heads))
         stack.enter_context(hooks(forward=forward, forward_pre=forward_pre))
         yield probed
-    missing = [i for i, s in enumerate(probed.first_token_attention) if s is None]
+    missing = [i for i, s in enumerate(probed.received) if s is None]
     # after a forward pass, a block without scores bypassed the registry (GPT-2's eager
     # `reorder_and_upcast_attn` path does): say so rather than report nothing for it
     if missing and probed.block_outputs[0] is not None:

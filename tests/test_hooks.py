@@ -29,7 +29,9 @@ def test_probes_are_removed_on_exit_and_on_error():
     assert _count(model) == 0
     assert layout.attn_implementation not in ALL_ATTENTION_FUNCTIONS._local_mapping
     assert all(x.shape == (1, 10, layout.n_embd) for x in probed.block_outputs)
-    assert all(s.shape == (1, layout.n_head) for s in probed.first_token_attention)
+    assert all(r.shape == (1, layout.n_head, 10) for r in probed.received)
+    # each query's attention sums to 1, so what the keys receive sums to 1 per head
+    assert all(torch.allclose(r.sum(-1), torch.ones(1, layout.n_head)) for r in probed.received)
     with pytest.raises(RuntimeError, match="boom"), probes(layout, head_mask=mask, head_scores=True):
         assert _count(model) == layout.n_layer + 2
         raise RuntimeError("boom")
