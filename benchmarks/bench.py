@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py                     # 2 CPU cores: about 3 minutes
     python benchmarks/bench.py --full --device cuda --precision bf16-mixed
+    python benchmarks/bench.py --sharded           # sharded vs whole-model processes (below)
 
 All measurements use the same random windows, batch size and precision, in one run of
 this script. The model is GPT-2-shaped with random weights (no download); the default
@@ -25,6 +26,15 @@ a device value back to the host (target 0; on CUDA the step also runs under
 `torch.cuda.set_sync_debug_mode("error")`); `ppl_memory_ratio` is the peak memory of a
 profile + perplexity run over a profile-only run for a 128k vocabulary (Llama 3's) at
 2 x 1024 tokens, where whole (B, T, V) float32 logits alone would take 1 GiB.
+
+`--sharded` runs the CLI three times on the same windows of a Llama-shaped checkpoint whose
+decoder layers hold 95% of its parameters (random weights, about 2.6 GB in float32): one
+process, 2 DDP processes and 2 `model_parallel` processes (decoder layers sharded), each on
+`--device` (`--devices` processes). Its RESULT line has `sharded_memory_ratio`: the largest
+peak resident memory of a sharded rank (whole process life, loading included) over that of
+the single process (target <= 0.6); `sharded_param_ratio`, the same for the parameters
+held; and `sharded_vs_ddp`, sharded throughput over DDP's (on CPU with gloo, every layer's
+all-gather is a copy through the loopback, so expect well below 1).
 """
 
 from __future__ import annotations
@@ -33,16 +43,20 @@ import argparse
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from lit_massive import toy
 from lit_massive.data import UnpaddedDistributedSampler, Windows, collate_windows
 from lit_massive.host_reads import HostReads
 from lit_massive.module import MassiveActivations
@@ -102,6 +116,7 @@ def _validate(model_dir: str, windows, args, while_running=None, **kwargs) -> Ma
     """One validation pass of the project's module; `while_running` is entered around it only
     (after the model is loaded)."""
     module = MassiveActivations(model_dir, **kwargs)
+    module.configure_model()  # the weights (the Trainer would load them inside `while_running`)
     trainer = L.Trainer(
         accelerator="gpu" if args.device == "cuda" else "cpu",
         devices=1,
@@ -210,6 +225,67 @@ def ppl_memory_ratio(args) -> float:
     return peak_memory(model_dir, windows, one_batch, perplexity=True) / peak_memory(model_dir, windows, one_batch)
 
 
+def _cli_run(root: str, model_dir: str, args, processes: int, strategy: str | None) -> dict:
+    """One `python -m lit_massive validate` run; its results.json."""
+    command = [
+        sys.executable, "-m", "lit_massive", "validate",
+        "--model.model_name_or_path", model_dir, "--model.head_scores", "true",
+        "--data.data_files", str(toy.corpus_path()), "--data.seq_len", str(args.seq_len),
+        "--data.num_sequences", str(args.windows or 8), "--data.batch_size", str(args.batch_size),
+        "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu", "--trainer.devices", str(processes),
+        "--trainer.precision", args.precision, "--trainer.default_root_dir", root,
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    if strategy is not None:
+        command += ["--trainer.strategy", strategy]
+    subprocess.run(command, check=True, capture_output=True, cwd=root)
+    (results,) = Path(root).glob("lightning_logs/*/results.json")
+    return json.loads(results.read_text())
+
+
+def sharded_main(args) -> None:
+    """Peak memory per rank and throughput: 1 process, DDP and sharded, on the same windows."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab = toy._vocab()
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=2048, intermediate_size=5632, num_hidden_layers=12,
+        num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=1024,
+    )  # fmt: skip
+    model_dir = tempfile.mkdtemp(prefix="bench_llama_")
+    with torch.device("cpu"):
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(model_dir)
+    toy.build_toy_tokenizer(bos=True).save_pretrained(model_dir)
+    runs = {
+        "1 process": _cli_run(tempfile.mkdtemp(prefix="bench_one_"), model_dir, args, 1, None),
+        f"{args.devices} DDP": _cli_run(tempfile.mkdtemp(prefix="bench_ddp_"), model_dir, args, args.devices, "ddp"),
+        f"{args.devices} sharded": _cli_run(
+            tempfile.mkdtemp(prefix="bench_fsdp_"), model_dir, args, args.devices, "model_parallel"
+        ),
+    }
+    one, ddp, sharded = runs.values()
+    full = one["parallel"]["parameter_bytes_full"]
+    print(f"model: Llama shape, 12 layers, d=2048, {full / 2**30:.2f} GiB of parameters; {args.windows or 8} windows x "
+          f"{args.seq_len} tokens, batch {args.batch_size}, {args.precision}, {args.device}")  # fmt: skip
+    header = ("run", "tokens/s", "params/rank MiB", "peak RSS/rank MiB", "peak GPU/rank MiB")
+    print("\n{:12s} {:>9s} {:>16s} {:>18s} {:>18s}".format(*header))
+    for name, run in runs.items():
+        p = run["parallel"]
+        gpu = max(p["peak_gpu_bytes_per_rank"]) / 2**20 if p["peak_gpu_bytes_per_rank"] else float("nan")
+        print(f"{name:12s} {run['timing']['tokens_per_s']:9.0f} {max(p['parameter_bytes_per_rank']) / 2**20:16.0f} "
+              f"{max(p['peak_host_bytes_per_rank']) / 2**20:18.0f} {gpu:18.0f}")  # fmt: skip
+    same = sharded["variants"]["baseline"]["layers"] == one["variants"]["baseline"]["layers"]
+    print(f"\nsharded layer profile identical to one process: {same}")
+    peak = "peak_gpu_bytes_per_rank" if args.device == "cuda" else "peak_host_bytes_per_rank"
+    result = {
+        "sharded_memory_ratio": max(sharded["parallel"][peak]) / max(one["parallel"][peak]),
+        "sharded_param_ratio": max(sharded["parallel"]["parameter_bytes_per_rank"]) / full,
+        "sharded_vs_ddp": sharded["timing"]["tokens_per_s"] / ddp["timing"]["tokens_per_s"],
+    }
+    print("RESULT " + json.dumps({k: round(v, 3) for k, v in result.items()}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="GPT-2 small shape: 12 blocks, 1024-token windows")
@@ -218,7 +294,13 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=None, help="N (default 16, 64 with --full)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sharded", action="store_true", help="1 process vs DDP vs model_parallel (see above)")
+    parser.add_argument("--devices", type=int, default=2, help="processes of the --sharded runs")
+    parser.add_argument("--seq-len", type=int, default=64, help="window length of the --sharded runs")
     args = parser.parse_args()
+    if args.sharded:
+        sharded_main(args)
+        return
     n_layer, seq_len = (12, 1024) if args.full else (4, 256)
     n = args.windows or (64 if args.full else 16)
     torch.manual_seed(0)

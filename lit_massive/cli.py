@@ -8,15 +8,19 @@ from pathlib import Path
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_massive import bundled, rank_heads
 from lit_massive.data import WindowsDataModule
 from lit_massive.errors import InputError
+from lit_massive.loading import check_local_or_hub
 from lit_massive.module import MassiveActivations
 from lit_massive.reporting import RunReport, ensure_new_run_dir
+from lit_massive.sharding import SHARDED, checkpoint_files, register_strategy, strategy_name
 from lit_massive.tables import terminal_summary
 from lit_massive.terminal import OneLineErrorParser, quiet_lightning
+from lit_massive.toy import TOY
 
 PROG = "lit_massive"
 # commands cli_main runs itself, listed in the help next to `validate`
@@ -81,12 +85,32 @@ def check_before_run(trainer, model: MassiveActivations, datamodule: WindowsData
     top_k per block output), found before the run directory exists: Lightning creates the
     logger's `version_N` at the start of its setup hooks, before it calls the data module's
     `setup`, so a failure there would leave an empty run directory behind."""
+    check_strategy(trainer, model.hparams.model_name_or_path)
     datamodule.setup("validate")  # idempotent: Lightning's own call reuses the windows
     datamodule.check_processes(trainer.num_nodes * trainer.num_devices)
     model.check_windows(datamodule.windows.shape[1])
     for logger in trainer.loggers:  # no stray `hp_metric = -1` card: nothing here is a training metric
         if isinstance(logger, TensorBoardLogger):
             logger._default_hp_metric = False
+
+
+def check_strategy(trainer, model_name_or_path: str) -> None:
+    """Strategies that run these measurements: one process, DDP (whole model per process) or
+    model_parallel (decoder layers sharded over all processes, with at least two of them)."""
+    strategy, processes = trainer.strategy, trainer.num_nodes * trainer.num_devices
+    if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy)):
+        raise InputError(
+            f"trainer.strategy={strategy_name(strategy)} is not supported; use ddp (a whole model per process) "
+            f"or {SHARDED} (FSDP2: decoder layers sharded over the processes)"
+        )
+    if isinstance(strategy, ModelParallelStrategy):
+        if processes < 2:
+            raise InputError(
+                f"trainer.strategy={SHARDED} with {processes} process: sharding needs at least 2 "
+                f"(trainer.devices x trainer.num_nodes >= 2), or drop the strategy to run unsharded"
+            )
+        if model_name_or_path != TOY:  # safetensors weights, found before any work starts
+            checkpoint_files(check_local_or_hub(model_name_or_path, "model_name_or_path"), model_name_or_path)
 
 
 def _config_after_command(argv: list[str]) -> list[str]:
@@ -104,6 +128,7 @@ def cli_main(args: list[str] | None = None) -> None:
     script's `sys.exit(cli_main())` exits with status 0 after a run."""
     argv = _config_after_command(sys.argv[1:] if args is None else list(args))
     quiet_lightning()
+    register_strategy()  # --trainer.strategy model_parallel
     try:
         if argv[:1] == ["rank-heads"]:
             rank_heads.main(argv[1:])

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from lit_massive import toy
 from lit_massive.errors import InputError
 from lit_massive.loading import check_local_or_hub, load_tokenizer
+from lit_massive.sharding import is_sharded
 
 _BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 
@@ -78,6 +79,8 @@ class Windows(Dataset):
         return self.windows.shape[0]
 
     def __getitem__(self, i: int) -> dict[str, Tensor | int]:
+        if i == FILLER:  # see UnpaddedDistributedSampler: runs through the model, counts nowhere
+            return {"input_ids": self.windows[0], "score_from": 1, "index": FILLER}
         return {"input_ids": self.windows[i], "score_from": 1 if i == 0 else self.overlap_from, "index": i}
 
 
@@ -89,20 +92,27 @@ def collate_windows(items: list[dict]) -> dict[str, Tensor | list[int]]:
     return {**batch, "index": [int(item["index"]) for item in items]}
 
 
+FILLER = -1  # the index of a lockstep filler window
+
+
 class UnpaddedDistributedSampler(DistributedSampler):
     """Rank r takes windows r, r + W, r + 2W, ...: every window exactly once over all ranks.
 
     Lightning's default `DistributedSampler` pads the last round by repeating windows,
     which would count them twice. Subclassing `DistributedSampler` tells Lightning to keep
-    this sampler as it is.
+    this sampler as it is. With `lockstep` (sharded layers: every forward pass is a
+    collective), a rank with fewer windows ends with FILLER items, so all ranks run the
+    same number of batches; the module runs fillers through the model and counts none.
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, lockstep: bool = False) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.num_samples = len(range(rank, len(dataset), num_replicas))
+        self.own = len(range(rank, len(dataset), num_replicas))
+        self.num_samples = -(-len(dataset) // num_replicas) if lockstep else self.own
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+        yield from range(self.rank, len(self.dataset), self.num_replicas)
+        yield from [FILLER] * (self.num_samples - self.own)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -317,7 +327,7 @@ class WindowsDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
-            sampler=UnpaddedDistributedSampler(dataset, num_replicas=world, rank=rank),
+            sampler=UnpaddedDistributedSampler(dataset, num_replicas=world, rank=rank, lockstep=is_sharded(trainer)),
             num_workers=self.hparams.num_workers,
             collate_fn=collate_windows,
         )

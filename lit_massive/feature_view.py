@@ -33,7 +33,7 @@ def shown_layers(view: FeatureView, baseline: dict) -> list[int]:
     return [max(range(len(ratios)), key=ratios.__getitem__)]
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: sharded layers reuse gather buffers in later passes
 def measure_feature_view(
     layout: DecoderLayout,
     tokenizer,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from lit_massive import toy
 from lit_massive.errors import InputError
@@ -54,6 +54,45 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def check_dtype(dtype: str) -> None:
     if dtype not in DTYPES:
         raise InputError(f"dtype {dtype!r} is not supported; valid: {', '.join(DTYPES)}")
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
+def load_config(name: str, attn_implementation: str | None = None, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The model's config alone: enough to check a run and build the model's structure."""
+    if name == toy.TOY:
+        return toy.toy_config(attn_implementation=attn_implementation)
+    local = check_local_or_hub(name, "model_name_or_path")
+    if local is not None and not any(next(Path(local).glob(p), None) for p in WEIGHT_FILES):
+        raise InputError(f"model_name_or_path {name!r}: no weights files ({', '.join(WEIGHT_FILES)}) in this directory")
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        return AutoConfig.from_pretrained(local or name, **kwargs)
+    except (OSError, ValueError) as err:
+        if local is not None:
+            raise _local_error(name, "model_name_or_path", err) from err
+        if isinstance(err, ValueError):  # not a download failure
+            raise
+        raise _hub_error(name, "model_name_or_path", err) from err
+
+
+def weights_dtype(dtype: str, config: PretrainedConfig) -> torch.dtype:
+    """The dtype weights are created in; `auto` is the checkpoint's own (float32 if unsaid)."""
+    check_dtype(dtype)
+    if dtype != "auto":
+        return DTYPES[dtype]
+    saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return getattr(torch, saved) if isinstance(saved, str) else (saved or torch.float32)
+
+
+def build_structure(config: PretrainedConfig, dtype: torch.dtype, trust_remote_code: bool = False) -> PreTrainedModel:
+    """The model on the meta device: its modules and shapes, no storage, free at any size."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    return model.eval()
 
 
 def load_causal_lm(

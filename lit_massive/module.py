@@ -13,14 +13,16 @@ import torch
 from torch import Tensor, nn
 
 from lit_massive.adapter import DecoderLayout, decoder_layout
+from lit_massive.data import FILLER
 from lit_massive.errors import InputError
 from lit_massive.feature_view import FeatureView, measure_feature_view, shown_layers
 from lit_massive.functional import massive_positions, massive_union, token_nll
 from lit_massive.hooks import probes
-from lit_massive.loading import load_causal_lm
+from lit_massive.loading import build_structure, load_causal_lm, load_config, weights_dtype
 from lit_massive.metrics import HeadScores, LayerProfile, VariantMetrics
 from lit_massive.provenance import run_provenance
 from lit_massive.results import RunResults, locate_massive
+from lit_massive.sharding import is_sharded, parallel_record, parameter_bytes, sharded_causal_lm
 from lit_massive.variants import BASELINE, SCORES, Sweep, VariantPlan, VariantSpec, describe_sweep
 
 __all__ = ["FeatureView", "MassiveActivations", "describe_model"]
@@ -89,7 +91,10 @@ class MassiveActivations(L.LightningModule):
             if not value >= 0:
                 raise InputError(f"{name}={value}: must be >= 0 (the paper's criterion: 100 and 1000)")
         self.save_hyperparameters()
-        self.model = load_causal_lm(model_name_or_path, attn_implementation, dtype, trust_remote_code)
+        # the structure only (meta device): `configure_model` loads the weights, whole or sharded
+        config = load_config(model_name_or_path, attn_implementation, trust_remote_code)
+        self.model = build_structure(config, weights_dtype(dtype, config), trust_remote_code)
+        self.full_parameter_bytes = parameter_bytes(self.model)
         self.layout = lay = decoder_layout(self.model)
         if components and not lay.additive:
             raise InputError(
@@ -126,6 +131,23 @@ class MassiveActivations(L.LightningModule):
             received_positions,
         )
         self.results: RunResults | None = None
+        self.loaded = False
+
+    def configure_model(self) -> None:
+        """Load the weights: whole in every process, or with `trainer.strategy model_parallel`
+        sharded (`sharding`): each process holds its slice of every decoder layer, loaded
+        without a whole copy. Lightning calls this once the processes exist; call it
+        yourself to use the module without a Trainer."""
+        if self.loaded:
+            return
+        h = self.hparams
+        if is_sharded(self._trainer):
+            device = self.trainer.strategy.root_device
+            self.model = sharded_causal_lm(self.model, h.model_name_or_path, h.attn_implementation, h.dtype, device)
+        else:
+            self.model = load_causal_lm(h.model_name_or_path, h.attn_implementation, h.dtype, h.trust_remote_code)
+        self.layout = decoder_layout(self.model)
+        self.loaded = True
 
     def check_windows(self, seq_len: int) -> None:
         """top_k must fit in one block output of a window: seq_len x hidden size values."""
@@ -136,12 +158,17 @@ class MassiveActivations(L.LightningModule):
                 f"{self.layout.n_embd} dims = {size} values); use top_k <= {size}"
             )
 
+    @property
+    def filler_ids(self) -> Tensor:
+        """One short window for the forward passes of a rank that is out of windows."""
+        return torch.zeros(1, 1, dtype=torch.long, device=self.device)
+
     def on_validation_start(self) -> None:
         self._start = time.perf_counter()
         located = self.first_pass() if self.plan.needs_run_scores or self.plan.needs_locator else None
         self.plan.use_located(located, self.device)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: sharded layers reuse gather buffers in later passes
     def first_pass(self) -> list[dict] | None:
         """A pass of the unpruned model over this run's windows, before the measured pass.
 
@@ -155,6 +182,10 @@ class MassiveActivations(L.LightningModule):
         profile = self.new_profile().to(self.device)
         with self.trainer.precision_plugin.forward_context():
             for batch in self.trainer.val_dataloaders:
+                batch = without_fillers(batch)
+                if batch is None:  # this rank is out of windows: join the others' collectives
+                    self.layout.backbone(input_ids=self.filler_ids, use_cache=False)
+                    continue
                 input_ids = batch["input_ids"].to(self.device)
                 with probes(lay, head_scores=scores is not None) as probed:
                     lay.backbone(input_ids=input_ids, use_cache=False)
@@ -175,6 +206,11 @@ class MassiveActivations(L.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Every variant on this batch. Nothing here reads a value back to the host (a test
         checks the ops), so on a GPU the step never waits for the device."""
+        batch = without_fillers(batch)
+        if batch is None:  # this rank is out of windows: join the others' collectives
+            for _ in self.plan.names:
+                self.layout.backbone(input_ids=self.filler_ids, use_cache=False)
+            return
         input_ids = batch["input_ids"]
         h = self.hparams
         for v, name in enumerate(self.plan.names):
@@ -239,6 +275,7 @@ class MassiveActivations(L.LightningModule):
             data=datamodule.describe() if hasattr(datamodule, "describe") else None,
             precision=str(self.trainer.precision),
             world_size=self.trainer.world_size,
+            parallel=parallel_record(self.trainer, self.model, self.full_parameter_bytes),
             timing=timing,
             sweep=describe_sweep(self.sweep),
             variants=variants,
@@ -248,6 +285,17 @@ class MassiveActivations(L.LightningModule):
             if self.trainer.is_global_zero
             else None,
         )
+
+
+def without_fillers(batch: dict[str, Any]) -> dict[str, Any] | None:
+    """The batch without its lockstep fillers (`data.FILLER`, only ever at the end of a
+    rank's windows), found from the host-side indices; None when nothing is left."""
+    real = sum(i != FILLER for i in batch["index"])
+    if real == len(batch["index"]):
+        return batch
+    if real == 0:
+        return None
+    return {key: value[:real] for key, value in batch.items()}
 
 
 def profile_factory(

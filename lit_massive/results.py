@@ -193,6 +193,8 @@ class RunResults:
     data: dict[str, Any] | None  # the windows (None without a data module)
     precision: str
     world_size: int
+    # strategy, whether the layers are sharded, parameter and peak memory per rank (`parallel_record`)
+    parallel: dict[str, Any]
     timing: dict[str, float]  # wall_s, tokens, tokens_per_s, forward_passes_per_window
     sweep: dict[str, Any] | None  # order, seed, k values and variant names of a sweep
     # name -> that variant's results.json entry (`variant_results`): pruned heads, edit, layer
@@ -209,6 +211,7 @@ class RunResults:
             "data": self.data,
             "precision": self.precision,
             "world_size": self.world_size,
+            "parallel": self.parallel,
             "timing": self.timing,
             "sweep": self.sweep,
             "variants": self.variants,

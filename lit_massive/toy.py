@@ -91,8 +91,8 @@ def build_toy_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
     )
 
 
-def build_toy_model(config: ToyConfig = ToyConfig(), attn_implementation: str | None = None) -> GPT2LMHeadModel:
-    """Seeded random GPT-2 weights plus the planted circuit described in the module docstring."""
+def toy_config(config: ToyConfig = ToyConfig(), attn_implementation: str | None = None) -> GPT2Config:
+    """The toy's transformers config: what a run needs to know before any weight exists."""
     eos = _vocab()[EOS]
     gpt2_config = GPT2Config(
         vocab_size=len(_vocab()),
@@ -105,9 +105,22 @@ def build_toy_model(config: ToyConfig = ToyConfig(), attn_implementation: str | 
     )
     if attn_implementation is not None:
         gpt2_config._attn_implementation = attn_implementation
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = GPT2LMHeadModel(gpt2_config)
+    return gpt2_config
+
+
+def build_toy_model(config: ToyConfig = ToyConfig(), attn_implementation: str | None = None) -> GPT2LMHeadModel:
+    """Seeded random GPT-2 weights (drawn on the CPU in float32, whatever
+    the default device and dtype) plus the
+    planted circuit described in the module docstring."""
+    gpt2_config = toy_config(config, attn_implementation)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):  # the CPU generator's draws
+            torch.manual_seed(config.seed)
+            model = GPT2LMHeadModel(gpt2_config)
+    finally:
+        torch.set_default_dtype(default)
     _plant_massive_activation(model, config)
     _plant_first_token_head(model, config, *config.sink_head)
     _plant_first_token_head(model, config, *config.writer_head, write=True)

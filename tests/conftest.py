@@ -163,8 +163,9 @@ def massive_run(tmp_path_factory) -> tuple[Path, dict]:
     )
 
 
-def run_validate_ddp(root: Path, *args: str, devices: int = 2) -> dict:
-    """Run the CLI as `devices` DDP processes on the CPU (a subprocess); return its results."""
+def run_validate_ddp(root: Path, *args: str, devices: int = 2, strategy: str = "ddp") -> dict:
+    """Run the CLI as `devices` processes on the CPU (a subprocess; `strategy` ddp, or
+    model_parallel for sharded layers); return its results."""
     done = subprocess.run(
         [
             sys.executable,
@@ -179,7 +180,7 @@ def run_validate_ddp(root: Path, *args: str, devices: int = 2) -> dict:
             "--trainer.devices",
             str(devices),
             "--trainer.strategy",
-            "ddp",
+            strategy,
             "--trainer.enable_progress_bar",
             "false",
         ],

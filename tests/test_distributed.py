@@ -3,7 +3,6 @@
 import json
 from collections import Counter, defaultdict
 
-import pytest
 from transformers import AutoModelForCausalLM
 
 from conftest import (
@@ -17,8 +16,9 @@ from conftest import (
 )
 
 
-@pytest.mark.parametrize("streaming", ["false", "true"])
-def test_two_processes_equal_one(tmp_path, corpus_jsonl, streaming):
+def test_two_processes_equal_one(tmp_path, corpus_jsonl):
+    """DDP on streamed text; sharded runs and the non-streamed default are in test_sharding."""
+    streaming = "true"
     args = [
         "--config",
         DEMO,
