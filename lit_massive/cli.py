@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lit_massive import bundled, rank_heads
 from lit_massive.data import WindowsDataModule
@@ -49,6 +50,14 @@ class MassiveCLI(LightningCLI):
         super()._add_subcommands(parser, **kwargs)
         for name, help in OTHER_COMMANDS.items():  # shown in the help; cli_main runs them
             parser._subcommands_action.add_subcommand(name, OneLineErrorParser(description=help), help=help)
+
+    def instantiate_trainer(self, **kwargs):
+        """Lightning's own refusals of a flag combination (`fsdp` on a CPU, `16-mixed` with
+        `model_parallel`, ...) as one-line input errors."""
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (ValueError, MisconfigurationException) as err:
+            raise InputError(f"trainer: {str(err).splitlines()[0]}") from err
 
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         trainer_defaults = {"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"}

@@ -48,6 +48,20 @@ def _local_error(name: str, what: str, err: Exception) -> InputError:
     )
 
 
+def _from_pretrained(load, name: str, what: str, **kwargs):
+    """`load(name or its local path, **kwargs)` with the failures a user can fix as one-line
+    input errors: a wrong local path or directory, an unreachable hub."""
+    local = check_local_or_hub(name, what)
+    try:
+        return load(local or name, **kwargs)
+    except (OSError, ValueError) as err:
+        if local is not None:
+            raise _local_error(name, what, err) from err
+        if isinstance(err, ValueError):  # not a download failure
+            raise
+        raise _hub_error(name, what, err) from err
+
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
@@ -69,14 +83,7 @@ def load_config(name: str, attn_implementation: str | None = None, trust_remote_
     kwargs = {"trust_remote_code": trust_remote_code}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    try:
-        return AutoConfig.from_pretrained(local or name, **kwargs)
-    except (OSError, ValueError) as err:
-        if local is not None:
-            raise _local_error(name, "model_name_or_path", err) from err
-        if isinstance(err, ValueError):  # not a download failure
-            raise
-        raise _hub_error(name, "model_name_or_path", err) from err
+    return _from_pretrained(AutoConfig.from_pretrained, name, "model_name_or_path", **kwargs)
 
 
 def weights_dtype(dtype: str, config: PretrainedConfig) -> torch.dtype:
@@ -110,18 +117,10 @@ def load_causal_lm(
         if dtype != "auto":
             model = model.to(DTYPES[dtype])
     else:
-        local = check_local_or_hub(name, "model_name_or_path")
         kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
-        try:
-            model = AutoModelForCausalLM.from_pretrained(local or name, **kwargs)
-        except (OSError, ValueError) as err:
-            if local is not None:
-                raise _local_error(name, "model_name_or_path", err) from err
-            if isinstance(err, ValueError):  # not a download failure
-                raise
-            raise _hub_error(name, "model_name_or_path", err) from err
+        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name, "model_name_or_path", **kwargs)
     return model.eval()
 
 
@@ -129,12 +128,4 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     """The tokenizer for `name` (hub id, local directory, or the toy)."""
     if name == toy.TOY:
         return toy.build_toy_tokenizer()
-    local = check_local_or_hub(name, "tokenizer")
-    try:
-        return AutoTokenizer.from_pretrained(local or name, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        if local is not None:
-            raise _local_error(name, "tokenizer", err) from err
-        if isinstance(err, ValueError):  # not a download failure
-            raise
-        raise _hub_error(name, "tokenizer", err) from err
+    return _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer", trust_remote_code=trust_remote_code)

@@ -131,6 +131,15 @@ def test_sharding_needs_two_processes_and_says_so(tmp_path, capsys):
     assert "\n" not in message and not list(tmp_path.glob("lightning_logs/*"))
 
 
+def test_other_sharding_strategies_are_refused_in_one_line(tmp_path):
+    """FSDP1 (`fsdp`): Lightning refuses it on a CPU itself; the refusal is one line too."""
+    with pytest.raises(SystemExit) as info:
+        run_validate(tmp_path, "--config", DEMO, "--trainer.strategy", "fsdp", "--trainer.devices", "2")
+    message = str(info.value.code)
+    assert message.startswith("lit_massive: error: trainer: The strategy `fsdp`") and "\n" not in message
+    assert not list(tmp_path.glob("lightning_logs/*"))
+
+
 def test_sharding_refuses_weights_it_cannot_read_in_slices(tmp_path, family_dir, corpus_jsonl):
     """A checkpoint without safetensors (a torch pickle) cannot be read one tensor at a time."""
     source, model_dir = family_dir("llama"), tmp_path / "bin_only"
