@@ -22,7 +22,7 @@ from lit_massive.loading import build_structure, load_causal_lm, load_config, we
 from lit_massive.metrics import HeadScores, LayerProfile, VariantMetrics
 from lit_massive.provenance import run_provenance
 from lit_massive.results import RunResults, locate_massive
-from lit_massive.sharding import is_sharded, parallel_record, parameter_bytes, sharded_causal_lm
+from lit_massive.sharding import is_sharded, parallel_record, sharded_causal_lm
 from lit_massive.variants import BASELINE, SCORES, Sweep, VariantPlan, VariantSpec, describe_sweep
 
 __all__ = ["FeatureView", "MassiveActivations", "describe_model"]
@@ -94,7 +94,6 @@ class MassiveActivations(L.LightningModule):
         # the structure only (meta device): `configure_model` loads the weights, whole or sharded
         config = load_config(model_name_or_path, attn_implementation, trust_remote_code)
         self.model = build_structure(config, weights_dtype(dtype, config), trust_remote_code)
-        self.full_parameter_bytes = parameter_bytes(self.model)
         self.layout = lay = decoder_layout(self.model)
         if components and not lay.additive:
             raise InputError(
@@ -275,7 +274,7 @@ class MassiveActivations(L.LightningModule):
             data=datamodule.describe() if hasattr(datamodule, "describe") else None,
             precision=str(self.trainer.precision),
             world_size=self.trainer.world_size,
-            parallel=parallel_record(self.trainer, self.model, self.full_parameter_bytes),
+            parallel=parallel_record(self.trainer, self.model),
             timing=timing,
             sweep=describe_sweep(self.sweep),
             variants=variants,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, StrategyRegistry
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
@@ -51,21 +51,31 @@ def is_sharded(trainer) -> bool:
 
 
 def strategy_name(strategy) -> str:
+    """The `--trainer.strategy` name that selects `strategy`'s kind."""
     if isinstance(strategy, ModelParallelStrategy):
         return SHARDED
+    if isinstance(strategy, DDPStrategy):
+        return "ddp"
     return getattr(strategy, "strategy_name", None) or type(strategy).__name__
 
 
 def _peak_memory(device: torch.device) -> tuple[int, int | None]:
-    """Peak resident host memory of this process, and peak device memory on a GPU (bytes)."""
-    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """Peak resident host memory of this process, and peak device memory on a GPU (bytes).
+    The host figure is Linux's VmHWM, the high-water mark of this program alone; getrusage's
+    maximum would also carry the launching process's size across fork and exec."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        host = int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) * 1024
+    except (OSError, AttributeError):  # not Linux
+        host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     gpu = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return host, gpu
 
 
-def parallel_record(trainer, model: nn.Module, full_parameter_bytes: int) -> dict:
+def parallel_record(trainer, model: nn.Module) -> dict:
     """How the run was spread over processes, with each rank's memory, for results.json (a
     collective: every rank calls it)."""
+    full = sum(p.numel() * p.element_size() for p in model.parameters())  # a DTensor's numel is global
     device = trainer.strategy.root_device
     mine = (parameter_bytes(model), *_peak_memory(device))
     ranks = [mine]
@@ -78,7 +88,7 @@ def parallel_record(trainer, model: nn.Module, full_parameter_bytes: int) -> dic
         "world_size": len(ranks),
         # sharded: each decoder layer split over all processes; the rest replicated
         "sharded": is_sharded(trainer),
-        "parameter_bytes_full": full_parameter_bytes,
+        "parameter_bytes_full": full,
         "parameter_bytes_per_rank": [r[0] for r in ranks],
         "peak_host_bytes_per_rank": [r[1] for r in ranks],
         "peak_gpu_bytes_per_rank": None if None in gpu else gpu,
