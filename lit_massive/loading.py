@@ -30,7 +30,7 @@ def check_local_or_hub(name: str, what: str) -> str | None:
     return None
 
 
-def _hub_error(name: str, what: str, err: Exception) -> InputError:
+def hub_error(name: str, what: str, err: Exception) -> InputError:
     return InputError(
         f"{what} {name!r} could not be loaded from the Hugging Face Hub ({type(err).__name__}: "
         f"{str(err).splitlines()[0]}). Offline? Save a copy once with internet "
@@ -59,7 +59,7 @@ def _from_pretrained(load, name: str, what: str, **kwargs):
             raise _local_error(name, what, err) from err
         if isinstance(err, ValueError):  # not a download failure
             raise
-        raise _hub_error(name, what, err) from err
+        raise hub_error(name, what, err) from err
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}

@@ -33,7 +33,7 @@ from transformers.utils import logging as hf_logging
 from lit_massive import toy
 from lit_massive.adapter import FAMILIES, DecoderLayout, decoder_layout
 from lit_massive.errors import InputError
-from lit_massive.loading import check_local_or_hub, load_causal_lm, weights_dtype
+from lit_massive.loading import check_local_or_hub, hub_error, load_causal_lm, weights_dtype
 
 SAFETENSORS_INDEX, SAFETENSORS = "model.safetensors.index.json", "model.safetensors"
 SHARDED = "model_parallel"  # the `--trainer.strategy` name of sharded runs
@@ -127,11 +127,14 @@ def checkpoint_files(local_dir: str | None, name: str) -> list[str]:
         )
     from transformers.utils import cached_file
 
-    index = cached_file(name, SAFETENSORS_INDEX, _raise_exceptions_for_missing_entries=False)
-    if index is not None:
-        files = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
-        return [cached_file(name, f) for f in files]
-    single = cached_file(name, SAFETENSORS, _raise_exceptions_for_missing_entries=False)
+    try:
+        index = cached_file(name, SAFETENSORS_INDEX, _raise_exceptions_for_missing_entries=False)
+        if index is not None:
+            files = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
+            return [cached_file(name, f) for f in files]
+        single = cached_file(name, SAFETENSORS, _raise_exceptions_for_missing_entries=False)
+    except OSError as err:
+        raise hub_error(name, "model_name_or_path", err) from err
     if single is None:
         raise InputError(f"model_name_or_path {name!r}: no safetensors weights on the hub; sharded loading needs them")
     return [single]
@@ -213,19 +216,20 @@ def load_sharded(
     model.to_empty(device=device)
     model.tie_weights()  # to_empty gives tied parameters separate storage
     for layer in [None, *range(layout.n_layer)]:
-        one, one_layout = _load_part(type(model), model.config, layer, _read(groups.get(layer, []), pattern), dtype)
+        state = _read(groups.get(layer, []), pattern)
+        one, one_layout, layers = _load_part(type(model), model.config, layer, state, dtype)
         if layer is None:  # the parameters and buffers outside the decoder layers
-            layers = _prefix(one, one_layout.blocks[0]).rsplit(".", 1)[0] + "."
             _copy_into(_tensors(model, skip=(layers,)), _tensors(one, skip=(layers,)), "the embeddings and head")
         else:
             _copy_into(_tensors(layout.blocks[layer]), _tensors(one_layout.blocks[0]), f"decoder layer {layer}")
-        del one, one_layout
+        del one, one_layout, state
 
 
 def _load_part(cls: type, config, layer: int | None, state: dict[str, torch.Tensor], dtype: torch.dtype | None):
     """A small copy of the model with one part loaded from `state` by transformers itself (its
     key renames and tensor conversions apply): decoder layer `layer` as its layer 0, or
-    (None) everything outside the decoder layers. Refuses to fill that part at random."""
+    (None) everything outside the decoder layers. Refuses to fill that part at random.
+    Returns the copy, its layout, and the name prefix of its decoder layers."""
     config = _one_layer_config(config, layer)
     if layer is not None:  # the copy's embeddings are never used: keep them one row long
         config.vocab_size, config.pad_token_id = 1, None
@@ -244,7 +248,7 @@ def _load_part(cls: type, config, layer: int | None, state: dict[str, torch.Tens
     if missing:
         what = "the embeddings and head" if layer is None else f"decoder layer {layer}"
         raise RuntimeError(f"sharded loading of {what}: the checkpoint has no values for {missing[:5]}")
-    return one, one_layout
+    return one, one_layout, layers
 
 
 def _prefix(model: nn.Module, module: nn.Module) -> str:

@@ -11,7 +11,11 @@ import pytest
 import torch
 
 from conftest import DEMO, assert_same_numbers, run_validate, run_validate_ddp
+from lit_massive.adapter import decoder_layout
+from lit_massive.loading import build_structure, load_causal_lm, load_config
+from lit_massive.sharding import sharded_causal_lm
 from lit_massive.toy import build_toy_model
+from tiny_families import FAMILIES
 
 PRUNED = (1, 2)
 
@@ -157,3 +161,29 @@ def test_sharding_refuses_weights_it_cannot_read_in_slices(tmp_path, family_dir,
     message = str(info.value.code)
     assert "sharded loading reads safetensors" in message and "\n" not in message
     assert not list(tmp_path.glob("lightning_logs/*"))
+
+
+@pytest.fixture
+def one_process_group():
+    """A world of one process (gloo), torn down after the test: enough to run FSDP2's loading
+    path in-process, where no other test sees it."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_layer_by_layer_loading_equals_from_pretrained(one_process_group, family_dir, model_type):
+    """Every family's checkpoint read part by part through transformers' own conversions
+    (GPT-NeoX's `embed_out`, Mixtral's per-expert weights fused) gives the model exactly."""
+    model_dir = str(family_dir(model_type))
+    whole = load_causal_lm(model_dir)
+    structure = build_structure(load_config(model_dir), torch.float32)
+    sharded = sharded_causal_lm(structure, model_dir, None, "float32", torch.device("cpu"))
+    ids = torch.randint(0, whole.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # hidden states and LM-head outputs (before any softcapping)
+        hidden = [m.base_model(input_ids=ids).last_hidden_state for m in (whole, sharded)]
+        logits = [decoder_layout(m).lm_head(h) for m, h in zip((whole, sharded), hidden, strict=True)]
+    assert torch.equal(hidden[1], hidden[0]) and torch.equal(logits[1], logits[0])
