@@ -6,7 +6,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import DEMO, read_texts, run_validate
+from conftest import DEMO, read_texts, run_validate, tiny_run_args
 from lit_massive import rank_heads
 from lit_massive.variants import rank_heads as ranking
 
@@ -41,11 +41,7 @@ def test_massive_token_scores_equal_a_hand_computation(tmp_path, family_dir, cor
     variants = {"by_massive": {"select": "top", "k": 2, "by": "massive_tokens"}}
     run_dir, results = run_validate(
         tmp_path,
-        "--model.model_name_or_path", str(model_dir),
-        "--data.data_files", str(corpus_jsonl),
-        "--data.seq_len", str(SEQ),
-        "--data.num_sequences", str(N),
-        "--data.batch_size", "2",
+        *tiny_run_args(model_dir, corpus_jsonl, SEQ, N, 2),
         "--model.head_scores", "true",
         "--model.received_positions", "8",
         "--model.variants", json.dumps(variants),

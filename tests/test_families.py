@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import read_texts, reference_profile, run_validate
+from conftest import read_texts, reference_profile, run_validate, tiny_run_args
 from lit_massive.data import WindowsDataModule
 from lit_massive.functional import attention_probs
 from lit_massive.module import MassiveActivations, describe_model
@@ -82,11 +82,7 @@ def test_family_matches_plain_transformers(tmp_path, family_dir, corpus_jsonl, m
     bos = FAMILY_CONFIGS[model_type][1]
     _, results = run_validate(
         tmp_path,
-        "--model.model_name_or_path", str(model_dir),
-        "--data.data_files", str(corpus_jsonl),
-        "--data.seq_len", str(SEQ),
-        "--data.num_sequences", str(N),
-        "--data.batch_size", "2",
+        *tiny_run_args(model_dir, corpus_jsonl, SEQ, N, 2),
         "--model.head_scores", "true",
         "--model.components", "true",
         "--model.variants", json.dumps({"cut": [list(PRUNED)]}),

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import read_texts, run_validate
+from conftest import read_texts, run_validate, tiny_run_args
 from lit_massive.functional import token_nll
 
 
@@ -35,19 +35,7 @@ def _hf_recipe_perplexity(model_dir, jsonl, seq_len, stride, n):
 def test_perplexity_matches_hf_recipe(tmp_path, tiny_gpt2_dir, corpus_jsonl, stride):
     seq_len, n = 48, 6
     _, results = run_validate(
-        tmp_path,
-        "--model.model_name_or_path",
-        str(tiny_gpt2_dir),
-        "--data.data_files",
-        str(corpus_jsonl),
-        "--data.seq_len",
-        str(seq_len),
-        "--data.stride",
-        str(stride),
-        "--data.num_sequences",
-        str(n),
-        "--data.batch_size",
-        "4",
+        tmp_path, *tiny_run_args(tiny_gpt2_dir, corpus_jsonl, seq_len, n, 4, "--data.stride", str(stride))
     )
     ppl, nll_sum, tokens = _hf_recipe_perplexity(tiny_gpt2_dir, corpus_jsonl, seq_len, stride, n)
     baseline = results["variants"]["baseline"]
