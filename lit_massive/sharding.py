@@ -85,7 +85,6 @@ def parallel_record(trainer, model: nn.Module) -> dict:
     gpu = [r[2] for r in ranks]
     return {
         "strategy": strategy_name(trainer.strategy),
-        "world_size": len(ranks),
         # sharded: each decoder layer split over all processes; the rest replicated
         "sharded": is_sharded(trainer),
         "parameter_bytes_full": full,
