@@ -60,10 +60,10 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lit_massive import toy
 from lit_massive.data import UnpaddedDistributedSampler, Windows, collate_windows
-from lit_massive.host_reads import HostReads
+from lit_massive.models import toy
 from lit_massive.module import MassiveActivations
+from lit_massive.probes.host_reads import HostReads
 
 TRUE_DTYPES = {"16-true": torch.float16, "bf16-true": torch.bfloat16}
 MIXED_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}

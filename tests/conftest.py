@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from lit_massive.cli import cli_main  # noqa: E402
-from lit_massive.toy import ToyConfig, build_toy_tokenizer, corpus_path  # noqa: E402
+from lit_massive.models.toy import ToyConfig, build_toy_tokenizer, corpus_path  # noqa: E402
 from tiny_families import save_family  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

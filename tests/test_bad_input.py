@@ -101,14 +101,15 @@ def test_text_less_table_leaves_no_run_directory(tmp_path, suffix):
     "args, expected",
     [
         (["--data.tokenizer", "./no/such/tokenizer"], ["'./no/such/tokenizer'", "does not exist"]),
-        (["--model.top_k", "0"], ["top_k=0", ">= 1"]),
+        (["--model.top_k", "0"], ["top_k=0", "must be > 0"]),
+        (["--model.dtype", "float8"], ["dtype='float8'", "float32", "bfloat16", "auto"]),
         (["--model.top_k", "100000"], ["top_k=100000", "128 tokens x 96 dims", "top_k <= 12288"]),
         (["--model.feature_view.layers", "[50]"], ["feature_view.layers=[50]", "0..11"]),
         (["--trainer.precision", "8-true"], ["trainer.precision='8-true'", "bf16-mixed", "32-true"]),
         (["--config", "no_such.yaml"], ["no_such.yaml", "neither an existing file nor a bundled config", "demo"]),
         (["--data.stride", "512"], ["stride=512", "seq_len=128", "stride <= 128"]),
-        (["--model.massive_threshold", "-1"], ["massive_threshold=-1.0", ">= 0"]),
-        (["--model.massive_ratio", "-5"], ["massive_ratio=-5.0", ">= 0"]),
+        (["--model.massive_threshold", "-1"], ["massive_threshold=-1", ">= 0"]),
+        (["--model.massive_ratio", "-5"], ["massive_ratio=-5", ">= 0"]),
         (["--model.top_kk", "3"], ["--model.top_kk"]),
         (
             ["--data.num_sequences", "1", "--trainer.devices", "2", "--trainer.strategy", "ddp"],

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lit_massive.data import UnpaddedDistributedSampler, Windows, WindowsDataModule
-from lit_massive.toy import build_toy_tokenizer, corpus_path
+from lit_massive.models.toy import build_toy_tokenizer, corpus_path
 
 
 def _windows(**kwargs) -> torch.Tensor:

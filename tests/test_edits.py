@@ -6,7 +6,7 @@ import re
 import pytest
 
 from conftest import DEMO, REPO, run_validate, tiny_run_args
-from lit_massive.toy import ToyConfig
+from lit_massive.models.toy import ToyConfig
 
 TRUTH = ToyConfig()
 
@@ -65,7 +65,7 @@ def test_bad_edits_fail_early(tmp_path, variant, message):
 
 def test_mean_edit_with_nothing_massive_runs_and_says_it_changed_nothing(tmp_path, tiny_gpt2_dir, corpus_jsonl):
     """configs/massive.yaml on a model without massive activations (a small random GPT-2)."""
-    with pytest.warns(UserWarning, match="nothing massive is located at block 2"):
+    with pytest.warns(UserWarning, match="nothing massive is located at layer 2"):
         run_dir, results = run_validate(
             tmp_path,
             "--config",

@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import read_texts, reference_profile, run_validate, tiny_run_args
 from lit_massive.data import WindowsDataModule
-from lit_massive.functional import attention_probs
 from lit_massive.module import MassiveActivations, describe_model
+from lit_massive.probes.attention import attention_probs
 from tiny_families import BOS_DIM, DOT_DIM, FAMILIES, FAMILY_CONFIGS, save_family
 
 SEQ, N = 24, 4

@@ -2,11 +2,11 @@
 
 import torch
 
-from lit_massive.adapter import decoder_layout
-from lit_massive.figures import feature_view_figure
-from lit_massive.functional import massive_dims
-from lit_massive.hooks import probes
-from lit_massive.toy import ToyConfig, build_toy_model, build_toy_tokenizer
+from lit_massive.analyses.block_stats import massive_dims
+from lit_massive.models.families import decoder_layout
+from lit_massive.models.toy import ToyConfig, build_toy_model, build_toy_tokenizer
+from lit_massive.probes.hooks import probes
+from lit_massive.report.figures import feature_view_figure
 
 TRUTH = ToyConfig()
 
@@ -21,7 +21,7 @@ def test_feature_view_labels_the_detected_dims(massive_run):
     ids = build_toy_tokenizer()(view["text"], add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad(), probes(layout) as probed:
         layout.backbone(input_ids=ids)
-    x = probed.block_outputs[TRUTH.massive_layer][0].abs()
+    x = probed.block_out[TRUTH.massive_layer][0].abs()
     dims = massive_dims(x, 100.0, 1000.0)
     _, axes = feature_view_figure(x.tolist(), view["tokens"], dims, "t")
     for ax in axes:  # the 3D and the 2D view: the dims' range and the massive dim

@@ -2,8 +2,10 @@
 
 import pytest
 
-from lit_massive import figures
-from lit_massive.tables import locator_table, summary_table
+from lit_massive.analyses import summary_columns_of
+from lit_massive.analyses.locator import locator_table
+from lit_massive.report import figures
+from lit_massive.report.tables import summary_table
 
 
 def _layers(tops, medians):
@@ -55,7 +57,7 @@ def test_feature_view_without_massive_dims_labels_the_largest():
     assert "nothing massive: why" in fig._suptitle.get_text()
 
 
-def test_locator_table_in_block_order_and_no_python_none():
+def test_locator_table_in_layer_order_and_no_python_none():
     massive = [
         {"layer": layer, "dim": 1, "position": 0, "token": "x", "value": value, "fraction": 1.0}
         for layer, value in [(5, 10.0), (2, 300.0), (2, 900.0), (0, 50.0)]
@@ -64,4 +66,4 @@ def test_locator_table_in_block_order_and_no_python_none():
     assert [r.split("|")[1].strip() for r in rows] == ["0", "2", "2", "5"]
     assert "900" in rows[1]
     variant = {"pruned_heads": [], "perplexity": None, "first_massive_layer": None, "first_nonfinite_layer": None}
-    assert "None" not in summary_table({"baseline": variant})
+    assert "None" not in summary_table({"baseline": variant}, summary_columns_of)

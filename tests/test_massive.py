@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import run_validate
-from lit_massive.adapter import decoder_layout
-from lit_massive.hooks import probes
-from lit_massive.toy import ToyConfig, build_toy_model
+from lit_massive.models.families import decoder_layout
+from lit_massive.models.toy import ToyConfig, build_toy_model
+from lit_massive.probes import Needs, probes
 
 TRUTH = ToyConfig()
 
@@ -43,13 +43,13 @@ def test_components_attribute_it_to_the_planted_mlp_and_add_up(massive_run):
 def test_components_add_up_to_the_hooked_block_output():
     layout = decoder_layout(build_toy_model())
     ids = torch.arange(2, 50).view(2, 24)
-    with torch.no_grad(), probes(layout, components=True) as probed:
+    with torch.no_grad(), probes(layout, Needs(sublayers=True)) as probed:
         layout.backbone(input_ids=ids)
-    for i, out in enumerate(probed.block_outputs):
-        parts = probed.block_inputs[i] + probed.attn_outputs[i] + probed.mlp_outputs[i]
+    for i, out in enumerate(probed.block_out):
+        parts = probed.block_in[i] + probed.attn_out[i] + probed.mlp_out[i]
         torch.testing.assert_close(parts, out, rtol=1e-5, atol=1e-5)
         if i:
-            assert probed.block_inputs[i] is probed.block_outputs[i - 1]
+            assert probed.block_in[i] is probed.block_out[i - 1]
 
 
 def test_more_massive_entries_than_candidates_are_counted_not_hidden(tmp_path, massive_run):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from conftest import reference_profile
-from lit_massive.metrics import LayerProfile
+from lit_massive.analyses.block_stats import block_stats
+from lit_massive.analyses.layer_profile import LayerProfile
 
 
 def _blocks(n_layer=3, batch=5, seq=7, dim=6, seed=0):
@@ -17,22 +18,19 @@ def _blocks(n_layer=3, batch=5, seq=7, dim=6, seed=0):
 
 
 def _metric(k=3):
-    return LayerProfile(
-        num_layers=3,
-        hidden_size=6,
-        max_positions=7,
-        vocab_size=11,
-        k=k,
-        massive_threshold=100.0,
-        massive_ratio=50.0,
-    )
+    return LayerProfile(n_layer=3, n_embd=6, n_positions=7, vocab_size=11, k=k)
+
+
+def _stats(blocks, k=3):
+    """Each block output's statistics, with the criterion 100 and 50x the median."""
+    return [block_stats(b, k=k, candidates=16, threshold=100.0, ratio=50.0) for b in blocks]
 
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_profile_matches_direct_computation(k):
     blocks, ids = _blocks()
     metric = _metric(k)
-    metric.update(blocks, ids)
+    metric.update(_stats(blocks, k), ids)
     got = metric.compute()
     for i, ref in enumerate(reference_profile(blocks, ids, k, 100.0, 50.0)):
         np.testing.assert_allclose(got["top"][i].numpy(), ref["top"], rtol=1e-6)
@@ -52,9 +50,9 @@ def test_profile_matches_direct_computation(k):
 def test_merged_halves_equal_one_pass():
     blocks, ids = _blocks(batch=6)
     whole, first, second = _metric(), _metric(), _metric()
-    whole.update(blocks, ids)
-    first.update([b[:2] for b in blocks], ids[:2])
-    second.update([b[2:] for b in blocks], ids[2:])
+    whole.update(_stats(blocks), ids)
+    first.update(_stats([b[:2] for b in blocks]), ids[:2])
+    second.update(_stats([b[2:] for b in blocks]), ids[2:])
     first.merge_state(second)
     merged, expected = first.compute(), whole.compute()
     for key in expected:
@@ -64,7 +62,7 @@ def test_merged_halves_equal_one_pass():
 def test_half_precision_input_gives_float32_statistics():
     blocks, ids = _blocks()
     metric = _metric()
-    metric.update([b.half() for b in blocks], ids)
+    metric.update(_stats([b.half() for b in blocks]), ids)
     got = metric.compute()
     assert got["top"].dtype == torch.float64
     ref = reference_profile([b.half().float() for b in blocks], ids, 3, 100.0, 50.0)

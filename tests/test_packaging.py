@@ -18,9 +18,10 @@ from transformers import GPT2LMHeadModel
 
 import lit_massive
 from conftest import REPO, run_validate
-from lit_massive import bundled, toy
 from lit_massive.cli import cli_main
-from lit_massive.provenance import _hub_revision, run_provenance
+from lit_massive.cli import configs as bundled
+from lit_massive.models import toy
+from lit_massive.report.provenance import _hub_revision, run_provenance
 
 NAMES = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
 

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import read_texts, run_validate, tiny_run_args
-from lit_massive.functional import token_nll
+from lit_massive.analyses.perplexity import token_nll
 
 
 def _hf_recipe_perplexity(model_dir, jsonl, seq_len, stride, n):

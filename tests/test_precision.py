@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from conftest import DEMO, run_validate
-from lit_massive.metrics import HeadScores, LayerProfile, Perplexity
-from lit_massive.toy import ToyConfig, save_toy
+from lit_massive.analyses.head_scores import HeadScores
+from lit_massive.analyses.layer_profile import LayerProfile
+from lit_massive.analyses.perplexity import Perplexity
+from lit_massive.models.toy import ToyConfig, save_toy
 
 
 def test_bf16_mixed_stays_close_to_32_true(tmp_path):

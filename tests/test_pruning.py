@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import DEMO, reference_block_outputs, reference_profile, reference_windows, run_validate, tiny_run_args
-from lit_massive.toy import ToyConfig
+from lit_massive.models.toy import ToyConfig
 from lit_massive.variants import Sweep, parse_variants
 
 SEQ, N = 40, 5

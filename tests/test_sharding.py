@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import DEMO, assert_same_numbers, run_validate, run_validate_ddp
-from lit_massive.adapter import decoder_layout
-from lit_massive.loading import build_structure, load_causal_lm, load_config
-from lit_massive.sharding import sharded_causal_lm
-from lit_massive.toy import build_toy_model
+from lit_massive.models.families import decoder_layout
+from lit_massive.models.loading import build_structure, load_causal_lm, load_config
+from lit_massive.models.sharding import sharded_causal_lm
+from lit_massive.models.toy import build_toy_model
 from tiny_families import FAMILIES
 
 PRUNED = (1, 2)

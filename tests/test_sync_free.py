@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import DEMO, run_validate
-from lit_massive.host_reads import HostReads
+from lit_massive.models.toy import ToyConfig
 from lit_massive.module import MassiveActivations
-from lit_massive.toy import ToyConfig
+from lit_massive.probes.host_reads import HostReads
 
 TRUTH = ToyConfig()
 

@@ -3,7 +3,7 @@
 import torch
 
 from conftest import DEMO, run_validate
-from lit_massive.toy import ToyConfig, build_toy_model
+from lit_massive.models.toy import ToyConfig, build_toy_model
 
 
 def test_demo_finds_planted_dim_position_and_first_block(tmp_path):

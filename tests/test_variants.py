@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from conftest import DEMO, run_validate
-from lit_massive.functional import zero_massive
 from lit_massive.variants import PruneHeads, Select, SetMassive, SetRandom, parse_variants
+from lit_massive.variants.edits import zero_massive
 
 
 @pytest.mark.parametrize(

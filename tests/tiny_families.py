@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from lit_massive.toy import EOS, _vocab, build_toy_tokenizer
+from lit_massive.models.toy import EOS, _vocab, build_toy_tokenizer
 
 BOS_DIM, DOT_DIM = 7, 11
 PLANTED_BOS, PLANTED_DOT = 600.0, 400.0

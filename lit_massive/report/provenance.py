@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lit_massive import toy
+from lit_massive.models import toy
 
 PACKAGES = ("lit_massive", "torch", "transformers", "lightning", "datasets", "torchmetrics", "jsonargparse")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
@@ -94,7 +94,7 @@ def model_revision(name_or_path: str, model: torch.nn.Module | None = None) -> d
 
 def _git_commit() -> dict | None:
     """HEAD of the checkout this package runs from (None when installed, or no git)."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # lit_massive/
     try:
         top = subprocess.run(
             ["git", "rev-parse", "--show-toplevel"], cwd=package, capture_output=True, text=True, timeout=10

@@ -14,21 +14,15 @@ from pathlib import Path
 import yaml
 from torch import Tensor
 
+from lit_massive.analyses.head_scores import ranking_markdown as _ranking_markdown
 from lit_massive.errors import InputError
-from lit_massive.tables import BOTTOM_HEADS, TOP_HEADS, markdown_table, ranked_heads
-from lit_massive.variants import BASELINE, SCORES, load_scores, rank_heads
+from lit_massive.report.schema import load_scores
+from lit_massive.variants.specs import BASELINE, SCORES, rank_heads
 
 
 def ranking_markdown(scores: Tensor, everything: bool = False) -> str:
-    """The top 10 and bottom 5 heads by first-token attention, highest first; every head with
-    `everything`."""
-    ranked = ranked_heads(scores.tolist())
-    rows = [[str(i + 1), str(layer), str(head), f"{s:.4f}"] for i, (layer, head, s) in enumerate(ranked)]
-    if everything or len(rows) <= TOP_HEADS + BOTTOM_HEADS:
-        return markdown_table(["rank", "layer", "head", "score"], rows)
-    gap = [["...", "", "", ""]]
-    shown = rows[:TOP_HEADS] + gap + rows[-BOTTOM_HEADS:]
-    return markdown_table(["rank", "layer", "head", "score"], shown) + f"\n\n{len(rows)} heads; --all lists every one"
+    """The top 10 and bottom 5 heads by score, highest first; every head with `everything`."""
+    return _ranking_markdown(scores.tolist(), everything)
 
 
 def pruning_config_paths(scores: Tensor, k: int, out_dir: Path) -> list[Path]:

@@ -12,16 +12,17 @@ from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, Sin
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lit_massive import bundled, rank_heads
+from lit_massive.analyses import columns_of
+from lit_massive.cli import configs, rank_heads
+from lit_massive.cli.console import OneLineErrorParser, quiet_lightning
 from lit_massive.data import WindowsDataModule
 from lit_massive.errors import InputError
-from lit_massive.loading import check_local_or_hub
+from lit_massive.models.loading import check_local_or_hub
+from lit_massive.models.sharding import SHARDED, checkpoint_files, register_strategy, strategy_name
+from lit_massive.models.toy import TOY
 from lit_massive.module import MassiveActivations
-from lit_massive.reporting import RunReport, ensure_new_run_dir
-from lit_massive.sharding import SHARDED, checkpoint_files, register_strategy, strategy_name
-from lit_massive.tables import terminal_summary
-from lit_massive.terminal import OneLineErrorParser, quiet_lightning
-from lit_massive.toy import TOY
+from lit_massive.report.callback import RunReport, ensure_new_run_dir
+from lit_massive.report.tables import terminal_summary
 
 PROG = "lit_massive"
 # commands cli_main runs itself, listed in the help next to `validate`
@@ -85,7 +86,7 @@ class MassiveCLI(LightningCLI):
             torch.distributed.destroy_process_group()
         if self.trainer.is_global_zero:
             if self.model.results is not None:
-                print(terminal_summary(self.model.results.variants))
+                print(terminal_summary(self.model.results.variants, columns_of))
             print(f"Run directory: {run_dir}")
 
 
@@ -143,9 +144,9 @@ def cli_main(args: list[str] | None = None) -> None:
             rank_heads.main(argv[1:])
             return
         if argv[:1] == ["configs"]:
-            bundled.main(argv[1:])
+            configs.main(argv[1:])
             return
-        argv = bundled.resolve_config_args(argv)  # a bundled config's bare name -> its path
+        argv = configs.resolve_config_args(argv)  # a bundled config's bare name -> its path
         if args is None:  # LightningCLI reads sys.argv itself (DDP relaunches it for the other ranks)
             sys.argv[1:] = argv
         MassiveCLI(

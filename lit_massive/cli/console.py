@@ -12,6 +12,7 @@ import warnings
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lit_massive.errors import InputError
+from lit_massive.options import restriction_text
 
 # Lightning's info lines that say nothing about this run: device availability (the
 # accelerator is in results.json), and product tips
@@ -41,7 +42,13 @@ def one_line(message: str) -> str:
     key = re.match(r'Parser key "([^"]+)":\s*(.*)', lines[0]) if lines else None
     if key is None:
         return " ".join(lines)
+    restricted = re.search(r"Not of type \w+: (.+?) does not conform to restriction (\S+)", message)
+    if restricted:  # PositiveInt, NonNegativeFloat, ...
+        return f"{key.group(1)}={restricted.group(1)}: {restriction_text(restricted.group(0))}"
     given = next((line.removeprefix("Given value:").strip() for line in lines if line.startswith("Given value:")), None)
+    if given is None:
+        got = re.search(r"Got value: (.*)$", message.strip())
+        given = got.group(1).strip() if got and "typing.Literal" in message else None
     if given is None:
         return f"{key.group(1)}: {key.group(2) or (lines[1] if len(lines) > 1 else '')}".strip()
     choices: list[str] = []

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-from lit_massive import toy
 from lit_massive.errors import InputError
+from lit_massive.models import toy
 
 
 def looks_like_path(name: str) -> bool:

@@ -15,7 +15,7 @@ def _values(values: list[float | None]) -> list[float]:
 
 
 def layer_profile_figure(layers: list[dict], title: str) -> tuple[Figure, Axes]:
-    """Top-1/2/3 and median of |block output| against block, log scale (the paper's view)."""
+    """Top-1/2/3 and median of |block output| against layer, log scale (the paper's view)."""
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
     x = [row["layer"] for row in layers]
@@ -25,7 +25,7 @@ def layer_profile_figure(layers: list[dict], title: str) -> tuple[Figure, Axes]:
     ax.plot(x, _values([row["median"] for row in layers]), marker="s", color="gray", label="median")
     ax.set_yscale("log")
     ax.set_xticks(x)
-    ax.set_xlabel("block (0-based)")
+    ax.set_xlabel("layer (0-based)")
     ax.set_ylabel("|block output| (mean over sequences)")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
@@ -83,7 +83,7 @@ def profiles_figure(variants: dict[str, list[dict]], title: str) -> tuple[Figure
         ax.plot(x, _values([row["median"] for row in layers]), ls="--", **style)
     ax.set_yscale("log")
     ax.set_xticks([row["layer"] for row in base])
-    ax.set_xlabel("block (0-based)")
+    ax.set_xlabel("layer (0-based)")
     ax.set_ylabel("|block output| (mean over sequences)\nsolid: top 1, dashed: median")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
@@ -102,7 +102,7 @@ def change_figure(changes: dict[str, list[float | None]], title: str) -> tuple[F
     _symmetric_pct_axis(ax, [p for pct in changes.values() for p in pct])
     n_layer = max((len(p) for p in changes.values()), default=0)
     ax.set_xticks(range(n_layer))
-    ax.set_xlabel("block (0-based)")
+    ax.set_xlabel("layer (0-based)")
     ax.set_ylabel("top-1 change vs baseline (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
@@ -139,13 +139,13 @@ def change_heatmap(changes: dict[str, dict], title: str) -> tuple[Figure, Axes]:
     ax.set_yticks(range(len(rows)), [f"{name}: {_stat_label(key)}" for name, key in rows], fontsize="small")
     for boundary in range(len(keys), len(rows), len(keys)):  # a line between variants
         ax.axhline(boundary - 0.5, color="black", lw=1.2)
-    ax.set_xlabel("block (0-based)")
+    ax.set_xlabel("layer (0-based)")
     ax.set_title(title)
     return fig, ax
 
 
 def _probability_grid(rows: list[list[float | None]], title: str, xlabel: str, label: str, cmap: str):
-    """A blocks x columns grid of probabilities on a fixed 0..1 color scale."""
+    """A layers x columns grid of probabilities on a fixed 0..1 color scale."""
     n_layer, n_col = len(rows), len(rows[0])
     fig = Figure(figsize=(1.5 + 0.45 * n_col, 1.2 + 0.4 * n_layer), layout="constrained")
     ax = fig.subplots()
@@ -199,7 +199,7 @@ def sweep_figure(ks: list[int], mean_pct: dict[str, list[float | None]], title: 
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("heads pruned (k)")
-    ax.set_ylabel("mean change over blocks vs baseline (%)")
+    ax.set_ylabel("mean change over layers vs baseline (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
@@ -287,7 +287,7 @@ def components_figure(entries: list[dict], title: str) -> tuple[Figure, Axes]:
     )
     ax.axhline(0.0, color="gray", lw=0.8)
     ax.set_xticks(x)
-    ax.set_xlabel("block (0-based)")
+    ax.set_xlabel("layer (0-based)")
     ax.set_ylabel("value (mean over sequences)")
     ax.set_title(title)
     ax.legend(fontsize="small")
@@ -302,7 +302,7 @@ def attention_to_massive_figure(values: list[float | None], title: str) -> tuple
     ax.plot(range(len(values)), _values(values), marker="o", color="tab:purple")
     ax.set_ylim(0.0, 1.05)
     ax.set_xticks(range(len(values)))
-    ax.set_xlabel("block (0-based)")
+    ax.set_xlabel("layer (0-based)")
     ax.set_ylabel("attention on massive tokens")
     ax.grid(alpha=0.3)
     ax.set_title(title)

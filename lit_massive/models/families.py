@@ -6,7 +6,7 @@ is one `Family` row: the path to its decoder layers and, inside a layer, the nam
 attention sublayer, its output projection, and the two modules whose outputs are what
 attention and the MLP add to the residual stream. Head scores need nothing family-specific:
 every family sends its attention through transformers' attention-function registry
-(see `hooks.attention_probe`).
+(see `probes.attention`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ class Family:
     layers: str  # base model -> its list of decoder layers
     attn: str  # layer -> attention sublayer (the `module` its attention function receives)
     out_proj: str  # layer -> attention output projection (its input: the heads, concatenated)
-    attn_adds: str  # layer -> module whose output is what attention adds to the residual stream
-    mlp_adds: str  # layer -> module whose output is what the MLP adds
+    attn_out: str  # layer -> module whose output is what attention adds to the residual stream
+    mlp_out: str  # layer -> module whose output is what the MLP adds
 
 
 # pre-norm blocks: x + attn(norm(x)), then + mlp(norm(.)); parallel blocks (GPT-NeoX with
@@ -60,13 +60,13 @@ class DecoderLayout:
     backbone: nn.Module  # runs embeddings + blocks + final norm, no LM head
     blocks: list[nn.Module]  # block i's output is the residual stream x_i
     attn: list[nn.Module]  # per block: the attention sublayer
-    attn_adds: list[nn.Module]  # per block: its output is what attention adds to the stream
-    mlp_adds: list[nn.Module]  # per block: likewise for the MLP
+    attn_out: list[nn.Module]  # per block: its output is what attention adds to the stream
+    mlp_out: list[nn.Module]  # per block: likewise for the MLP
     attn_out_proj: list[nn.Module]  # per block: its input is the concatenated head outputs
     lm_head: nn.Linear  # final hidden state -> logits
     final_logit_softcap: float | None  # Gemma 2/3: logits = cap * tanh(logits / cap)
     attn_implementation: str  # the attention-function registry key the model calls
-    additive: bool  # block output = input + attn_adds + mlp_adds (False: a norm after the sum)
+    additive: bool  # block output = input + attn_out + mlp_out (False: a norm after the sum)
     n_head: int  # query heads
     n_kv_head: int
     n_embd: int
@@ -101,8 +101,8 @@ def decoder_layout(model: nn.Module) -> DecoderLayout:
         backbone=backbone,
         blocks=blocks,
         attn=[_get(b, family.attn) for b in blocks],
-        attn_adds=[_get(b, family.attn_adds) for b in blocks],
-        mlp_adds=[_get(b, family.mlp_adds) for b in blocks],
+        attn_out=[_get(b, family.attn_out) for b in blocks],
+        mlp_out=[_get(b, family.mlp_out) for b in blocks],
         attn_out_proj=[_get(b, family.out_proj) for b in blocks],
         lm_head=model.get_output_embeddings(),
         final_logit_softcap=getattr(cfg, "final_logit_softcapping", None),

@@ -30,10 +30,10 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from lit_massive import toy
-from lit_massive.adapter import FAMILIES, DecoderLayout, decoder_layout
 from lit_massive.errors import InputError
-from lit_massive.loading import check_local_or_hub, hub_error, load_causal_lm, weights_dtype
+from lit_massive.models import toy
+from lit_massive.models.families import FAMILIES, DecoderLayout, decoder_layout
+from lit_massive.models.loading import check_local_or_hub, hub_error, load_causal_lm, weights_dtype
 
 SAFETENSORS_INDEX, SAFETENSORS = "model.safetensors.index.json", "model.safetensors"
 SHARDED = "model_parallel"  # the `--trainer.strategy` name of sharded runs

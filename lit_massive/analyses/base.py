@@ -1,0 +1,195 @@
+"""What an analysis is: one thing we measure, in one file.
+
+An `Analysis` says what it needs from a forward pass (`needs`), keeps one torchmetrics
+state per variant (`new_metric`; exact sums, synced across processes by torchmetrics),
+turns its computed state into its keys of a variant's results.json entry (`section`,
+`change`), and publishes those keys (`publish`: TensorBoard scalars, figures, markdown
+tables; `columns`: the end-of-run tables). The LightningModule runs one forward pass per
+variant under the probes the enabled analyses asked for and hands each analysis a
+`Forward`; it names no analysis itself. A new analysis is a subclass decorated with
+`@register_analysis` (see `lit_massive.analyses`), like lm-eval's registered tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from lit_massive.analyses.block_stats import BlockStats, massive_positions
+from lit_massive.models.families import DecoderLayout
+from lit_massive.probes import Needs, Probed
+
+if TYPE_CHECKING:
+    from lit_massive.report.publisher import Publisher
+    from lit_massive.report.schema import RunResults
+
+
+class SumStatesMetric(Metric):
+    """A metric of sums whose states keep their dtype (float64, int64) when the module is
+    cast to half precision (`16-true` / `bf16-true` call `module.to(dtype)`, which would
+    otherwise turn float64 sums into float16 ones)."""
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    def add_state(self, name: str, default: Tensor | list, *args, **kwargs) -> None:
+        super().add_state(name, default, *args, **kwargs)
+        if isinstance(default, Tensor):
+            self.__dict__.setdefault("_state_dtypes", {})[name] = default.dtype
+
+    def _apply(self, fn: Callable, *args, **kwargs) -> Metric:
+        out = super()._apply(fn, *args, **kwargs)
+        for name, dtype in self.__dict__.get("_state_dtypes", {}).items():
+            setattr(self, name, getattr(self, name).to(dtype))
+            self._defaults[name] = self._defaults[name].to(dtype)
+        return out
+
+
+def cat_rows(state: list[Tensor] | Tensor, width: int) -> Tensor:
+    """A "cat" state as one tensor (after a sync it already is one)."""
+    if isinstance(state, Tensor):
+        return state
+    return torch.cat(state) if state else torch.zeros(0, width, dtype=torch.float64)
+
+
+def valid_rows(rows: Tensor) -> Tensor:
+    """Fixed-shape candidate rows whose last column says they hold a real entry, without it
+    (once per epoch, so the host may read the mask here)."""
+    return rows[rows[:, -1] > 0][:, :-1]
+
+
+@dataclass
+class Forward:
+    """One forward pass of one variant over one batch, as the analyses receive it."""
+
+    input_ids: Tensor  # (B, T)
+    score_from: Tensor  # (B,): the first position whose token is scored (perplexity)
+    probed: Probed  # what the probes recorded, per layer
+    stats: list[BlockStats]  # per layer: the block output's statistics, computed once
+    final_hidden: Tensor  # (B, T, D): the backbone's output, after the final norm
+    layout: DecoderLayout
+
+    @cached_property
+    def massive_tokens(self) -> Tensor:
+        """(B, T) bool: each window's massive tokens (some block output is massive there)."""
+        return massive_positions(self.stats, self.input_ids.shape[1])
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What an analysis is built from: the model's layout, the run's options (the module's
+    ``model.*`` hyperparameters) and the variants it measures."""
+
+    layout: DecoderLayout
+    options: Mapping[str, Any]
+    variants: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One cell of an end-of-run table; `slot` orders the columns of all analyses."""
+
+    slot: int
+    title: str
+    text: str
+
+
+class Analysis(nn.Module):
+    """One thing we measure: what it needs from a pass, its per-variant metrics, its
+    results.json keys and how they are published. Subclasses set the class attributes and
+    implement `new_metric` and `section`; everything else has a default that does nothing."""
+
+    name: ClassVar[str]  # the registry name
+    option: ClassVar[str | None] = None  # the model.* option that turns it on; None: always on
+    needs: ClassVar[Needs] = Needs()
+    keys: ClassVar[tuple[str, ...]] = ()  # its keys of a variant's entry; null when it is off
+
+    def __init__(self, setup: Setup) -> None:
+        super().__init__()
+        metrics = {v: self.new_metric(setup) for v in setup.variants}
+        self.metrics = nn.ModuleDict({v: m for v, m in metrics.items() if m is not None})
+
+    @classmethod
+    def enabled(cls, options: Mapping[str, Any]) -> bool:
+        """Whether this run's options turn the analysis on."""
+        return cls.option is None or options.get(cls.option) not in (None, False)
+
+    def new_metric(self, setup: Setup) -> Metric | None:
+        """A new, empty state for one variant (None: the analysis measures after the pass)."""
+        return None
+
+    def update(self, variant: str, forward: Forward) -> None:
+        """Add one forward pass of `variant` (default: the metric reads the `Forward`)."""
+        if variant in self.metrics:
+            self.metrics[variant].update(forward)
+
+    def compute(self) -> dict[str, dict[str, Tensor]]:
+        """Per variant, the computed state; then every state is reset for the next pass.
+        A collective: every rank must call it."""
+        computed = {name: metric.compute() for name, metric in self.metrics.items()}
+        for metric in self.metrics.values():
+            metric.reset()
+        return computed
+
+    def section(self, computed: dict[str, Tensor], decode: Callable[[int], str]) -> dict[str, Any]:
+        """Its keys of one variant's results.json entry, from that variant's computed state
+        (`decode` turns a token id into its text)."""
+        return {}
+
+    # The class methods below read results.json entries only (so a report can be rebuilt
+    # from a file) and are called for every registered analysis, on or off: when it is off,
+    # its keys are null.
+    @classmethod
+    def change(cls, entry: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+        """Its keys of a variant's `change_vs_baseline`."""
+        return {}
+
+    def finish(self, module: Any, variants: dict[str, dict]) -> Any:
+        """A top-level section of results.json (under `name`) computed after the pass, or None."""
+        return None
+
+    @classmethod
+    def publish(cls, out: Publisher, model: str, name: str, entry: dict[str, Any]) -> None:
+        """Publish one variant's keys: scalars, figures, tables."""
+
+    @classmethod
+    def publish_run(cls, out: Publisher, model: str, results: RunResults) -> None:
+        """Publish what spans the run: comparisons of variants, its top-level section."""
+
+    @classmethod
+    def columns(cls, entry: dict[str, Any]) -> list[Column]:
+        """Its cells of the terminal's end-of-run table for one variant."""
+        return []
+
+    @classmethod
+    def summary_columns(cls, entry: dict[str, Any]) -> list[Column]:
+        """Its cells of the summary table in TensorBoard's text tab for one variant."""
+        return []
+
+    @classmethod
+    def warnings(cls, name: str, entry: dict[str, Any]) -> list[str]:
+        """What a user must be told about this variant's numbers (overflow, cut-off lists)."""
+        return []
+
+
+class TokenCount(SumStatesMetric):
+    """Tokens seen by a pass, summed over processes (for `timing.tokens_per_s`)."""
+
+    tokens: Tensor  # () int64
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("tokens", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, input_ids: Tensor) -> None:
+        self.tokens += input_ids.numel()
+
+    def compute(self) -> Tensor:
+        return self.tokens

@@ -1,0 +1,133 @@
+"""The Python API: the same Lightning pass as `validate`, from a notebook."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
+
+from lit_massive.analyses import ANALYSES, analysis_class
+from lit_massive.data.datamodule import WindowsDataModule
+from lit_massive.data.given import GivenWindows, text_windows
+from lit_massive.errors import InputError
+from lit_massive.module import MassiveActivations
+from lit_massive.report.callback import RunReport
+from lit_massive.report.schema import RunResults
+
+
+def _module(model: str | nn.Module, options: dict[str, Any]) -> MassiveActivations:
+    """The LightningModule for a name/path, or for a model already loaded (used as it is)."""
+    if isinstance(model, str):
+        return MassiveActivations(model_name_or_path=model, **options)
+    if not hasattr(model, "config"):
+        raise InputError(f"model: a transformers PreTrainedModel or a name/path, got {type(model).__name__}")
+
+    class Loaded(MassiveActivations):
+        def build_structure(self) -> nn.Module:
+            return model
+
+        def load_model(self) -> nn.Module:
+            return model
+
+    return Loaded(model_name_or_path=getattr(model.config, "name_or_path", "") or "in-memory", **options)
+
+
+def _switches(analyses: Iterable[str] | None) -> dict[str, Any]:
+    """`analyses` as module options: exactly the named optional analyses on, the others off
+    (a flag true or false; an option holding settings, such as ``feature_view``, its
+    defaults or null)."""
+    if analyses is None:
+        return {}
+    wanted = {analysis_class(name).name for name in analyses}
+    defaults = inspect.signature(MassiveActivations.__init__).parameters
+    out: dict[str, Any] = {}
+    for name, cls in ANALYSES.items():
+        if cls.option is not None:
+            on = name in wanted
+            out[cls.option] = on if isinstance(defaults[cls.option].default, bool) else ({} if on else None)
+    return out
+
+
+def measure(
+    model: str | nn.Module,
+    data: dict[str, Any] | None = None,
+    *,
+    tokenizer: Any = None,
+    text: str | list[str] | None = None,
+    windows: Tensor | None = None,
+    seq_len: int = 128,
+    stride: int | None = None,
+    num_sequences: int | None = None,
+    batch_size: int = 1,
+    analyses: Iterable[str] | None = None,
+    variants: dict[str, Any] | None = None,
+    run_dir: str | Path | None = None,
+    trainer: dict[str, Any] | None = None,
+    **options: Any,
+) -> RunResults:
+    """Measure a model in one Lightning pass, as ``validate`` does, and return its `RunResults`.
+
+    Args:
+        model: a hub id, a local directory or ``"toy"``, or a ``transformers`` model already
+            loaded (its weights are used as they are; nothing is copied).
+        data: ``data.*`` options of the CLI (``{"dataset": "toy", "seq_len": 128}``,
+            ``{"data_files": "wiki.test.parquet"}``, ...); or give ``text`` and ``tokenizer``,
+            or ``windows``, instead.
+        tokenizer: decodes token ids in the results, and tokenises ``text``.
+        text: a string or rows of text (joined with a blank line), cut into windows of
+            ``seq_len`` tokens every ``stride`` (default ``seq_len``) tokens; at most
+            ``num_sequences`` windows (None: all).
+        windows: a (N, T) long tensor of token ids, one window per row.
+        analyses: the optional analyses to run (``"head_scores"``, ``"perplexity"``,
+            ``"components"``, ``"feature_view"``); the layer profile and the locator always
+            run. None: the module's defaults (perplexity on).
+        variants: ``model.variants`` as in a config: name -> heads to prune, a selection,
+            or an edit.
+        run_dir: write results.json, figures and TensorBoard events there (None: nothing is written).
+        trainer: extra ``Trainer`` arguments (default: one CPU or GPU process, no progress bar).
+        **options: any other ``model.*`` option (``top_k``, ``massive_threshold``, ``sweep``, ...).
+
+    Returns:
+        `RunResults`: ``.variants`` holds each variant's results.json entry;
+        ``.layer_frame()`` and ``.head_frame()`` give pandas DataFrames.
+
+    Example::
+
+        import lit_massive
+        results = lit_massive.measure("toy", {"dataset": "toy", "seq_len": 128, "num_sequences": 8},
+                                      analyses=["head_scores"], variants={"cut": [[5, 1]]})
+        results.layer_frame().query("variant == 'baseline'")[["layer", "top1", "median"]]
+    """
+    given = sum(x is not None for x in (data, text, windows))
+    if given != 1:
+        raise InputError("measure: give exactly one of data (data.* options), text (with tokenizer), or windows")
+    module = _module(model, {**options, **_switches(analyses), "variants": variants})
+    if data is not None:
+        datamodule = WindowsDataModule(
+            **{"model_name_or_path": module.hparams.model_name_or_path, **data},
+            context_length=module.context_length,
+        )
+    else:
+        if text is not None:
+            if tokenizer is None:
+                raise InputError("measure: text needs a tokenizer")
+            windows, stride, bos = text_windows(tokenizer, text, seq_len, stride, num_sequences)
+        else:
+            bos = None
+        datamodule = GivenWindows(windows, tokenizer, stride, bos, batch_size)
+    settings = {"accelerator": "auto", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
+                "logger": False, **(trainer or {})}  # fmt: skip
+    if run_dir is not None:
+        settings["logger"] = TensorBoardLogger(str(run_dir), name="", version="")
+        settings["callbacks"] = [*settings.get("callbacks", []), RunReport()]
+    runner = L.Trainer(**settings)
+    if hasattr(datamodule, "setup") and isinstance(datamodule, WindowsDataModule):
+        datamodule.setup("validate")
+        module.check_windows(datamodule.windows.shape[1])
+    runner.validate(module, datamodule=datamodule, verbose=False)
+    return module.results

@@ -1,0 +1,59 @@
+"""Windows a Python caller already has (token ids, or text and a tokenizer), served like
+`WindowsDataModule`'s: same `Windows` items, same sampler that never repeats one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lit_massive.data.windows import UnpaddedDistributedSampler, Windows, collate_windows, make_windows, tokenizer_bos
+from lit_massive.errors import InputError
+from lit_massive.models.sharding import is_sharded
+
+
+def text_windows(tokenizer, text: str | list[str], seq_len: int, stride: int | None, num_sequences: int | None):
+    """(windows, stride, bos_token_id) of `text` (rows joined with "\\n\\n", as the corpus is),
+    with a BOS first exactly when the tokenizer adds one itself."""
+    joined = text if isinstance(text, str) else "\n\n".join(text)
+    ids = torch.tensor(tokenizer(joined, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
+    bos = tokenizer_bos(tokenizer)
+    stride = stride or seq_len - (bos is not None)
+    return make_windows(ids, seq_len, stride, num_sequences, bos), stride, bos
+
+
+class GivenWindows(L.LightningDataModule):
+    """Token windows (N, T) given in memory; `tokenizer` (optional) decodes token ids in the results."""
+
+    def __init__(self, windows: Tensor, tokenizer: Any = None, stride: int | None = None,
+                 bos_token_id: int | None = None, batch_size: int = 1) -> None:  # fmt: skip
+        super().__init__()
+        if windows.dim() != 2 or windows.dtype != torch.long or windows.shape[0] == 0:
+            raise InputError(
+                f"windows: a (N, T) tensor of token ids (torch.long) with N >= 1, got {tuple(windows.shape)} "
+                f"{windows.dtype}"
+            )
+        self.windows, self.tokenizer, self.bos_token_id = windows, tokenizer, bos_token_id
+        self.stride, self.batch_size = stride, batch_size
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = Windows(self.windows, self.stride, self.bos_token_id is not None)
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        sampler = UnpaddedDistributedSampler(dataset, world, rank, lockstep=is_sharded(self.trainer))
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_windows)
+
+    def describe(self) -> dict[str, Any]:
+        """What was evaluated, for results.json."""
+        return {
+            "dataset": None,
+            "given": "windows",
+            "seq_len": int(self.windows.shape[1]),
+            "stride": self.stride,
+            "bos_token_id": self.bos_token_id,
+            "uses_bos": self.bos_token_id is not None,
+            "num_windows": int(self.windows.shape[0]),
+            "batch_size": self.batch_size,
+        }

@@ -1,0 +1,166 @@
+"""Temporary hooks: registered on entry, removed on exit, even after an exception.
+
+Hooks are global state on the modules; one that is left behind silently changes every
+later forward pass. This module is the only place that registers them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from lit_massive.models.families import DecoderLayout, block_output
+from lit_massive.probes.attention import attention_probe, received_attention, unpacked_windows
+
+Hook = tuple[nn.Module, Callable]
+BlockEdit = tuple[int, Callable[[Tensor], Tensor]]  # (layer, fn): that block output becomes fn(output)
+
+
+@contextmanager
+def hooks(forward: Iterable[Hook] = (), forward_pre: Iterable[Hook] = ()) -> Iterator[None]:
+    """Register forward and forward-pre hooks for the duration of the `with` block."""
+    handles = []
+    try:
+        for module, fn in forward:
+            handles.append(module.register_forward_hook(fn))
+        for module, fn in forward_pre:
+            handles.append(module.register_forward_pre_hook(fn))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an analysis reads from a forward pass beyond the block outputs (always kept), so
+    the probes record only what the enabled analyses use."""
+
+    attention: bool = False  # per layer: what each key position receives from each head
+    sublayers: bool = False  # per layer: the block input and what attention and the MLP add
+
+    def __or__(self, other: Needs) -> Needs:
+        return Needs(self.attention or other.attention, self.sublayers or other.sublayers)
+
+
+@dataclass
+class Probed:
+    """What one forward pass under `probes` recorded, per layer. With every sublayer:
+    block_in + attn_out + mlp_out = block_out."""
+
+    block_out: list[Tensor | None]  # (B, T, D): the residual stream leaving the block
+    # with Needs.attention, (B, H, T) each: what each key position receives, mean over
+    # queries (column 0: the first-token score)
+    received: list[Tensor | None] = field(default_factory=list)
+    block_in: list[Tensor | None] = field(default_factory=list)  # with Needs.sublayers
+    attn_out: list[Tensor | None] = field(default_factory=list)  # with Needs.sublayers
+    mlp_out: list[Tensor | None] = field(default_factory=list)  # with Needs.sublayers
+
+
+def mask_heads(x: Tensor, mask: Tensor) -> Tensor:
+    """Multiply each head's slice of the concatenated head outputs x (B, T, H * hd) by
+    mask (H,): a 0 prunes that head before the output projection."""
+    shape = x.shape
+    return (x.view(*shape[:-1], mask.numel(), -1) * mask.to(x.dtype)[:, None]).view(shape)
+
+
+def _keep(store: list, i: int) -> Callable:
+    def hook(module: nn.Module, args: tuple, output: Tensor | tuple) -> None:
+        store[i] = block_output(output)
+
+    return hook
+
+
+def _sublayer_hooks(layout: DecoderLayout, probed: Probed) -> tuple[list[Hook], list[Hook]]:
+    """(forward, forward_pre) hooks that keep each block's input and what its attention and
+    MLP add to the residual stream."""
+    n = layout.n_layer
+    probed.block_in, probed.attn_out, probed.mlp_out = [None] * n, [None] * n, [None] * n
+
+    def keep_input(i: int) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            probed.block_in[i] = args[0]
+
+        return hook
+
+    def keep_added(store: list, i: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: Tensor | tuple) -> None:
+            # OPT runs its MLP on (B * T, D): back to the stream's (B, T, D)
+            store[i] = block_output(output).view(probed.block_in[i].shape)
+
+        return hook
+
+    forward = [(m, keep_added(probed.attn_out, i)) for i, m in enumerate(layout.attn_out)]
+    forward += [(m, keep_added(probed.mlp_out, i)) for i, m in enumerate(layout.mlp_out)]
+    return forward, [(block, keep_input(i)) for i, block in enumerate(layout.blocks)]
+
+
+@contextmanager
+def probes(
+    layout: DecoderLayout,
+    needs: Needs = Needs(),
+    head_mask: Tensor | None = None,
+    pruned_layers: Iterable[int] | None = None,
+    edit: BlockEdit | None = None,
+) -> Iterator[Probed]:
+    """Everything one measured forward pass needs, registered together and removed together.
+
+    * block outputs, always;
+    * with `needs.attention`, the attention each key position receives from each head (mean
+      over queries; its first column is the first-token score), computed inside the model's
+      attention function (`attention_probe`) so no (B, H, T, T) map outlives its layer;
+    * with `needs.sublayers`, each block's input and what its attention and MLP add to the
+      residual stream (block output = input + attention + MLP);
+    * with `head_mask` (L, H), a pre-hook on each attention output projection that zeroes
+      the pruned heads' outputs (only layers with a pruned head get one: `pruned_layers`,
+      which callers on a GPU pass from a host copy, else read from the mask);
+    * with `edit = (i, fn)`, layer i's block output is replaced by fn(output) before anything
+      downstream (or the probes) sees it.
+    """
+    n = layout.n_layer
+    probed = Probed([None] * n)
+    forward, forward_pre = [], []
+    if edit is not None:
+        layer, fn = edit
+
+        def apply_edit(module: nn.Module, args: tuple, output: Tensor | tuple) -> Tensor | tuple:
+            x = block_output(output)
+            return (fn(x), *output[1:]) if isinstance(output, tuple) else fn(x)
+
+        forward.append((layout.blocks[layer], apply_edit))  # first, so the probes see the edit
+    forward += [(block, _keep(probed.block_out, i)) for i, block in enumerate(layout.blocks)]
+    if needs.attention:
+        probed.received = [None] * n
+
+        def score_heads(i: int, probs: Tensor) -> None:
+            probed.received[i] = received_attention(probs)
+
+    if needs.sublayers:
+        more_forward, more_pre = _sublayer_hooks(layout, probed)
+        forward += more_forward
+        forward_pre += more_pre
+    if head_mask is not None:
+
+        def prune(mask: Tensor) -> Callable:
+            def hook(module: nn.Module, args: tuple) -> tuple:
+                return (mask_heads(args[0], mask), *args[1:])
+
+            return hook
+
+        if pruned_layers is None:
+            pruned_layers = [i for i in range(n) if bool((head_mask[i] == 0).any())]
+        forward_pre += [(layout.attn_out_proj[i], prune(head_mask[i])) for i in pruned_layers]
+    with ExitStack() as stack:
+        stack.enter_context(unpacked_windows())
+        if needs.attention:
+            stack.enter_context(attention_probe(layout, score_heads))
+        stack.enter_context(hooks(forward=forward, forward_pre=forward_pre))
+        yield probed
+    missing = [i for i, s in enumerate(probed.received) if s is None]
+    # after a forward pass, a layer without scores bypassed the registry (GPT-2's eager
+    # `reorder_and_upcast_attn` path does): say so rather than report nothing for it
+    if missing and probed.block_out[0] is not None:
+        raise RuntimeError(f"layers {missing}: attention did not go through the attention-function registry")

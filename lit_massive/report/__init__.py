@@ -1,0 +1,1 @@
+"""What a run writes: the results.json schema, TensorBoard, PNG figures, markdown tables."""

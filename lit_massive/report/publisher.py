@@ -1,0 +1,35 @@
+"""Where published results go: TensorBoard (when the run has a TensorBoard logger) and
+RUN/figures/ as PNG files. Analyses publish through it (`Analysis.publish`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+
+class Publisher:
+    """Sends each figure to TensorBoard and to RUN/figures/ as a PNG, each markdown table to
+    TensorBoard's text tab, each scalar to TensorBoard (its step: a layer, a k, ...)."""
+
+    def __init__(self, run_dir: Path, writer=None) -> None:
+        self.run_dir, self.writer = run_dir, writer
+        (run_dir / "figures").mkdir(exist_ok=True)
+
+    def figure(self, tag: str, fig: Figure) -> None:
+        fig.savefig(self.run_dir / "figures" / f"{tag.replace('/figures/', '_')}.png", dpi=120)
+        if self.writer is not None:
+            self.writer.add_figure(tag, fig, close=False)
+
+    def text(self, tag: str, markdown: str) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, markdown)
+
+    def scalar(self, tag: str, value: float | None, step: int) -> None:
+        if self.writer is not None and value is not None:  # null: not measured (overflow)
+            self.writer.add_scalar(tag, value, global_step=step)
+
+    def chart_layout(self, layout: dict[str, dict[str, list]]) -> None:
+        """TensorBoard's Custom Scalars tab: section title -> chart title -> ["Multiline", tag regexes]."""
+        if self.writer is not None:
+            self.writer.add_custom_scalars(layout)

@@ -1,0 +1,232 @@
+"""results.json, typed in one place: what a run writes (`RunResults.to_json`) and what every
+reader (`read_results`, `rank-heads`, selections and edits that read an earlier run) gets.
+
+The TypedDicts list the built-in analyses' keys; an analysis added later adds its own keys
+to a variant entry (the entry is a plain dict at run time). Keys may be added, never renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from lit_massive.errors import InputError
+from lit_massive.variants.specs import BASELINE, SCORES
+
+if sys.version_info >= (3, 11):
+    from typing import NotRequired, TypedDict
+else:  # pragma: no cover
+    from typing_extensions import NotRequired, TypedDict
+
+if TYPE_CHECKING:
+    import pandas
+
+RESULTS = "results.json"
+
+
+class LayerRow(TypedDict):
+    """One layer of the layer profile (`layers`)."""
+
+    layer: int
+    top: list[float | None]  # mean over windows of the k largest |block output|
+    median: float | None
+    top1_over_median: float | None
+    massive_fraction: float | None  # share of windows whose top-1 is massive
+    finite_sequences: int
+    locator_overflow: int
+    nonfinite_values: int
+    top1_dim: int
+    top1_dim_fraction: float
+    top1_position: int
+    top1_position_fraction: float
+    top1_token_id: int
+    top1_token: str
+    top1_token_fraction: float
+
+
+class LocatedEntry(TypedDict):
+    """One (layer, dim, position) that is massive in some window (`massive`)."""
+
+    layer: int
+    dim: int
+    position: int
+    token_id: int
+    token: str
+    value: float
+    fraction: float
+
+
+class ComponentEntry(TypedDict):
+    """What enters a block at a massive (dim, position) and what attention and MLP add."""
+
+    layer: int
+    dim: int
+    position: int
+    resid_in: float
+    attn: float
+    mlp: float
+    sequences: int
+
+
+class EditRecord(TypedDict):
+    layer: int
+    to: str  # zero, mean or random
+    source: str | None
+    seed: int
+    entries: int | None
+    note: str | None
+
+
+class VariantEntry(TypedDict):
+    """One variant of `variants`; the keys of an analysis that is off are null."""
+
+    pruned_heads: list[list[int]]
+    edit: EditRecord | None
+    num_sequences: int
+    first_massive_layer: int | None
+    first_nonfinite_layer: int | None
+    layers: list[LayerRow]
+    head_scores: list[list[float | None]] | None  # (L, H) first-token attention
+    massive_token_scores: list[list[float | None]] | None  # (L, H)
+    attention_to_massive: list[float | None] | None  # (L,)
+    received: list[list[float | None]] | None  # (L, P)
+    perplexity: float | None
+    nll_sum: float | None
+    scored_tokens: int | None
+    nonfinite_tokens: int | None
+    massive: list[LocatedEntry]
+    components: list[ComponentEntry] | None
+    components_overflow: int | None
+    # per statistic, per layer % change (top1_pct ... median_pct), mean_over_layers, perplexity_pct
+    change_vs_baseline: NotRequired[dict[str, Any]]
+
+
+class ResultsFile(TypedDict):
+    """The whole of results.json."""
+
+    model: dict[str, Any]
+    data: dict[str, Any] | None
+    precision: str
+    world_size: int
+    parallel: dict[str, Any]
+    timing: dict[str, float]
+    sweep: dict[str, Any] | None
+    variants: dict[str, VariantEntry]
+    provenance: NotRequired[dict[str, Any]]
+    feature_view: NotRequired[dict[str, Any]]
+
+
+@dataclass
+class RunResults:
+    """Everything one validation pass measured, computed by the LightningModule on every
+    rank; the writers (results.json, TensorBoard, figures, tables) read only this."""
+
+    model: dict[str, Any]  # what was measured: model shape, thresholds, which analyses ran
+    data: dict[str, Any] | None  # the windows (None without a data module)
+    precision: str
+    world_size: int
+    # strategy, whether the layers are sharded, parameter and peak memory per rank (`parallel_record`)
+    parallel: dict[str, Any]
+    timing: dict[str, float]  # wall_s, tokens, tokens_per_s, forward_passes_per_window
+    sweep: dict[str, Any] | None  # order, seed, k values and variant names of a sweep
+    variants: dict[str, VariantEntry]  # baseline first
+    # versions, model revision, data fingerprint, git commit, date, hardware (`run_provenance`)
+    provenance: dict[str, Any] | None = None
+    # top-level sections of analyses that measure after the pass (feature_view), by analysis name
+    sections: dict[str, Any] = field(default_factory=dict)
+    analyses: list[str] = field(default_factory=list)  # the analyses that ran, registry order
+
+    def to_json(self) -> ResultsFile:
+        """The content of results.json."""
+        out: dict[str, Any] = {
+            "model": self.model,
+            "data": self.data,
+            "precision": self.precision,
+            "world_size": self.world_size,
+            "parallel": self.parallel,
+            "timing": self.timing,
+            "sweep": self.sweep,
+            "variants": self.variants,
+        }
+        if self.provenance is not None:
+            out["provenance"] = self.provenance
+        for name, section in self.sections.items():
+            if section is not None:
+                out[name] = section.to_json() if hasattr(section, "to_json") else section
+        return out
+
+    def layer_frame(self) -> pandas.DataFrame:
+        """The layer profile of every variant, one row per (variant, layer): top1.., median,
+        top1_over_median, where the top-1 sits, and the % change vs the baseline."""
+        import pandas
+
+        rows = []
+        for name, entry in self.variants.items():
+            change = entry.get("change_vs_baseline", {})
+            for row in entry["layers"]:
+                flat = {"variant": name, **{k: v for k, v in row.items() if k != "top"}}
+                flat.update({f"top{j + 1}": v for j, v in enumerate(row["top"])})
+                flat.update({k: v[row["layer"]] for k, v in change.items() if isinstance(v, list)})
+                rows.append(flat)
+        return pandas.DataFrame(rows)
+
+    def head_frame(self) -> pandas.DataFrame:
+        """Per (variant, layer, head): first-token and massive-token attention (with
+        `model.head_scores: true`; empty otherwise)."""
+        import pandas
+
+        rows = [
+            {"variant": name, "layer": layer, "head": head, "head_score": score,
+             "massive_token_score": entry["massive_token_scores"][layer][head]}
+            for name, entry in self.variants.items()
+            if entry.get("head_scores") is not None
+            for layer, scores in enumerate(entry["head_scores"])
+            for head, score in enumerate(scores)
+        ]  # fmt: skip
+        return pandas.DataFrame(rows, columns=["variant", "layer", "head", "head_score", "massive_token_score"])
+
+
+def read_results(path: str | Path, what: str = "results file") -> ResultsFile:
+    """A results.json, or a one-line error saying why it cannot be read."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        file = file / RESULTS
+    if not file.is_file():
+        raise InputError(f"{what} {str(path)!r} does not exist; give a run directory or its {RESULTS}")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{what} {str(file)!r} is not valid JSON ({err}); was its run interrupted?") from err
+    if not isinstance(data, dict) or not isinstance(data.get("variants"), dict):
+        raise InputError(f"{what} {str(file)!r} has no 'variants'; give the {RESULTS} of a lit_massive run")
+    return data
+
+
+def scores_tensor(rows: list[list[float | None]]) -> Tensor:
+    """(L, H) head scores from results.json rows, null as NaN."""
+    return torch.tensor([[float("nan") if v is None else v for v in row] for row in rows], dtype=torch.float64)
+
+
+def load_scores(path: str, variant: str = BASELINE, by: str = "first_token") -> Tensor:
+    """Head scores (L, H) of `variant` from a results.json: first-token (`head_scores`) or
+    massive-token (`massive_token_scores`) ones."""
+    data = read_results(path, "scores file")
+    key = SCORES[by]
+    scores = data["variants"].get(variant, {}).get(key)
+    if scores is None:
+        raise InputError(f"{path}: variant {variant!r} has no {key}; run it with model.head_scores: true")
+    return scores_tensor(scores)
+
+
+def load_massive(path: str, variant: str = BASELINE) -> list[LocatedEntry]:
+    """The located massive activations of `variant` from a results.json."""
+    found = read_results(path, "set_massive.from").get("variants", {}).get(variant, {}).get("massive")
+    if found is None:
+        raise InputError(f"{path}: variant {variant!r} has no 'massive' locator entries")
+    return found

@@ -1,0 +1,46 @@
+"""Markdown tables (TensorBoard's text tab renders them) and the terminal's end-of-run
+table, assembled from the columns each analysis gives (`Analysis.columns`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    """A markdown table with the header `head`."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def cell(value: float | None, fmt: str = ".4g") -> str:
+    """A number as a table cell; an unmeasured (null) one as n/a."""
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _rows(variants: dict[str, dict], columns_of, first: Iterable[tuple[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows from each variant's columns (sorted by slot), after the `first` ones."""
+    head, rows = None, []
+    for name, entry in variants.items():
+        cells = sorted(columns_of(entry), key=lambda c: c.slot)
+        lead = [(title, fn(name, entry)) for title, fn in first]
+        if head is None:
+            head = [title for title, _ in lead] + [c.title for c in cells]
+        rows.append([text for _, text in lead] + [c.text for c in cells])
+    return head or [], rows
+
+
+def summary_table(variants: dict[str, dict], columns_of) -> str:
+    """One row per variant: what it prunes, then every analysis's summary cells."""
+    pruned = ("pruned heads", lambda n, v: " ".join(f"({layer},{head})" for layer, head in v["pruned_heads"]) or "-")
+    head, rows = _rows(variants, columns_of, [("variant", lambda n, v: n), pruned])
+    return markdown_table(head, rows)
+
+
+def terminal_summary(variants: dict[str, dict], columns_of) -> str:
+    """The end-of-run table for the terminal, one row per variant, columns from the analyses."""
+    head, rows = _rows(variants, columns_of, [("variant", lambda n, v: n)])
+    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
+    lines = ["  ".join(text.ljust(w) for text, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
+    note = "%: change vs baseline (top-1: mean over layers; largest: of any statistic at any layer)"
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], note])
