@@ -3,6 +3,7 @@ same check for Python callers, who pass values LightningCLI never saw."""
 
 from __future__ import annotations
 
+import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union
@@ -14,6 +15,8 @@ from lit_massive.errors import InputError
 __all__ = ["NonNegativeFloat", "NonNegativeInt", "PositiveInt", "check_options", "restriction_text"]
 
 _RESTRICTIONS = {"v>0": "must be > 0", "v>=0": "must be >= 0"}
+_RESTRICTED = (PositiveInt, NonNegativeInt, NonNegativeFloat)
+_UNIONS = (Union, types.UnionType)
 
 
 def restriction_text(message: str) -> str:
@@ -24,23 +27,44 @@ def restriction_text(message: str) -> str:
     return message
 
 
+def _restriction_problem(hint: Any, value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "expected a number"
+    try:
+        hint(value)
+    except ValueError as err:
+        return restriction_text(str(err))
+    return None
+
+
+def _choice_text(choice: Any) -> str:
+    return str(choice).lower() if isinstance(choice, bool) else str(choice)
+
+
 def _check(name: str, hint: Any, value: Any) -> None:
-    if typing.get_origin(hint) in (Union, getattr(__import__("types"), "UnionType", Union)):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
+    """A union (``PositiveInt | None``, ``bool | Literal["auto"]``) passes when one member
+    takes the value; `bool` is checked only as such a member (the choices true, false).
+    A hint with a member not checked here (``str``, a class) may take anything: skipped."""
+    members = typing.get_args(hint) if typing.get_origin(hint) in _UNIONS else (hint,)
+    if value is None and type(None) in members:
+        return
+    members = [m for m in members if m is not type(None)]
+    if not members or not all(
+        m in _RESTRICTED or typing.get_origin(m) is Literal or (m is bool and len(members) > 1) for m in members
+    ):
+        return
+    literals = [c for m in members if typing.get_origin(m) is Literal for c in typing.get_args(m)]
+    if (bool in members and isinstance(value, bool)) or value in literals:
+        return
+    choices = ([True, False] if bool in members else []) + literals
+    for restricted in (m for m in members if m in _RESTRICTED):
+        problem = _restriction_problem(restricted, value)
+        if problem is None:
             return
-        hint = next((a for a in args if a is not type(None)), hint)
-    if typing.get_origin(hint) is Literal:
-        if value not in typing.get_args(hint):
-            valid = ", ".join(str(v) for v in typing.get_args(hint))
-            raise InputError(f"{name}={value!r} is not valid; valid: {valid}")
-    elif hint in (PositiveInt, NonNegativeInt, NonNegativeFloat):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InputError(f"{name}={value!r}: expected a number")
-        try:
-            hint(value)
-        except ValueError as err:
-            raise InputError(f"{name}={value!r}: {restriction_text(str(err))}") from err
+        if not choices:
+            raise InputError(f"{name}={value!r}: {problem}")
+    valid = ", ".join(_choice_text(c) for c in choices)
+    raise InputError(f"{name}={value!r} is not valid; valid: {valid}")
 
 
 def check_options(fn: Callable, values: Mapping[str, Any]) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lit_massive.data import UnpaddedDistributedSampler, Windows, WindowsDataModule
+from lit_massive.errors import InputError
 from lit_massive.models.toy import build_toy_tokenizer, corpus_path
 
 
@@ -61,6 +62,31 @@ def test_toy_dataset_is_the_bundled_corpus():
     lines = corpus_path().read_text().splitlines()
     got = _windows(dataset="toy", seq_len=50, num_sequences=4)
     assert got.flatten().tolist() == _reference_ids(lines)[:200]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"seq_len": 0}, "seq_len=0: must be > 0"),
+        ({"stride": 0}, "stride=0: must be > 0"),
+        ({"num_sequences": 0}, "num_sequences=0: must be > 0"),
+        ({"batch_size": 0}, "batch_size=0: must be > 0"),
+        ({"num_workers": -1}, "num_workers=-1: must be >= 0"),
+        ({"bos": "maybe"}, "bos='maybe' is not valid; valid: true, false, auto"),
+        ({"stride": 65, "seq_len": 64}, "stride=65 is above seq_len=64"),
+        ({"bos": True, "seq_len": 1}, "a BOS window needs seq_len >= 2"),
+    ],
+)
+def test_python_callers_get_the_one_line_errors(kwargs, message):
+    with pytest.raises(InputError) as info:
+        WindowsDataModule(dataset="toy", **kwargs)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_null_and_bool_options_pass_the_type_checks():
+    dm = WindowsDataModule(dataset="toy", stride=None, num_sequences=None, bos=False, model_name_or_path="toy")
+    dm.setup("validate")
+    assert dm.describe()["num_windows"] == dm.windows.shape[0] > 0 and not dm.uses_bos
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 10])

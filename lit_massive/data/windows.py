@@ -1,10 +1,10 @@
-"""Token windows: the corpus's tokens cut into fixed-length windows (DESIGN.md section 2),
-the dataset over them, and a sampler that never repeats one.
+"""Token windows: the corpus's tokens cut into fixed-length windows, the dataset over them,
+and a sampler that never repeats one.
 
 The `text` column joined with "\\n\\n", tokenised once without special tokens, is cut into
 `seq_len`-token windows every `stride` tokens; a shorter tail is dropped and
-`num_sequences` takes the first N. With BOS (DESIGN.md section 5) a window is the BOS token
-followed by `seq_len - 1` text tokens.
+`num_sequences` takes the first N. With BOS, a window is the BOS token followed by
+`seq_len - 1` text tokens and `stride` counts text tokens.
 """
 
 from __future__ import annotations

@@ -1,0 +1,119 @@
+"""Where the windows' text comes from (local data_files, the bundled toy corpus, or a hub or
+local dataset), read whole or streamed, as one tensor of token ids."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import datasets
+import torch
+from torch import Tensor
+
+from lit_massive.errors import InputError
+from lit_massive.models import toy
+from lit_massive.models.loading import check_local_or_hub
+
+_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+
+
+def _tokenize(tokenizer, text: str) -> Tensor:
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _texts(rows: Iterable[dict], source: str) -> Iterator[str]:
+    for row in rows:
+        if "text" not in row:
+            raise InputError(f"{source}: rows have no 'text' column (columns: {sorted(row)})")
+        yield row["text"]
+
+
+class TextSource:
+    """The ``text`` column of ``data_files`` if given, else of the toy corpus (``dataset='toy'``),
+    else of ``dataset``'s ``config_name`` / ``split``. Files and dataset are checked here, at
+    construction, so a missing one stops the run before anything is downloaded or loaded."""
+
+    def __init__(
+        self, dataset: str, config_name: str | None, split: str, data_files: str | list[str] | None, streaming: bool
+    ) -> None:
+        self.dataset, self.config_name, self.split, self.streaming = dataset, config_name, split, streaming
+        self.data_files = [data_files] if isinstance(data_files, str) else data_files
+        self.fingerprint: str | None = None  # the loaded split's datasets fingerprint (None when streaming)
+        if self.data_files is not None:
+            if not self.data_files:
+                raise InputError("data_files is an empty list; give at least one file, or null")
+            for f in self.data_files:
+                path = Path(f).expanduser()
+                if not path.is_file():
+                    raise InputError(f"data_files: {f!r} does not exist or is not a file")
+                if path.stat().st_size == 0:
+                    raise InputError(f"data_files: {f!r} is empty (no text); give a file with text rows")
+        elif dataset != toy.TOY:
+            check_local_or_hub(dataset, "dataset")
+
+    def _load_args(self) -> tuple[str, dict]:
+        """(description, load_dataset kwargs); files load as the builder of their one format."""
+        files = self.data_files
+        if files is None and self.dataset == toy.TOY:
+            files = [str(toy.corpus_path())]
+        if files is not None:
+            files = [str(Path(f).expanduser()) for f in files]
+            suffixes = {Path(f).suffix.lower() for f in files}
+            builders = {_BUILDERS.get(s, "text") for s in suffixes}
+            if len(builders) > 1:
+                raise InputError(f"data_files mix formats {sorted(suffixes)}; give files of one format")
+            return f"data_files {files}", {"path": builders.pop(), "data_files": files, "split": "train"}
+        return f"dataset {self.dataset!r}", {"path": self.dataset, "name": self.config_name, "split": self.split}
+
+    def load(self) -> tuple[str, datasets.Dataset | datasets.IterableDataset]:
+        """(description, split); load failures as one-line input errors (offline: what to do)."""
+        what, kwargs = self._load_args()
+        try:
+            return what, datasets.load_dataset(**kwargs, streaming=self.streaming)
+        except (ConnectionError, FileNotFoundError) as err:
+            raise InputError(
+                f"{what} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0]}). "
+                f"Offline? Point data.data_files at a local copy of the split (parquet, json(l) "
+                f"or txt), or use data.dataset: toy; set HF_HUB_OFFLINE=1 to fail at once instead of retrying"
+            ) from err
+        except (ValueError, datasets.exceptions.DatasetGenerationError) as err:
+            cause = err.__cause__ or err
+            raise InputError(f"{what}: {type(cause).__name__}: {str(cause).splitlines()[0]}") from err
+
+    def token_ids(self, tokenizer, needed: int | None, margin: int) -> Tensor:
+        """The rows joined with "\\n\\n", tokenised without special tokens. Streaming keeps
+        the first `needed` tokens (all when None) and stops reading rows `margin` tokens past them."""
+        what, ds = self.load()
+        self.fingerprint = getattr(ds, "_fingerprint", None)
+        columns = ds.column_names
+        if columns is not None and "text" not in columns:
+            raise InputError(f"{what} has no 'text' column (columns: {sorted(columns)})")
+        if not self.streaming:
+            ids = _tokenize(tokenizer, "\n\n".join(ds["text"]))
+        else:
+            ids = _stream_token_ids(tokenizer, _texts(ds, what), needed, margin)
+        if len(ids) == 0:
+            raise InputError(f"{what} contains no text")
+        return ids
+
+
+def _stream_token_ids(tokenizer, texts: Iterator[str], needed: int | None, margin: int) -> Tensor:
+    """Read rows only until the needed tokens are covered.
+
+    The joined prefix is re-tokenised as it grows; once it holds `margin` (a window's
+    length) tokens beyond the last needed one, tokens that far from the cut are those of
+    the full text, so the windows equal the map-style ones.
+    """
+    parts: list[str] = []
+    chars, next_check = 0, 4 * (needed + margin) if needed else math.inf
+    for text in texts:
+        parts.append(text)
+        chars += len(text) + 2
+        if chars >= next_check:
+            ids = _tokenize(tokenizer, "\n\n".join(parts))
+            if len(ids) >= needed + margin:
+                return ids[:needed]
+            next_check = 2 * chars
+    return _tokenize(tokenizer, "\n\n".join(parts))
