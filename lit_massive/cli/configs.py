@@ -8,14 +8,14 @@ checkout) given to `--config` resolves to the bundled file; an existing path alw
 
 from __future__ import annotations
 
-import argparse
 from importlib.resources import files
 from pathlib import Path
 
+from lit_massive.cli.console import OneLineArgumentParser
 from lit_massive.errors import InputError
 
 _SUFFIXES = (".yaml", ".yml")
-_CONFIG_FLAGS = ("--config", "-c")
+_CONFIG_FLAG, _CONFIG_SHORT = "--config", "-c"  # `-c X`, `--config X`, `--config=X`
 
 
 def bundled_configs() -> dict[str, Path]:
@@ -63,20 +63,33 @@ def resolve_config(value: str) -> str:
     raise _unknown(value, "config")
 
 
+def config_flag_at(argv: list[str], i: int) -> tuple[str, str | None, int] | None:
+    """The config flag at `argv[i]` (`-c X`, `--config X` or `--config=X`) as (flag, value,
+    arguments it spans); value None for a flag with nothing after it; None for any other argument."""
+    arg = argv[i]
+    if arg in (_CONFIG_FLAG, _CONFIG_SHORT):
+        return (arg, argv[i + 1], 2) if i + 1 < len(argv) else (arg, None, 1)
+    if arg.startswith(_CONFIG_FLAG + "="):
+        return _CONFIG_FLAG, arg.split("=", 1)[1], 1
+    return None
+
+
 def resolve_config_args(argv: list[str]) -> list[str]:
     """`argv` with the value of every `--config X`, `--config=X` and `-c X` resolved."""
     out = list(argv)
-    for i, arg in enumerate(out):
-        if arg in _CONFIG_FLAGS and i + 1 < len(out):
-            out[i + 1] = resolve_config(out[i + 1])
-        elif arg.startswith("--config="):
-            out[i] = "--config=" + resolve_config(arg.split("=", 1)[1])
+    for i in range(len(out)):
+        found = config_flag_at(out, i)
+        if found is None or found[1] is None:
+            continue
+        flag, value, span = found
+        resolved = resolve_config(value)
+        out[i : i + span] = [flag, resolved] if span == 2 else [f"{flag}={resolved}"]
     return out
 
 
 def main(argv: list[str]) -> None:
     """`configs`: list the bundled configs; `configs NAME`: print one, to copy and edit."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="lit_massive configs",
         description="List the example configs shipped with lit_massive, or print one of them "
         "(`python -m lit_massive configs prune_top > my.yaml`). Any of them runs by name: "

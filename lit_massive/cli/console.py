@@ -1,10 +1,15 @@
-"""What the terminal shows: one-line parser errors, no start-up chatter, the end-of-run summary.
+"""What the terminal shows: bad arguments as one line, and no Lightning start-up chatter.
 
+Two parsers end bad arguments with one line (via `InputError`) instead of a usage block:
+`OneLineErrorParser` for LightningCLI's `validate`, `OneLineArgumentParser` for the plain
+argparse subcommands (`rank-heads`, `configs`). `quiet_lightning` drops Lightning's
+device-availability lines and tips. The end-of-run summary is report/tables.py's.
 The CLI installs these; they change no result, only what a user reads.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 import warnings
@@ -35,6 +40,11 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
+def _given(lines: list[str]) -> str | None:
+    """The value of jsonargparse's "Given value: X" line, if there is one."""
+    return next((line.removeprefix("Given value:").strip() for line in lines if line.startswith("Given value:")), None)
+
+
 def one_line(message: str) -> str:
     """A jsonargparse error as one line: the key, the value given and, for a choice, the
     valid values, instead of the full type dump (`--trainer.precision 8-true`)."""
@@ -42,10 +52,11 @@ def one_line(message: str) -> str:
     key = re.match(r'Parser key "([^"]+)":\s*(.*)', lines[0]) if lines else None
     if key is None:
         return " ".join(lines)
-    restricted = re.search(r"Not of type \w+: (.+?) does not conform to restriction (\S+)", message)
-    if restricted:  # PositiveInt, NonNegativeFloat, ...
-        return f"{key.group(1)}={restricted.group(1)}: {restriction_text(restricted.group(0))}"
-    given = next((line.removeprefix("Given value:").strip() for line in lines if line.startswith("Given value:")), None)
+    restricted = re.search(r"Not of type \w+: (?:(.+?) )?does not conform to restriction (\S+)", message)
+    if restricted:  # PositiveInt, NonNegativeFloat, ... (in a union with None, the value is on its own line)
+        value = restricted.group(1) or _given(lines)
+        return f"{key.group(1)}={value}: {restriction_text(restricted.group(0))}"
+    given = _given(lines)
     if given is None:
         got = re.search(r"Got value: (.*)$", message.strip())
         given = got.group(1).strip() if got and "typing.Literal" in message else None
@@ -67,3 +78,11 @@ class OneLineErrorParser(LightningArgumentParser):
 
     def error(self, message: str, ex: Exception | None = None):
         raise InputError(one_line(message)) from ex
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """The parser of a plain subcommand (`rank-heads`, `configs`; `prog` is `lit_massive NAME`):
+    bad arguments end with one line `NAME: message` (via `InputError`), not a usage block."""
+
+    def error(self, message: str):
+        raise InputError(f"{self.prog.rsplit(' ', 1)[-1]}: {message}")

@@ -126,9 +126,9 @@ def check_strategy(trainer, model_name_or_path: str) -> None:
 def _config_after_command(argv: list[str]) -> list[str]:
     """`-c X.yaml validate ...` as `validate -c X.yaml ...`: the config's keys belong to the command."""
     head = []
-    while argv[:1] and (argv[0] in ("-c", "--config") or argv[0].startswith("--config=")):
-        take = 1 if "=" in argv[0] else 2
-        head, argv = head + argv[:take], argv[take:]
+    while argv and (found := configs.config_flag_at(argv, 0)) is not None:
+        span = found[2]
+        head, argv = head + argv[:span], argv[span:]
     return argv[:1] + head + argv[1:] if head and argv else head + argv
 
 

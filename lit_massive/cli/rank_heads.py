@@ -8,13 +8,13 @@ own config.yaml (when it sits beside results.json) with `model.variants` set, re
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import yaml
 from torch import Tensor
 
 from lit_massive.analyses.head_scores import ranking_markdown as _ranking_markdown
+from lit_massive.cli.console import OneLineArgumentParser
 from lit_massive.errors import InputError
 from lit_massive.report.schema import load_scores
 from lit_massive.variants.specs import BASELINE, SCORES, rank_heads
@@ -59,13 +59,8 @@ def write_pruning_configs(
     return written
 
 
-class _OneLineErrors(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise InputError(f"rank-heads: {message}")
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = _OneLineErrors(prog="lit_massive rank-heads", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="lit_massive rank-heads", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="results.json of a run with model.head_scores: true")
     parser.add_argument("--k", type=int, default=3, help="heads to prune in each config (default 3)")
     parser.add_argument("--variant", default=BASELINE, help="whose scores to rank (default baseline)")

@@ -70,7 +70,8 @@ def check_dtype(dtype: str) -> None:
         raise InputError(f"dtype {dtype!r} is not supported; valid: {', '.join(DTYPES)}")
 
 
-WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+# the weight files a local model directory must hold at its top level before it is loaded
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def load_config(name: str, attn_implementation: str | None = None, trust_remote_code: bool = False) -> PretrainedConfig:
@@ -78,8 +79,9 @@ def load_config(name: str, attn_implementation: str | None = None, trust_remote_
     if name == toy.TOY:
         return toy.toy_config(attn_implementation=attn_implementation)
     local = check_local_or_hub(name, "model_name_or_path")
-    if local is not None and not any(next(Path(local).glob(p), None) for p in WEIGHT_FILES):
-        raise InputError(f"model_name_or_path {name!r}: no weights files ({', '.join(WEIGHT_FILES)}) in this directory")
+    patterns = [f"*{suffix}" for suffix in WEIGHT_SUFFIXES]
+    if local is not None and not any(next(Path(local).glob(p), None) for p in patterns):
+        raise InputError(f"model_name_or_path {name!r}: no weights files ({', '.join(patterns)}) in this directory")
     kwargs = {"trust_remote_code": trust_remote_code}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation

@@ -18,9 +18,12 @@ from pathlib import Path
 import torch
 
 from lit_massive.models import toy
+from lit_massive.models.loading import WEIGHT_SUFFIXES
 
 PACKAGES = ("lit_massive", "torch", "transformers", "lightning", "datasets", "torchmetrics", "jsonargparse")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+# A superset of what loading requires: the hash covers every weight file a checkpoint directory
+# may carry (TF .h5/.ckpt, Flax .msgpack, GGUF too), so two directories that differ in any of them differ here
+HASHED_SUFFIXES = WEIGHT_SUFFIXES + (".ckpt", ".h5", ".msgpack", ".gguf")
 _CHUNK = 1 << 20
 
 
@@ -82,7 +85,7 @@ def model_revision(name_or_path: str, model: torch.nn.Module | None = None) -> d
         return {"source": "toy", "revision": None, "weights_sha256": _sha256_state_dict(toy.build_toy_model())}
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        weights = [p for p in path.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
+        weights = [p for p in path.rglob("*") if p.is_file() and p.name.endswith(HASHED_SUFFIXES)]
         return {
             "source": "local",
             "revision": None,
