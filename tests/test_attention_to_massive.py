@@ -6,7 +6,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import DEMO, read_texts, run_validate, tiny_run_args
+from helpers import DEMO, read_texts, run_validate, tiny_run_args
 from lit_massive.cli import rank_heads
 from lit_massive.variants import rank_heads as ranking
 

@@ -7,9 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, run_validate
-
-DEMO = str(REPO / "configs" / "demo.yaml")
+from helpers import DEMO, run_validate
 
 
 def _error(tmp_path, *args) -> str:

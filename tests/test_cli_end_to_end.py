@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import DEMO, reference_block_outputs, reference_profile, reference_windows, run_validate
+from helpers import (
+    DEMO,
+    reference_block_outputs,
+    reference_profile,
+    reference_windows,
+    run_validate,
+    tiny_run_args,
+)
 
 
 def _mode(values, n):
@@ -17,23 +24,9 @@ def test_results_equal_independent_computation(tmp_path, tiny_gpt2_dir, corpus_j
     seq_len, stride, n, k, thr, ratio = 48, 40, 7, 3, 0.5, 4.0
     run_dir, results = run_validate(
         tmp_path,
-        "--model.model_name_or_path",
-        str(tiny_gpt2_dir),
-        "--model.massive_threshold",
-        str(thr),
-        "--model.massive_ratio",
-        str(ratio),
-        "--data.data_files",
-        str(corpus_jsonl),
-        "--data.seq_len",
-        str(seq_len),
-        "--data.stride",
-        str(stride),
-        "--data.num_sequences",
-        str(n),
-        "--data.batch_size",
-        "3",
-    )
+        *tiny_run_args(tiny_gpt2_dir, corpus_jsonl, seq_len, n, 3, "--data.stride", str(stride),
+                       "--model.massive_threshold", str(thr), "--model.massive_ratio", str(ratio)),
+    )  # fmt: skip
     windows = reference_windows(tiny_gpt2_dir, corpus_jsonl, seq_len, stride, n)
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
     layers = reference_profile(reference_block_outputs(model, windows), windows, k, thr, ratio)

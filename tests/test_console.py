@@ -9,8 +9,9 @@ from unittest import mock
 
 import pytest
 
-from conftest import DEMO, REPO, run_validate
+from helpers import DEMO, REPO, cli_output, run_validate
 from lit_massive.cli import cli_main
+from lit_massive.report.schema import read_results
 
 # what the `lit-massive` console script runs (pip's wrapper passes cli_main()'s return to sys.exit)
 CONSOLE_SCRIPT = "import sys; from lit_massive.cli import cli_main; sys.exit(cli_main())"
@@ -23,6 +24,7 @@ def _console(cwd, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # the console script runs in a process, twice
 def test_console_script_exit_status_and_terminal(tmp_path):
     done = _console(tmp_path, "validate", "--config", DEMO, "--data.num_sequences", "2")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -75,18 +77,11 @@ def test_end_of_run_summary_equals_results(tmp_path, capsys):
     assert int(block) >= 8 and float(pct) < -30
 
 
-def _help(capsys, *args) -> str:
-    with mock.patch("sys.argv", ["lit_massive"]), pytest.raises(SystemExit) as info:
-        cli_main([*args, "--help"])
-    assert info.value.code in (0, None)
-    return capsys.readouterr().out
-
-
 def test_help_names_the_program_and_every_command_and_skips_training_options(capsys):
-    main = _help(capsys)
+    main = cli_output(capsys, "--help")
     assert main.startswith("usage: lit_massive ") and "__main__" not in main
     assert "{validate,rank-heads,configs}" in main
-    validate = _help(capsys, "validate")
+    validate = cli_output(capsys, "validate", "--help")
     assert validate.startswith("usage: lit_massive [options] validate")
     for option in ("--optimizer", "--lr_scheduler", "--ckpt_path", "gradient_clip_val", "max_epochs"):
         assert option not in validate
@@ -99,4 +94,4 @@ def test_config_before_the_command(tmp_path):
         cli_main(["-c", DEMO, "validate", "--data.num_sequences", "2", "--trainer.default_root_dir", str(tmp_path),
                   "--trainer.enable_progress_bar", "false"])  # fmt: skip
     (run_dir,) = (tmp_path / "lightning_logs").iterdir()
-    assert json.loads((run_dir / "results.json").read_text())["data"]["num_windows"] == 2
+    assert read_results(run_dir / "results.json")["data"]["num_windows"] == 2

@@ -5,9 +5,10 @@ streamed text), a Llama sharded, and that Llama under DDP and sharded as two tor
 
 from collections import Counter, defaultdict
 
+import pytest
 from transformers import AutoModelForCausalLM
 
-from conftest import (
+from helpers import (
     assert_same_numbers,
     reference_block_outputs,
     reference_windows,
@@ -15,6 +16,8 @@ from conftest import (
     run_validate_ddp,
     tiny_run_args,
 )
+
+pytestmark = pytest.mark.slow  # a DDP run: two processes
 
 
 def _tied_groups(model_dir, jsonl, seq_len, n, thr, ratio) -> int:

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import DEMO, REPO, run_validate, tiny_run_args
+from helpers import DEMO, REPO, run_validate, tiny_run_args
 from lit_massive.models.toy import ToyConfig
 
 TRUTH = ToyConfig()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import read_texts, reference_profile, run_validate, tiny_run_args
+from helpers import read_texts, reference_profile, run_validate, tiny_run_args
 from lit_massive.data import WindowsDataModule
 from lit_massive.module import MassiveActivations, describe_model
 from lit_massive.probes.attention import attention_probs
@@ -147,8 +147,7 @@ def test_bos_windows_and_perplexity_by_hand(tmp_path, family_dir, corpus_jsonl):
     the last 6 of each."""
     model_dir = family_dir("llama")
     seq_len, stride, n = 12, 6, 4
-    args = ["--model.model_name_or_path", str(model_dir), "--data.data_files", str(corpus_jsonl),
-            "--data.seq_len", str(seq_len), "--data.num_sequences", str(n), "--model.head_scores", "true"]  # fmt: skip
+    args = tiny_run_args(model_dir, corpus_jsonl, seq_len, n, None, "--model.head_scores", "true")
     _, results = run_validate(tmp_path / "bos", *args, "--data.stride", str(stride))
     text = "\n\n".join(read_texts(corpus_jsonl))
     ids = AutoTokenizer.from_pretrained(model_dir)(text, add_special_tokens=False)["input_ids"]
@@ -194,8 +193,7 @@ def test_components_refused_where_no_sublayer_adds(tmp_path, family_dir, corpus_
     """OPT-350m normalises after each residual sum: components cannot add up there."""
     model_dir = save_family("opt", tmp_path / "post_ln", do_layer_norm_before=False)
     with pytest.raises(SystemExit) as info:
-        run_validate(tmp_path, "--model.model_name_or_path", str(model_dir), "--model.components", "true",
-                     "--data.data_files", str(corpus_jsonl), "--data.seq_len", str(SEQ))  # fmt: skip
+        run_validate(tmp_path, *tiny_run_args(model_dir, corpus_jsonl, SEQ, None, None, "--model.components", "true"))
     message = str(info.value.code)
     assert message.startswith("lit_massive: error: components:") and "do_layer_norm_before" in message
     assert "\n" not in message
@@ -219,14 +217,9 @@ def test_sliding_window_without_a_mask_matches_the_masks_transformers_builds():
 def test_feature_view_sees_the_text_as_the_windows_do(tmp_path, family_dir, corpus_jsonl):
     """With BOS windows the feature view puts BOS first too, so its massive dims are found;
     the planted "." dim is found at the text's full stops."""
-    _, results = run_validate(
-        tmp_path,
-        "--model.model_name_or_path", str(family_dir("llama")),
-        "--data.data_files", str(corpus_jsonl),
-        "--data.seq_len", str(SEQ),
-        "--data.num_sequences", "2",
-        "--model.feature_view", json.dumps({"text": "Summer is warm. Winter is cold.", "layers": [0, 2]}),
-    )  # fmt: skip
+    shown = {"text": "Summer is warm. Winter is cold.", "layers": [0, 2]}
+    args = tiny_run_args(family_dir("llama"), corpus_jsonl, SEQ, 2, None, "--model.feature_view", json.dumps(shown))
+    _, results = run_validate(tmp_path, *args)
     view = results["feature_view"]
     assert view["tokens"][0] == "<|endoftext|>" and view["tokens"][1:] == "Summer is warm . Winter is cold .".split()
     assert {int(k): v for k, v in view["massive_dims"].items()} == {0: [BOS_DIM, DOT_DIM], 2: [BOS_DIM, DOT_DIM]}

@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import reference_windows, run_validate, tiny_run_args
+from helpers import reference_windows, run_validate, tiny_run_args
 
 SEQ, N = 40, 5
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import run_validate
+from helpers import run_validate, toy_run_args
 from lit_massive.models.families import decoder_layout
 from lit_massive.models.toy import ToyConfig, build_toy_model
 from lit_massive.probes import Needs, probes
@@ -57,10 +57,9 @@ def test_more_massive_entries_than_candidates_are_counted_not_hidden(tmp_path, m
     candidates the locator keeps the 16 largest there, and says so per block; below block 8
     (one massive entry per window) everything equals the full run."""
     _, full = massive_run
-    args = ["--model.model_name_or_path", "toy", "--data.dataset", "toy", "--data.seq_len", "128",
-            "--data.num_sequences", "6", "--data.batch_size", "3", "--model.components", "true"]  # fmt: skip
+    args = toy_run_args("--model.components", "true", "--model.massive_candidates", "16", n=6, batch_size=3)
     with pytest.warns(UserWarning, match="more massive entries per sequence than model.massive_candidates"):
-        _, cut = run_validate(tmp_path, *args, "--model.massive_candidates", "16")
+        _, cut = run_validate(tmp_path, *args)
     writer = TRUTH.writer_head[0]
     layers = cut["variants"]["baseline"]["layers"]
     assert [row["locator_overflow"] for row in layers] == [0] * writer + [6] * (TRUTH.n_layer - writer)

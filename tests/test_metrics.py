@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import reference_profile
+from helpers import reference_profile
 from lit_massive.analyses.block_stats import block_stats
 from lit_massive.analyses.layer_profile import LayerProfile
 

@@ -3,7 +3,6 @@ carries configs and corpus and runs the demo, and the provenance block of result
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -17,11 +16,12 @@ import yaml
 from transformers import GPT2LMHeadModel
 
 import lit_massive
-from conftest import REPO, run_validate
+from helpers import DEMO, REPO, run_validate, toy_run_args
 from lit_massive.cli import cli_main
 from lit_massive.cli import configs as bundled
 from lit_massive.models import toy
 from lit_massive.report.provenance import _hub_revision, run_provenance
+from lit_massive.report.schema import read_results
 
 NAMES = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
 
@@ -37,8 +37,7 @@ def test_bundled_names_run_outside_the_checkout(tmp_path, monkeypatch):
     few = ("--data.num_sequences", "4")  # the configs themselves run in full elsewhere
     _, demo = run_validate(tmp_path, "--config", "demo.yaml", *few)
     assert demo["model"]["name_or_path"] == "toy" and demo["data"]["num_windows"] == 4
-    toy_args = ("--model.model_name_or_path", "toy", "--data.dataset", "toy", "--data.seq_len", "128")
-    _, pruned = run_validate(tmp_path, "--config", "prune_top", *toy_args, *few)
+    _, pruned = run_validate(tmp_path, "--config", "prune_top", *toy_run_args(*few))
     assert pruned["variants"]["prune_top"]["pruned_heads"] == [[2, 7], [5, 1], [6, 1]]
 
 
@@ -86,6 +85,7 @@ def test_configs_subcommand_lists_and_prints(capsys):
     assert "\n" not in str(info.value.code) and "demo" in str(info.value.code)
 
 
+@pytest.mark.slow  # pip builds the wheel, then the demo runs from it in a process
 def test_wheel_carries_configs_and_corpus_and_runs_the_demo_when_installed(tmp_path):
     source = tmp_path / "src"
     junk = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "lightning_logs", "__pycache__", ".*_cache")
@@ -108,7 +108,7 @@ def test_wheel_carries_configs_and_corpus_and_runs_the_demo_when_installed(tmp_p
     )
     assert run.returncode == 0, run.stderr[-2000:]
     (results,) = work.glob("lightning_logs/*/results.json")
-    provenance = json.loads(results.read_text())["provenance"]
+    provenance = read_results(results)["provenance"]
     assert provenance["model"]["source"] == "toy" and provenance["git"] is None  # installed, not a checkout
 
 
@@ -116,7 +116,7 @@ def _tiny_run(root: Path, model_dir: Path) -> dict:
     _, results = run_validate(
         root,
         "--config",
-        str(REPO / "configs" / "demo.yaml"),
+        DEMO,
         "--model.model_name_or_path",
         str(model_dir),
         "--model.feature_view",

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import read_texts, run_validate, tiny_run_args
+from helpers import read_texts, run_validate, tiny_run_args
 from lit_massive.analyses.perplexity import token_nll
 
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import DEMO, run_validate
+from helpers import DEMO, run_validate
 from lit_massive.analyses.head_scores import HeadScores
 from lit_massive.analyses.layer_profile import LayerProfile
 from lit_massive.analyses.perplexity import Perplexity

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import DEMO, reference_block_outputs, reference_profile, reference_windows, run_validate, tiny_run_args
+from helpers import DEMO, reference_block_outputs, reference_profile, reference_windows, run_validate, tiny_run_args
 from lit_massive.models.toy import ToyConfig
 from lit_massive.variants import Sweep, parse_variants
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import DEMO, run_validate
+from helpers import DEMO, run_validate
 
 
 def test_rank_heads_writes_runnable_configs(tmp_path, capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DEMO, assert_same_numbers, run_validate, run_validate_ddp
+from helpers import DEMO, assert_same_numbers, only_results, run_validate, run_validate_ddp, tiny_run_args
 from lit_massive.models.families import decoder_layout
 from lit_massive.models.loading import build_structure, load_causal_lm, load_config
 from lit_massive.models.sharding import sharded_causal_lm
@@ -24,16 +24,12 @@ PRUNED = (1, 2)
 def llama_args(family_dir, corpus_jsonl) -> list[str]:
     """A tiny Llama (BOS windows, GQA) with every probe on a sharded layer: block outputs,
     head scores, components, a pruned head and a set_massive edit, perplexity."""
-    return [
-        "--model.model_name_or_path", str(family_dir("llama")),
-        "--data.data_files", str(corpus_jsonl),
-        "--data.seq_len", "24",
-        "--data.num_sequences", "5",
-        "--data.batch_size", "2",
+    return tiny_run_args(
+        family_dir("llama"), corpus_jsonl, 24, 5, 2,
         "--model.head_scores", "true",
         "--model.components", "true",
         "--model.variants", json.dumps({"cut": [list(PRUNED)], "zero": {"set_massive": {"layer": 1, "to": "zero"}}}),
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +43,7 @@ def _same_run(many: dict, single: dict, world: int) -> None:
     assert_same_numbers(many["variants"], single["variants"])
 
 
+@pytest.mark.slow  # a sharded run: two processes
 def test_sharded_toy_equals_one_process_and_holds_half_the_layers(tmp_path, corpus_jsonl):
     args = [
         "--config", DEMO,
@@ -86,6 +83,7 @@ def test_sharded_toy_equals_one_process_and_holds_half_the_layers(tmp_path, corp
     assert all(b > 0 for b in parallel["peak_host_bytes_per_rank"])
 
 
+@pytest.mark.slow  # a sharded run: two processes
 def test_sharded_llama_equals_one_process(tmp_path, llama_args, llama_single):
     sharded = run_validate_ddp(tmp_path, *llama_args, strategy="model_parallel")
     _same_run(sharded, llama_single, 2)
@@ -117,10 +115,10 @@ def _two_nodes(root: Path, strategy: str, args: list[str]) -> dict:
     outputs = [node.communicate(timeout=300) for node in nodes]
     for node, (_, err) in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, err[-3000:]
-    (run_dir,) = root.glob("lightning_logs/*")
-    return json.loads((run_dir / "results.json").read_text())
+    return only_results(root)
 
 
+@pytest.mark.slow  # two torchrun launches
 @pytest.mark.parametrize("strategy", ["ddp", "model_parallel"])
 def test_two_nodes_by_torchrun_equal_one_process(tmp_path, llama_args, llama_single, strategy):
     results = _two_nodes(tmp_path / strategy, strategy, llama_args)
@@ -155,9 +153,8 @@ def test_sharding_refuses_weights_it_cannot_read_in_slices(tmp_path, family_dir,
 
     torch.save(load_file(source / "model.safetensors"), model_dir / "pytorch_model.bin")
     with pytest.raises(SystemExit) as info:
-        run_validate(tmp_path, "--model.model_name_or_path", str(model_dir), "--data.data_files",
-                     str(corpus_jsonl), "--data.seq_len", "24", "--trainer.strategy", "model_parallel",
-                     "--trainer.devices", "2")  # fmt: skip
+        run_validate(tmp_path, *tiny_run_args(model_dir, corpus_jsonl, 24, None, None, "--trainer.strategy",
+                                              "model_parallel", "--trainer.devices", "2"))  # fmt: skip
     message = str(info.value.code)
     assert "sharded loading reads safetensors" in message and "\n" not in message
     assert not list(tmp_path.glob("lightning_logs/*"))

@@ -10,7 +10,7 @@ from unittest import mock
 import pytest
 import torch
 
-from conftest import DEMO, run_validate
+from helpers import DEMO, run_validate
 from lit_massive.models.toy import ToyConfig
 from lit_massive.module import MassiveActivations
 from lit_massive.probes.host_reads import HostReads

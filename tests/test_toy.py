@@ -2,7 +2,7 @@
 
 import torch
 
-from conftest import DEMO, run_validate
+from helpers import DEMO, run_validate
 from lit_massive.models.toy import ToyConfig, build_toy_model
 
 

@@ -4,13 +4,12 @@ import json
 import re
 import warnings
 from dataclasses import asdict
-from unittest import mock
 
 import pytest
 import torch
 import yaml
 
-from conftest import DEMO, run_validate
+from helpers import DEMO, cli_output, run_validate
 from lit_massive.variants import PruneHeads, Select, SetMassive, SetRandom, parse_variants
 from lit_massive.variants.edits import zero_massive
 
@@ -57,17 +56,8 @@ FORMS = {
 }
 
 
-def _cli_output(capsys, *args) -> str:
-    from lit_massive.cli import cli_main
-
-    with mock.patch("sys.argv", ["lit_massive"]), pytest.raises(SystemExit) as info:
-        cli_main(["validate", *args])
-    assert info.value.code in (0, None)
-    return capsys.readouterr().out
-
-
 def test_help_documents_the_variant_forms(capsys):
-    text = " ".join(_cli_output(capsys, "--help").split())
+    text = " ".join(cli_output(capsys, "validate", "--help").split())
     for form in ("[[layer, head], ...]", "{select: top|bottom, k: N", "{set_massive: {layer: L, to: zero|mean"):
         assert form in text
     assert "{set_random: {layer: L, seed: S}" in text
@@ -75,11 +65,11 @@ def test_help_documents_the_variant_forms(capsys):
 
 
 def test_print_config_round_trips_every_form(tmp_path, capsys):
-    printed = _cli_output(capsys, "--config", DEMO, "--model.variants", json.dumps(FORMS), "--print_config")
+    printed = cli_output(capsys, "validate", "--config", DEMO, "--model.variants", json.dumps(FORMS), "--print_config")
     assert yaml.safe_load(printed)["model"]["variants"] == FORMS
     saved = tmp_path / "printed.yaml"
     saved.write_text(printed)
-    assert _cli_output(capsys, "--config", str(saved), "--print_config") == printed
+    assert cli_output(capsys, "validate", "--config", str(saved), "--print_config") == printed
 
 
 def test_typed_specs_and_their_yaml_forms_parse_alike():
