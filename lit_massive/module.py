@@ -147,7 +147,7 @@ class MassiveActivations(L.LightningModule):
     def on_validation_start(self) -> None:
         self._start = time.perf_counter()
         keys = self.plan.baseline_keys()
-        self.plan.prepare(self.first_pass(keys) if keys else None, self.device)
+        self.plan.prepare(first_pass(self, keys) if keys else None, self.device)
         self.head_masks.copy_(self.plan.head_masks())
         self.pruned_layers = pruned_layers(self.plan.head_masks())
 
@@ -171,30 +171,6 @@ class MassiveActivations(L.LightningModule):
         """One short forward pass for a rank that is out of windows: it joins the others'
         collectives (sharded layers) and is counted nowhere."""
         self.layout.backbone(input_ids=torch.zeros(1, 1, dtype=torch.long, device=self.device), use_cache=False)
-
-    @torch.no_grad()  # not inference_mode: sharded layers reuse gather buffers in later passes
-    def first_pass(self, keys: set[str]) -> dict[str, Any]:
-        """The baseline entry, holding `keys`, from a pass of the unpruned model over this
-        run's windows before the measured pass: some variants are defined by this run's own
-        baseline (a selection without ``scores``, a ``mean`` edit without ``from``), and every
-        variant runs on every batch, so it must be known before the first. Runs only the
-        analyses that give `keys`, synced over all ranks."""
-        first = Setup(self.analysis_setup.layout, self.analysis_setup.options, (BASELINE,))
-        analyses = [cls(first).to(self.device) for cls in keys_providers(keys)]
-        needs = needs_of(analyses)
-        with self.trainer.precision_plugin.forward_context():
-            for batch in self.trainer.val_dataloaders:
-                batch = without_fillers(batch)
-                if batch is None:  # this rank is out of windows: join the others' collectives
-                    self.filler_pass()
-                    continue
-                batch = {**batch, "input_ids": batch["input_ids"].to(self.device)}
-                batch["score_from"] = batch["score_from"].to(self.device)
-                forward = self.forward_pass(batch, 0, needs)
-                for analysis in analyses:
-                    analysis.update(BASELINE, forward)
-        computed = {a.name: a.compute()[BASELINE] for a in analyses}  # a collective: every rank
-        return variant_entry({}, computed, analyses, self.decode)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Every variant on this batch, each analysis fed from the same forward pass. Nothing
@@ -227,32 +203,58 @@ class MassiveActivations(L.LightningModule):
             this = {analysis: by_variant[name] for analysis, by_variant in computed.items() if name in by_variant}
             head = self.plan.describe(name)
             variants[name] = variant_entry(head, this, self.analyses, self.decode, variants.get(BASELINE))
-        self.results = self.run_results(variants, timing)
+        self.results = run_results(self, variants, timing)
 
     def decode(self, token_id: int) -> str:
         """A token id as text (its id as text without a tokenizer)."""
         tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
         return tokenizer.decode([token_id]) if tokenizer is not None else str(token_id)
 
-    def run_results(self, variants: dict[str, dict], timing: dict[str, float]) -> RunResults:
-        """The run's `RunResults`: what was measured on what, and each analysis's results."""
-        datamodule, h = self.trainer.datamodule, self.hparams
-        return RunResults(
-            model=describe_model(self.model, self.layout, h),
-            data=datamodule.describe() if hasattr(datamodule, "describe") else None,
-            precision=str(self.trainer.precision),
-            world_size=self.trainer.world_size,
-            parallel=parallel_record(self.trainer, self.model),
-            timing=timing,
-            sweep=describe_sweep(self.sweep),
-            variants=variants,
-            # rank 0 writes results.json: only it hashes the weights files
-            provenance=run_provenance(h.model_name_or_path, self.model, getattr(datamodule, "fingerprint", None))
-            if self.trainer.is_global_zero
-            else None,
-            sections={a.name: a.finish(self, variants) for a in self.analyses},
-            analyses=[a.name for a in self.analyses],
-        )
+
+@torch.no_grad()  # not inference_mode: sharded layers reuse gather buffers in later passes
+def first_pass(module: MassiveActivations, keys: set[str]) -> dict[str, Any]:
+    """The baseline entry, holding `keys`, from a pass of the unpruned model over this
+    run's windows before the measured pass: some variants are defined by this run's own
+    baseline (a selection without ``scores``, a ``mean`` edit without ``from``), and every
+    variant runs on every batch, so it must be known before the first. Runs only the
+    analyses that give `keys`, synced over all ranks."""
+    first = Setup(module.analysis_setup.layout, module.analysis_setup.options, (BASELINE,))
+    analyses = [cls(first).to(module.device) for cls in keys_providers(keys)]
+    needs = needs_of(analyses)
+    with module.trainer.precision_plugin.forward_context():
+        for batch in module.trainer.val_dataloaders:
+            batch = without_fillers(batch)
+            if batch is None:  # this rank is out of windows: join the others' collectives
+                module.filler_pass()
+                continue
+            batch = {**batch, "input_ids": batch["input_ids"].to(module.device)}
+            batch["score_from"] = batch["score_from"].to(module.device)
+            forward = module.forward_pass(batch, 0, needs)
+            for analysis in analyses:
+                analysis.update(BASELINE, forward)
+    computed = {a.name: a.compute()[BASELINE] for a in analyses}  # a collective: every rank
+    return variant_entry({}, computed, analyses, module.decode)
+
+
+def run_results(module: MassiveActivations, variants: dict[str, dict], timing: dict[str, float]) -> RunResults:
+    """The run's `RunResults`: what was measured on what, and each analysis's results."""
+    datamodule, h = module.trainer.datamodule, module.hparams
+    return RunResults(
+        model=describe_model(module.model, module.layout, h),
+        data=datamodule.describe() if hasattr(datamodule, "describe") else None,
+        precision=str(module.trainer.precision),
+        world_size=module.trainer.world_size,
+        parallel=parallel_record(module.trainer, module.model),
+        timing=timing,
+        sweep=describe_sweep(module.sweep),
+        variants=variants,
+        # rank 0 writes results.json: only it hashes the weights files
+        provenance=run_provenance(h.model_name_or_path, module.model, getattr(datamodule, "fingerprint", None))
+        if module.trainer.is_global_zero
+        else None,
+        sections={a.name: a.finish(module, variants) for a in module.analyses},
+        analyses=[a.name for a in module.analyses],
+    )
 
 
 def needs_of(analyses: Iterable[Analysis]) -> Needs:

@@ -5,16 +5,7 @@ A new analysis is one file holding a subclass of `Analysis` decorated with
 `@register_analysis`, plus its import line below (or any import before the run starts).
 """
 
-# the built-in analyses, in results.json order
-from lit_massive.analyses import (
-    components,  # noqa: E402, F401
-    head_scores,  # noqa: E402, F401
-    layer_profile,  # noqa: E402, F401, I001
-    locator,  # noqa: E402, F401
-    perplexity,  # noqa: E402, F401
-)
 from lit_massive.analyses.base import Analysis, Column, Forward, Setup, SumStatesMetric
-from lit_massive.analyses.feature_view import FeatureView  # noqa: E402
 from lit_massive.analyses.registry import (
     ANALYSES,
     analysis_class,
@@ -24,6 +15,17 @@ from lit_massive.analyses.registry import (
     summary_columns_of,
     variant_entry,
 )
+
+# The built-in analyses, in the order of their keys in a variant's results.json entry:
+# importing a file registers its analysis. The order matters, so no import sorting here.
+# isort: off
+from lit_massive.analyses import layer_profile  # noqa: F401
+from lit_massive.analyses import head_scores  # noqa: F401
+from lit_massive.analyses import perplexity  # noqa: F401
+from lit_massive.analyses import locator  # noqa: F401
+from lit_massive.analyses import components  # noqa: F401
+from lit_massive.analyses.feature_view import FeatureView
+# isort: on
 
 __all__ = [
     "ANALYSES",

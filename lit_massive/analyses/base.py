@@ -143,9 +143,10 @@ class Analysis(nn.Module):
         (`decode` turns a token id into its text)."""
         return {}
 
-    # The class methods below read results.json entries only (so a report can be rebuilt
-    # from a file) and are called for every registered analysis, on or off: when it is off,
-    # its keys are null.
+    # The class methods below read results.json entries only, never metric states.
+    # `change`, `columns`, `summary_columns` and `warnings` are called for every registered
+    # analysis, on or off (when it is off its keys are null, so the tables keep their
+    # columns); `publish` and `publish_run` only for the analyses that ran.
     @classmethod
     def change(cls, entry: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
         """Its keys of a variant's `change_vs_baseline`."""

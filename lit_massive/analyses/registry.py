@@ -64,5 +64,3 @@ def columns_of(entry: dict[str, Any]) -> list[Column]:
 def summary_columns_of(entry: dict[str, Any]) -> list[Column]:
     """Every analysis's cells of TensorBoard's summary table for one variant entry."""
     return [c for cls in ANALYSES.values() for c in cls.summary_columns(entry)]
-
-

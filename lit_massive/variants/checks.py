@@ -153,5 +153,3 @@ def parse_variants(
     if sweep is not None:
         specs.update(_sweep_specs(sweep, n_layer, n_head))
     return specs, edits
-
-

@@ -190,5 +190,3 @@ def rank_heads(scores: Tensor, order: str) -> list[Head]:
     flat = scores.flatten()
     index = torch.argsort(-flat if order == "top" else flat, stable=True)
     return [(int(i) // n_head, int(i) % n_head) for i in index]
-
-
