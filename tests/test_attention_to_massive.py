@@ -6,7 +6,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers import DEMO, read_texts, run_validate, tiny_run_args
+from helpers import read_texts, run_validate, tiny_run_args
 from lit_massive.cli import rank_heads
 from lit_massive.variants import rank_heads as ranking
 
@@ -71,16 +71,3 @@ def test_massive_token_scores_equal_a_hand_computation(tmp_path, family_dir, cor
     ]  # noqa: E501
     assert [tuple(h) for h in yaml.safe_load(config.read_text())["model"]["variants"]["prune_top2"]] == top2
     assert (run_dir / "figures" / "baseline_attention_to_massive.png").is_file()
-
-
-def test_with_only_token_0_massive_the_two_scores_agree(tmp_path):
-    """The toy's only massive token is position 0 once its attention-written 300s (dim 40,
-    every position) are below the threshold."""
-    _, results = run_validate(
-        tmp_path, "--config", DEMO, "--data.num_sequences", "3", "--model.massive_threshold", "1000"
-    )
-    baseline = results["variants"]["baseline"]
-    assert {e["position"] for e in baseline["massive"]} == {0}
-    torch.testing.assert_close(
-        torch.tensor(baseline["massive_token_scores"]), torch.tensor(baseline["head_scores"]), rtol=1e-6, atol=1e-9
-    )
