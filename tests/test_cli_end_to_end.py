@@ -66,14 +66,24 @@ def test_tensorboard_has_profile_curves_figure_and_table(tmp_path):
     assert "baseline/figures/layer_profile" in tags["images"]
     assert any(t.startswith("baseline/tables/layer_profile") for t in tags["tensors"])
     assert "hp_metric" not in tags["scalars"]  # no stray card: nothing here is a training metric
-    # Custom Scalars: one chart per variant holding top-1 .. top-k and the median
+    # Custom Scalars: charts by tag pattern, one per statistic, naming no variant (the tab
+    # shows one run's layout for every run), each matching that statistic of every variant
+    import re
+
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     (config,) = events.Tensors("custom_scalars__config__")
     layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
-    (chart,) = layout.category[0].chart
-    assert chart.title == "baseline"
-    assert list(chart.multiline.tag) == [f"^baseline/profile/{s}$" for s in ("top1", "top2", "top3", "median")]
+    profile, change = layout.category
+    assert [list(c.multiline.tag) for c in profile.chart] == [
+        [f"^[^/]+/profile/{s}$"] for s in ("top1", "top2", "top3", "median")
+    ]
+    assert [list(c.multiline.tag) for c in change.chart] == [
+        [f"^[^/]+/change/{s}_pct$"] for s in ("top1", "top2", "top3", "median")
+    ]
+    for chart, stat in zip(profile.chart, ("top1", "top2", "top3", "median"), strict=True):
+        (pattern,) = chart.multiline.tag  # TensorBoard matches from the tag's start (re.match)
+        assert [t for t in tags["scalars"] if re.match(pattern, t)] == [f"baseline/profile/{stat}"]
 
 
 def test_saved_config_runs_again_and_runs_do_not_overwrite(tmp_path):

@@ -67,3 +67,10 @@ def test_locator_table_in_layer_order_and_no_python_none():
     assert "900" in rows[1]
     variant = {"pruned_heads": [], "perplexity": None, "first_massive_layer": None, "first_nonfinite_layer": None}
     assert "None" not in summary_table({"baseline": variant}, summary_columns_of)
+
+
+def test_heatmaps_are_scaled_to_their_values_and_say_so():
+    received = [[0.3, 0.12, 0.05], [0.6, 0.1, None]]
+    fig, ax = figures.received_figure(received, "t")
+    assert ax.images[0].get_clim() == (0.0, 0.6)
+    assert "0 to 0.6" in fig.axes[-1].get_ylabel()  # the colorbar

@@ -4,7 +4,6 @@ output|, and where the per-window top-1 sits (feature dim, token position, token
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -287,20 +286,14 @@ class LayerProfileAnalysis(Analysis):
 
     @staticmethod
     def _charts(variants: dict[str, dict]) -> dict[str, dict[str, list]]:
-        """TensorBoard's Custom Scalars tab: one chart per variant with its top-1 .. top-k and
-        median against layer, and one with its % changes vs the baseline."""
-        profile, change = {}, {}
-        for name, v in variants.items():
-            k = len(v["layers"][0]["top"])
-            tags = [*(f"{name}/profile/top{j + 1}" for j in range(k)), f"{name}/profile/median"]
-            profile[name] = ["Multiline", [f"^{re.escape(t)}$" for t in tags]]  # a chart's tags are regexes
-            keys = list(per_layer_changes(v.get("change_vs_baseline", {})))
-            if keys:
-                change[name] = ["Multiline", [f"^{re.escape(f'{name}/change/{key}')}$" for key in keys]]
-        layout = {"profile per layer (x = layer; smoothing 0, log y)": profile}
-        if change:
-            layout["% change vs baseline per layer (x = layer; smoothing 0)"] = change
-        return layout
+        """TensorBoard's Custom Scalars tab: charts by tag pattern, the same in every run (the
+        tab shows one run's layout for all runs, so no chart may name a run's variants); each
+        shows every variant of every run selected on the left."""
+        k = len(variants[BASELINE]["layers"][0]["top"])
+        stats = [*(f"top{j + 1}" for j in range(k)), "median"]
+        profile = {f"{s} of |block output| per layer (x: layer)": ["Multiline", [f"^[^/]+/profile/{s}$"]] for s in stats}
+        change = {f"{s} % change vs baseline per layer (x: layer)": ["Multiline", [f"^[^/]+/change/{s}_pct$"]] for s in stats}
+        return {"layer profile, every variant": profile, "% change vs baseline, every variant": change}
 
     @classmethod
     def columns(cls, entry: dict[str, Any]) -> list[Column]:

@@ -145,12 +145,15 @@ def change_heatmap(changes: dict[str, dict], title: str) -> tuple[Figure, Axes]:
 
 
 def _probability_grid(rows: list[list[float | None]], title: str, xlabel: str, label: str, cmap: str):
-    """A layers x columns grid of probabilities on a fixed 0..1 color scale."""
+    """A layers x columns grid of probabilities, its color scale from 0 to the largest value
+    shown (a fixed 0..1 scale leaves a 0.1 sink column nearly black); the colorbar shows it."""
     n_layer, n_col = len(rows), len(rows[0])
     fig = Figure(figsize=(1.5 + 0.45 * n_col, 1.2 + 0.4 * n_layer), layout="constrained")
     ax = fig.subplots()
-    image = ax.imshow([_values(row) for row in rows], vmin=0.0, vmax=1.0, cmap=cmap, aspect="auto")
-    fig.colorbar(image, ax=ax, label=label)
+    values = [_values(row) for row in rows]
+    largest = max((v for row in values for v in row if v == v), default=0.0)
+    image = ax.imshow(values, vmin=0.0, vmax=largest if largest > 0 else 1.0, cmap=cmap, aspect="auto")
+    fig.colorbar(image, ax=ax, label=f"{label} (scale 0 to {largest:.3g})")
     ax.set_xticks(range(n_col))
     ax.set_yticks(range(n_layer))
     ax.set_xlabel(xlabel)
@@ -295,8 +298,8 @@ def components_figure(entries: list[dict], title: str) -> tuple[Figure, Axes]:
 
 
 def attention_to_massive_figure(values: list[float | None], title: str) -> tuple[Figure, Axes]:
-    """Per block, the share of all attention mass on the window's massive tokens (the
-    paper's attention-concentration view); 0 where a block's windows have none."""
+    """Per layer, the share of all attention mass on the window's massive tokens (the
+    paper's attention-concentration view); 0 where a layer's windows have none."""
     fig = Figure(figsize=(7, 3.5), layout="constrained")
     ax = fig.subplots()
     ax.plot(range(len(values)), _values(values), marker="o", color="tab:purple")
@@ -310,6 +313,6 @@ def attention_to_massive_figure(values: list[float | None], title: str) -> tuple
 
 
 def received_figure(received: list[list[float | None]], title: str) -> tuple[Figure, Axes]:
-    """Blocks x leading key positions: the mean attention each position receives (over heads,
+    """Layers x leading key positions: the mean attention each position receives (over heads,
     queries and windows); a bright column away from 0 is a position-specific sink."""
     return _probability_grid(received, title, "key position (0-based)", "mean attention received", "magma")
