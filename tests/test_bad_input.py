@@ -1,13 +1,17 @@
 """Each bad input stops the run before any work with one line naming the value."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import DEMO, run_validate
+from helpers import DEMO, REPO, run_validate
 
 
 def _error(tmp_path, *args) -> str:
@@ -109,6 +113,8 @@ def test_text_less_table_leaves_no_run_directory(tmp_path, suffix):
         (["--model.massive_threshold", "-1"], ["massive_threshold=-1", ">= 0"]),
         (["--model.massive_ratio", "-5"], ["massive_ratio=-5", ">= 0"]),
         (["--model.top_kk", "3"], ["--model.top_kk"]),
+        (["--model.topk", "3"], ["unrecognized arguments: --model.topk 3 (did you mean --model.top_k?)"]),
+        (["--trainer.devics", "1"], ["(did you mean --trainer.devices?)"]),
         (
             ["--data.num_sequences", "1", "--trainer.devices", "2", "--trainer.strategy", "ddp"],
             ["1 windows for 2 processes", "num_sequences >= 2"],
@@ -125,3 +131,62 @@ def test_tokenizer_directory_without_files(tmp_path):
     empty.mkdir()
     msg = _error(tmp_path, "--data.tokenizer", str(empty))
     assert str(empty) in msg
+
+
+def test_a_config_key_that_does_not_exist_gets_the_closest_one(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("model:\n  topk: 3\n")
+    msg = _error(tmp_path, "--config", str(config))
+    assert msg.endswith("does not accept option 'model.topk' (did you mean model.top_k?)"), msg
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    config = tmp_path / "broken.yaml"
+    config.write_text("model:\n  top_k: 3\n  variants: [[1, 2]\ndata:\n  seq_len: 64\n")
+    msg = _error(tmp_path, "--config", str(config))
+    assert msg.startswith(f"lit_massive: error: config {config}, line 4, column 1: "), msg
+    assert "flow sequence at line 3, column 13" in msg and "<unicode string>" not in msg
+
+
+# the no-network check: one process (HF_HUB_OFFLINE unset, the hub an unreachable local port),
+# the imports timed apart from the two loads that must fail at once
+_NO_NETWORK = """
+import sys, time
+from lit_massive.cli import validate  # noqa: F401 (lightning, torch, transformers: imported before the clock)
+from lit_massive.cli.main import cli_main
+for args in (["--model.model_name_or_path", "gpt2"], ["--data.dataset", "Salesforce/wikitext"]):
+    start = time.monotonic()
+    try:
+        cli_main(["validate", "--config", sys.argv[1], "--trainer.default_root_dir", sys.argv[2], *args])
+    except SystemExit as err:
+        print(f"{time.monotonic() - start:.2f} {err.code}")
+"""
+
+
+def test_a_hub_id_without_network_fails_at_once_in_one_line(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    }
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_NETWORK, DEMO, str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if " lit_massive: error: " in line]
+    assert len(lines) == 2, done.stdout
+    for line, name in zip(lines, ("'gpt2'", "'Salesforce/wikitext'"), strict=True):
+        seconds, message = line.split(" ", 1)
+        assert float(seconds) < 5, line  # the libraries' retries took 30-50 s
+        assert name in message and f"no connection to http://127.0.0.1:{port}" in message and "Offline?" in message
+    assert "Retrying" not in done.stderr
+    assert not list(tmp_path.glob("lightning_logs/*"))

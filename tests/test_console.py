@@ -87,6 +87,13 @@ def test_help_names_the_program_and_every_command_and_skips_training_options(cap
         assert option not in validate
     assert "--trainer.precision" in validate and "--data.seq_len" in validate
     assert len(validate.splitlines()) < 400
+    # the project's options come first, the Trainer's after them
+    options = [line.split()[0] for line in validate.splitlines() if line.startswith("  --")]
+    first = [next(i for i, o in enumerate(options) if o.startswith(p)) for p in ("--model.", "--data.", "--trainer.")]
+    assert first == sorted(first)
+    assert "--model.model_name_or_path" in validate.split("--trainer.", 1)[0].split("options:", 1)[-1]
+    for command in ("validate", "rank-heads", "configs"):  # each listed with its line of help
+        assert re.search(rf"^\s+{command}\s+\S", main, re.M), command
 
 
 def test_config_before_the_command(tmp_path):

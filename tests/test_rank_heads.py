@@ -56,3 +56,28 @@ def test_rank_heads_prints_top_and_bottom_unless_all(capsys, scored_run, tmp_pat
     assert short.count("\n| ") == 10 + 1 + 5 and "| ... |" in short and "144 heads; --all lists every one" in short
     cli_main(["rank-heads", results, "--out", str(tmp_path / "b"), "--all"])
     assert capsys.readouterr().out.count("\n| ") == 144
+
+
+def test_the_plain_python_ranking_orders_heads_as_torch_argsort():
+    """report/ranking.py (no torch) against `torch.argsort(-x, stable=True)`, the order it
+    replaces: ties in (layer, head) order, NaN (null) last in both orders, +-inf and -0.0."""
+    import random
+
+    import torch
+
+    from lit_massive.report.ranking import rank_heads
+    from lit_massive.variants import rank_heads as tensor_rank_heads
+
+    rng = random.Random(0)
+    pool = [0.0, -0.0, 1.0, -1.0, 0.5, float("nan"), None, float("inf"), -float("inf"), 1e-300]
+    for _ in range(500):
+        n_layer, n_head = rng.randint(1, 4), rng.randint(1, 5)
+        draw = [rng.choice(pool) if rng.random() < 0.7 else rng.random() for _ in range(n_layer * n_head)]
+        rows = [draw[layer * n_head : (layer + 1) * n_head] for layer in range(n_layer)]
+        flat = torch.tensor([[float("nan") if v is None else v for v in row] for row in rows], dtype=torch.float64)
+        flat = flat.flatten()
+        for order in ("top", "bottom"):
+            index = torch.argsort(-flat if order == "top" else flat, stable=True)
+            expected = [(int(i) // n_head, int(i) % n_head) for i in index]
+            assert rank_heads(rows, order) == expected, (rows, order)
+            assert tensor_rank_heads(flat.view(n_layer, n_head), order) == expected

@@ -39,6 +39,35 @@ def test_bad_variants_fail_before_any_forward_pass(tmp_path, monkeypatch, varian
     assert not calls
 
 
+@pytest.mark.parametrize(
+    "variants, message",
+    [
+        ({"v": {"select": "top"}}, "model.variants.v: select needs k: {select: top, k: 3}"),
+        (
+            {"v": {"set_massive": {"layer": 2}}},
+            "model.variants.v: set_massive needs to: {set_massive: {layer: 2, to: zero}}",
+        ),
+        (
+            {"v": {"selec": "top", "k": 3}},
+            "model.variants.v: unknown key 'selec' (did you mean 'select'?); a variant is one of: ",
+        ),
+        ({"v": {"select": "top", "k": "x"}}, "model.variants.v: k='x' is not valid (expected int)"),
+        ({"v": [[1]]}, "model.variants.v: [1] is not a [layer, head] pair"),
+    ],
+)
+def test_a_variant_of_no_form_is_one_line_naming_what_is_missing(tmp_path, variants, message):
+    """jsonargparse tries each form of the Union; the line names the form's missing key or the
+    closest key, not every form's refusal and a Namespace dump."""
+    config = tmp_path / "variants.yaml"
+    config.write_text(yaml.safe_dump({"model": {"variants": variants}}))
+    for given in (["--model.variants", json.dumps(variants)], ["--config", str(config)]):
+        with pytest.raises(SystemExit) as info:
+            run_validate(tmp_path, "--config", DEMO, *given)
+        line = str(info.value.code)
+        assert line.startswith("lit_massive: error: " + message), line
+        assert "\n" not in line and "Namespace(" not in line and "Union subtypes" not in line
+
+
 def test_duplicate_heads_are_merged_with_a_warning():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -14,10 +14,7 @@ from lit_massive.analyses.layer_profile import finite
 from lit_massive.analyses.registry import register_analysis
 from lit_massive.probes import Needs
 from lit_massive.report import figures
-from lit_massive.report.tables import markdown_table
-from lit_massive.variants.specs import rank_heads
-
-TOP_HEADS, BOTTOM_HEADS = 10, 5  # heads shown at each end of a ranking
+from lit_massive.report.ranking import BOTTOM_HEADS, TOP_HEADS, heads_table, ranked_heads
 
 
 class HeadScores(SumStatesMetric):
@@ -76,40 +73,6 @@ class HeadScores(SumStatesMetric):
 def matrix(values: Tensor) -> list[list[float | None]]:
     """A 2-D tensor as JSON rows, NaN as null."""
     return [[finite(v) for v in row] for row in values.tolist()]
-
-
-def ranked_heads(scores: list[list[float | None]]) -> list[tuple[int, int, float]]:
-    """(layer, head, score), highest score first; ties in (layer, head) order."""
-    table = torch.tensor([[float("nan") if v is None else v for v in row] for row in scores])
-    return [(layer, head, float(table[layer, head])) for layer, head in rank_heads(table, "top")]
-
-
-def ranking_rows(ranked: list[tuple[int, int, float]]) -> list[list[str]]:
-    """Table rows (rank, layer, head, score) of a ranking."""
-    return [[str(i + 1), str(layer), str(head), f"{s:.4f}"] for i, (layer, head, s) in enumerate(ranked)]
-
-
-RANKING_HEAD = ["rank", "layer", "head", "score"]
-
-
-def heads_table(ranked: list[tuple[int, int, float]], by: str = "first-token attention") -> str:
-    """The top and bottom heads of a ranking (`ranked_heads`) by the score `by` names."""
-    rows = ranking_rows(ranked)
-    return (
-        f"**Top {TOP_HEADS} heads by {by}**\n\n"
-        + markdown_table(RANKING_HEAD, rows[:TOP_HEADS])
-        + f"\n\n**Bottom {BOTTOM_HEADS}**\n\n"
-        + markdown_table(RANKING_HEAD, rows[-BOTTOM_HEADS:])
-    )
-
-
-def ranking_markdown(scores: list[list[float | None]], everything: bool = False) -> str:
-    """The top 10 and bottom 5 heads, highest first, with a gap row; every head with `everything`."""
-    rows = ranking_rows(ranked_heads(scores))
-    if everything or len(rows) <= TOP_HEADS + BOTTOM_HEADS:
-        return markdown_table(RANKING_HEAD, rows)
-    shown = rows[:TOP_HEADS] + [["...", "", "", ""]] + rows[-BOTTOM_HEADS:]
-    return markdown_table(RANKING_HEAD, shown) + f"\n\n{len(rows)} heads; --all lists every one"
 
 
 @register_analysis

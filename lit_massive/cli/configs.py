@@ -74,8 +74,32 @@ def config_flag_at(argv: list[str], i: int) -> tuple[str, str | None, int] | Non
     return None
 
 
+def check_yaml_syntax(path: str) -> None:
+    """A config whose YAML does not parse, as one line naming the file and the line (the
+    parser's own message names `"<unicode string>"`). Only the syntax is checked here: what
+    the keys and values mean is the parser's."""
+    import yaml  # PyYAML, light: no lightning or torch
+
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return  # not a readable text file: the parser says why
+    try:
+        for _ in yaml.compose_all(text, Loader=yaml.SafeLoader):
+            pass
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = err.problem or err.context or "invalid YAML"
+        context = ""
+        if err.context and err.problem and err.context_mark is not None:
+            context = f" ({err.context} at line {err.context_mark.line + 1}, column {err.context_mark.column + 1})"
+        raise InputError(f"config {path}{where}: {problem}{context}") from err
+
+
 def resolve_config_args(argv: list[str]) -> list[str]:
-    """`argv` with the value of every `--config X`, `--config=X` and `-c X` resolved."""
+    """`argv` with the value of every `--config X`, `--config=X` and `-c X` resolved, each
+    file's YAML syntax checked."""
     out = list(argv)
     for i in range(len(out)):
         found = config_flag_at(out, i)
@@ -83,6 +107,7 @@ def resolve_config_args(argv: list[str]) -> list[str]:
             continue
         flag, value, span = found
         resolved = resolve_config(value)
+        check_yaml_syntax(resolved)
         out[i : i + span] = [flag, resolved] if span == 2 else [f"{flag}={resolved}"]
     return out
 

@@ -1,23 +1,25 @@
 """What the terminal shows: bad arguments as one line, and no Lightning start-up chatter.
 
 Two parsers end bad arguments with one line (via `InputError`) instead of a usage block:
-`OneLineErrorParser` for LightningCLI's `validate`, `OneLineArgumentParser` for the plain
-argparse subcommands (`rank-heads`, `configs`). `quiet_lightning` drops Lightning's
+`OneLineErrorParser` (cli/validate.py) for LightningCLI's `validate`, with the messages
+`one_line` and `did_you_mean` make here, and `OneLineArgumentParser` for the plain argparse
+subcommands (`rank-heads`, `configs`). `quiet_lightning` drops Lightning's
 device-availability lines and tips. The end-of-run summary is report/tables.py's.
-The CLI installs these; they change no result, only what a user reads.
+The CLI installs these; they change no result, only what a user reads. This module imports
+nothing heavy (no lightning, torch or jsonargparse): `configs` and `rank-heads` use it.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import logging
 import re
 import warnings
-
-from lightning.pytorch.cli import LightningArgumentParser
+from collections.abc import Iterable
 
 from lit_massive.errors import InputError
-from lit_massive.options import restriction_text
 
 # Lightning's info lines that say nothing about this run: device availability (the
 # accelerator is in results.json), and product tips
@@ -45,6 +47,85 @@ def _given(lines: list[str]) -> str | None:
     return next((line.removeprefix("Given value:").strip() for line in lines if line.startswith("Given value:")), None)
 
 
+# the errors of a Union's subtypes that only say "not this one": left out of the one line
+_NOT_THIS_ONE = re.compile(
+    r"Expected a <class '(list|tuple|dict|NoneType)'>$|Expected a path but |Option '[^']*' is not accepted|"
+    r"Subclasses are disabled for |Not a valid subclass of |Does not validate against any of the Union subtypes|"
+    r"Subclass types expect one of|a class path \(str\)|a dict with|a dict without"
+)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _form_keys(given: str) -> list[str]:
+    """The keys of a mapping jsonargparse shows as given (a dict, or a Namespace of a class)."""
+    named = re.match(r"Namespace\(class_path='[\w.]*?(\w+)'", given)
+    if named:
+        return [_snake(named.group(1))]
+    try:
+        value = ast.literal_eval(given)
+    except (ValueError, SyntaxError):
+        return []
+    return [str(k) for k in value] if isinstance(value, dict) else []
+
+
+def _variant_forms() -> dict[str, str]:
+    """Each variant form's key -> a YAML example (imported here, when an error is shown:
+    validate's parser, which makes these errors, has imported the specs already)."""
+    from lit_massive.variants.specs import FORM_EXAMPLES
+
+    return FORM_EXAMPLES
+
+
+def _shown(forms: dict[str, str]) -> str:
+    return ", ".join(["[[layer, head], ...]", *forms.values()])
+
+
+def _union_error(key: str, message: str) -> str | None:
+    """A value no member of a Union takes (a variant spec: `[[l, h], ...]`, `{select: ...}`,
+    ...) as the one error that matters: the member whose keys the value has, or the closest
+    key, instead of every member's refusal and a Namespace dump."""
+    if "Does not validate against any of the Union subtypes" not in message:
+        return None
+    leaves = [m.strip() for m in re.findall(r"^\s*- (.+)$", message, re.M)]
+    useful = [leaf for leaf in leaves if not _NOT_THIS_ONE.match(leaf)]
+    givens = [g.strip() for g in re.findall(r"^\s*Given value: (.*)$", message, re.M)]
+    inner, outer = (givens[0], givens[-1]) if givens else ("", "")
+    where = key
+    named = re.search(r"'([^']+)': " + re.escape(inner), outer) if inner and inner != outer else None
+    if named:  # the entry of a mapping (model.variants.NAME)
+        where = f"{key}.{named.group(1)}"
+    forms = _variant_forms() if key.endswith("variants") else {}
+    keys = _form_keys(inner)
+    form = next((k for k in keys if k in forms), None)
+    for leaf in useful:
+        required = re.match(r"the following arguments are required: (.+)$", leaf)
+        missing = re.match(r"(\w+): Missing required keys: \{([^}]*)\}", leaf)
+        if required or missing:
+            field = (required or missing).group(1 if required else 2).replace("'", "")
+            owner = form if required else missing.group(1)
+            example = f": {forms[owner]}" if owner in forms else ""
+            return f"{where}: {owner or 'value'} needs {field}{example}"
+        pair = re.match(r"Expected a tuple with (\d+) elements\. Got value: (.*)$", leaf)
+        if pair and forms:
+            return f"{where}: {pair.group(2)} is not a [layer, head] pair; a variant is one of: {_shown(forms)}"
+        typed = re.match(r"(?:(\w+): )?Expected a <class '(\w+)'>\. Got value: (.*)$", leaf)
+        if typed:
+            field, expected, value = typed.groups()
+            at = f"{where}: {field}" if field else where
+            return f"{at}={value!r} is not valid (expected {expected})"
+        return f"{where}: {leaf}"
+    if forms:
+        fields = sorted({*forms, "k", "scores", "by", "prune_heads"})
+        unknown = [k for k in keys if k not in fields]
+        close = difflib.get_close_matches(unknown[0], fields, n=1) if unknown else []
+        hint = f"unknown key {unknown[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "") if unknown else ""
+        return f"{where}: {hint or f'{inner} is not a variant'}; a variant is one of: {_shown(forms)}"
+    return f"{key}={inner} is not valid (no type of the union takes it)" if inner else None
+
+
 def one_line(message: str) -> str:
     """A jsonargparse error as one line: the key, the value given and, for a choice, the
     valid values, instead of the full type dump (`--trainer.precision 8-true`)."""
@@ -54,8 +135,12 @@ def one_line(message: str) -> str:
         return " ".join(lines)
     restricted = re.search(r"Not of type \w+: (?:(.+?) )?does not conform to restriction (\S+)", message)
     if restricted:  # PositiveInt, NonNegativeFloat, ... (in a union with None, the value is on its own line)
+        from lit_massive.options import restriction_text  # jsonargparse: only once validate parses
+
         value = restricted.group(1) or _given(lines)
         return f"{key.group(1)}={value}: {restriction_text(restricted.group(0))}"
+    if "typing.Literal" not in message and (union := _union_error(key.group(1), message)) is not None:
+        return union
     given = _given(lines)
     if given is None:
         got = re.search(r"Got value: (.*)$", message.strip())
@@ -72,12 +157,20 @@ def one_line(message: str) -> str:
     return f"{key.group(1)}={given!r} is not valid{valid}"
 
 
-class OneLineErrorParser(LightningArgumentParser):
-    """Bad arguments end with one line naming the value (via `InputError`), not a usage
-    block followed by a type dump."""
-
-    def error(self, message: str, ex: Exception | None = None):
-        raise InputError(one_line(message)) from ex
+def did_you_mean(message: str, options: Iterable[str]) -> str:
+    """`message` with the closest of `options` (`--model.top_k`, ...) named after an option
+    that does not exist: `unrecognized arguments: --model.topk 3` on the command line,
+    `... does not accept option 'model.topk'` in a config file."""
+    options = sorted({o for o in options if o.startswith("--")})
+    flag = re.match(r"unrecognized arguments: (--[^\s=]+)", message)
+    key = re.search(r"does not accept option '([^']+)'", message)
+    if flag:
+        close = difflib.get_close_matches(flag.group(1), options, n=1, cutoff=0.7)
+        return f"{message} (did you mean {close[0]}?)" if close else message
+    if key:
+        close = difflib.get_close_matches(key.group(1), [o[2:] for o in options], n=1, cutoff=0.7)
+        return f"{message} (did you mean {close[0]}?)" if close else message
+    return message
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

@@ -1,126 +1,44 @@
-"""`python -m lit_massive validate --config configs/X.yaml`: LightningCLI around the module."""
+"""`python -m lit_massive COMMAND`: `validate --config configs/X.yaml` (LightningCLI around
+the module, cli/validate.py), `rank-heads` and `configs`.
+
+Nothing heavy is imported here: `configs`, `rank-heads`, the top-level `--help`, a missing
+or unknown command and an unknown config name answer without importing lightning, torch or
+transformers (seconds of start-up); only `validate` imports them (tests/test_startup.py).
+"""
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import sys
-from pathlib import Path
 
-import torch
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
-from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
-
-from lit_massive.analyses import columns_of
-from lit_massive.cli import configs, rank_heads
-from lit_massive.cli.console import OneLineErrorParser, quiet_lightning
-from lit_massive.data import WindowsDataModule
+from lit_massive.cli import configs
 from lit_massive.errors import InputError
-from lit_massive.models.loading import check_local_or_hub
-from lit_massive.models.sharding import SHARDED, checkpoint_files, register_strategy, strategy_name
-from lit_massive.models.toy import TOY
-from lit_massive.module import MassiveActivations
-from lit_massive.report.callback import RunReport, ensure_new_run_dir
-from lit_massive.report.tables import terminal_summary
 
 PROG = "lit_massive"
+DESCRIPTION = (
+    "Measure massive activations and attention heads of decoder LMs: `validate --config X.yaml` "
+    "(a file, or a bundled config's name: list them with `configs`); `rank-heads RUN/results.json`."
+)
+VALIDATE = "Measure a model on a config's windows: validate --config X.yaml (validate --help: every option)"
 # commands cli_main runs itself, listed in the help next to `validate`
 OTHER_COMMANDS = {
     "rank-heads": "Rank a run's heads and write pruning configs: rank-heads RUN/results.json --k 3",
     "configs": "List the bundled configs, or print one to copy and edit: configs [NAME]",
 }
-# Trainer options that only training uses: left out of --help and the config (their defaults apply)
-TRAINING_ONLY = {
-    "max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches",
-    "limit_test_batches", "limit_predict_batches", "overfit_batches", "val_check_interval",
-    "check_val_every_n_epoch", "num_sanity_val_steps", "log_every_n_steps", "enable_checkpointing",
-    "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm", "detect_anomaly",
-    "reload_dataloaders_every_n_epochs", "use_distributed_sampler", "sync_batchnorm", "model_registry",
-    "barebones", "benchmark", "enable_autolog_hparams",
-}  # fmt: skip
+COMMANDS = ("validate", *OTHER_COMMANDS)
+_HELP = ("-h", "--help")
 
 
-class MassiveCLI(LightningCLI):
-    @staticmethod
-    def subcommands() -> dict[str, set[str]]:
-        # evaluation only: there is nothing to fit, no checkpoint to load
-        return {"validate": {"model", "dataloaders", "datamodule", "ckpt_path", "verbose", "weights_only"}}
-
-    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
-        super()._add_subcommands(parser, **kwargs)
-        for name, help in OTHER_COMMANDS.items():  # shown in the help; cli_main runs them
-            parser._subcommands_action.add_subcommand(name, OneLineErrorParser(description=help), help=help)
-
-    def instantiate_trainer(self, **kwargs):
-        """Lightning's own refusals of a flag combination (`fsdp` on a CPU, `16-mixed` with
-        `model_parallel`, ...) as one-line input errors."""
-        try:
-            return super().instantiate_trainer(**kwargs)
-        except (ValueError, MisconfigurationException) as err:
-            raise InputError(f"trainer: {str(err).splitlines()[0]}") from err
-
-    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        trainer_defaults = {"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"}
-        parser.add_class_arguments(
-            self.trainer_class, "trainer", fail_untyped=False, instantiate=False, sub_configs=True, skip=TRAINING_ONLY
-        )
-        parser.set_defaults(trainer_defaults)
-        parser.add_lightning_class_args(self._model_class, "model")
-        parser.add_lightning_class_args(self._datamodule_class, "data")
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("model.model_name_or_path", "data.model_name_or_path")
-        parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
-        parser.link_arguments("model.context_length", "data.context_length", apply_on="instantiate")
-
-    def before_validate(self) -> None:
-        # before SaveConfigCallback writes config.yaml; log_dir is a collective on every rank
-        ensure_new_run_dir(Path(self.trainer.log_dir))
-        check_before_run(self.trainer, self.model, self.datamodule)
-
-    def after_validate(self) -> None:
-        run_dir = self.trainer.log_dir  # a collective: every rank reads it
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # tear the group down here, together, not in interpreter shutdown
-            torch.distributed.destroy_process_group()
-        if self.trainer.is_global_zero:
-            if self.model.results is not None:
-                print(terminal_summary(self.model.results.variants, columns_of))
-            print(f"Run directory: {run_dir}")
-
-
-def check_before_run(trainer, model: MassiveActivations, datamodule: WindowsDataModule) -> None:
-    """Input errors only the data can reveal (text column, tokenizer, windows per process,
-    top_k per block output), found before the run directory exists: Lightning creates the
-    logger's `version_N` at the start of its setup hooks, before it calls the data module's
-    `setup`, so a failure there would leave an empty run directory behind."""
-    check_strategy(trainer, model.hparams.model_name_or_path)
-    datamodule.setup("validate")  # idempotent: Lightning's own call reuses the windows
-    datamodule.check_processes(trainer.num_nodes * trainer.num_devices)
-    model.check_windows(datamodule.windows.shape[1])
-    for logger in trainer.loggers:  # no stray `hp_metric = -1` card: nothing here is a training metric
-        if isinstance(logger, TensorBoardLogger):
-            logger._default_hp_metric = False
-
-
-def check_strategy(trainer, model_name_or_path: str) -> None:
-    """Strategies that run these measurements: one process, DDP (whole model per process) or
-    model_parallel (decoder layers sharded over all processes, with at least two of them)."""
-    strategy, processes = trainer.strategy, trainer.num_nodes * trainer.num_devices
-    if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy)):
-        raise InputError(
-            f"trainer.strategy={strategy_name(strategy)} is not supported; use ddp (a whole model per process) "
-            f"or {SHARDED} (FSDP2: decoder layers sharded over the processes)"
-        )
-    if isinstance(strategy, ModelParallelStrategy):
-        if processes < 2:
-            raise InputError(
-                f"trainer.strategy={SHARDED} with {processes} process: sharding needs at least 2 "
-                f"(trainer.devices x trainer.num_nodes >= 2), or drop the strategy to run unsharded"
-            )
-        if model_name_or_path != TOY:  # safetensors weights, found before any work starts
-            checkpoint_files(check_local_or_hub(model_name_or_path, "model_name_or_path"), model_name_or_path)
+def top_level_help() -> str:
+    """`lit_massive --help`: the commands, printed without LightningCLI (no lightning import)."""
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    parser.add_argument("-c", "--config", help="a config file (or a bundled config's name) for the command after it")
+    commands = parser.add_subparsers(title="commands", metavar="{" + ",".join(COMMANDS) + "}")
+    commands.add_parser("validate", help=VALIDATE)
+    for name, text in OTHER_COMMANDS.items():
+        commands.add_parser(name, help=text)
+    return parser.format_help()
 
 
 def _config_after_command(argv: list[str]) -> list[str]:
@@ -132,39 +50,69 @@ def _config_after_command(argv: list[str]) -> list[str]:
     return argv[:1] + head + argv[1:] if head and argv else head + argv
 
 
+def _unknown_command(argv: list[str]) -> InputError | None:
+    """No command, or a word that is none of them (with the closest one), as one line."""
+    if not argv:
+        return InputError(f"give a command: {', '.join(COMMANDS)} (`{PROG} --help` describes them)")
+    word = argv[0]
+    if word.startswith("-") or word in COMMANDS:
+        return None
+    close = difflib.get_close_matches(word, COMMANDS, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return InputError(f"unknown command {word!r}; {hint}valid: {', '.join(COMMANDS)}")
+
+
+def _rank() -> int:
+    """This process's rank: Lightning's once it is imported (a DDP child), else 0."""
+    if "lightning.pytorch" not in sys.modules:
+        return 0
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank
+
+
 def cli_main(args: list[str] | None = None) -> None:
     """Entry point for `validate`, `rank-heads` and `configs`; bad input ends the program
     with one line naming the value (printed by rank 0 only). Returns None, so the console
     script's `sys.exit(cli_main())` exits with status 0 after a run."""
     argv = _config_after_command(sys.argv[1:] if args is None else list(args))
-    quiet_lightning()
-    register_strategy()  # --trainer.strategy model_parallel
     try:
         if argv[:1] == ["rank-heads"]:
+            from lit_massive.cli import rank_heads
+
             rank_heads.main(argv[1:])
             return
         if argv[:1] == ["configs"]:
             configs.main(argv[1:])
             return
-        argv = configs.resolve_config_args(argv)  # a bundled config's bare name -> its path
-        if args is None:  # LightningCLI reads sys.argv itself (DDP relaunches it for the other ranks)
-            sys.argv[1:] = argv
-        MassiveCLI(
-            MassiveActivations,
-            WindowsDataModule,
-            args=None if args is None else argv,
-            # the module measures, the report callback writes; a persistent callback, so
-            # --trainer.callbacks adds to it and config.yaml does not list it
-            trainer_defaults={"callbacks": [RunReport()]},
-            seed_everything_default=False,  # nothing is drawn at random outside the seeded variants
-            auto_configure_optimizers=False,
-            parser_class=OneLineErrorParser,
-            parser_kwargs={
-                "prog": PROG,
-                "description": "Measure massive activations and attention heads of decoder LMs: "
-                "`validate --config X.yaml` (a file, or a bundled config's name: list them with "
-                "`configs`); `rank-heads RUN/results.json`.",
-            },
-        )
+        if argv[:1] and argv[0] in _HELP:
+            print(top_level_help(), end="")
+            sys.exit(0)
+        unknown = _unknown_command(argv)
+        if unknown is not None:
+            raise unknown
+        argv = configs.resolve_config_args(argv)  # a bundled config's bare name -> its path; YAML syntax
+        from lit_massive.cli import validate  # lightning, torch, transformers: only now
+
+        validate.run(argv, from_sys_argv=args is None)
     except InputError as err:
-        sys.exit(f"{PROG}: error: {err}" if rank_zero_only.rank == 0 else 1)
+        sys.exit(f"{PROG}: error: {err}" if _rank() == 0 else 1)
+    except KeyboardInterrupt:  # outside Lightning's own handling of it (imports, loading, the summary)
+        import signal
+
+        if args is None:  # a program about to exit: a second Ctrl-C must not end in a traceback
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        line = getattr(sys.modules.get("lit_massive.report.callback"), "interrupted_line", None)
+        plain = f"{PROG}: interrupted" + ("; nothing was written" if argv[:1] == ["validate"] else "")
+        sys.exit((line() if line else plain) if _rank() == 0 else 1)
+    except SystemExit:  # Lightning's exit after a Ctrl-C (it restored the SIGINT handler): as above
+        import signal
+
+        if args is None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise
+    except Exception as err:  # Lightning's teardown after a Ctrl-C failed (a half-loaded model)
+        exit_if_interrupted = getattr(sys.modules.get("lit_massive.report.callback"), "exit_if_interrupted", None)
+        if exit_if_interrupted is not None:
+            exit_if_interrupted(err)  # RunReport has said what is left
+        raise

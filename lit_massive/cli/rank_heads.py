@@ -11,24 +11,31 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from torch import Tensor
 
-from lit_massive.analyses.head_scores import ranking_markdown as _ranking_markdown
 from lit_massive.cli.console import OneLineArgumentParser
 from lit_massive.errors import InputError
-from lit_massive.report.schema import load_scores
-from lit_massive.variants.specs import BASELINE, SCORES, rank_heads
+from lit_massive.report.ranking import BASELINE, SCORES, Rows, rank_heads
+from lit_massive.report.ranking import ranking_markdown as _ranking_markdown
+from lit_massive.report.schema import load_score_rows
+
+# no torch, transformers or lightning on this path (tests/test_startup.py): the scores are
+# results.json rows, ranked in plain Python (report/ranking.py)
 
 
-def ranking_markdown(scores: Tensor, everything: bool = False) -> str:
+def _rows(scores) -> Rows:
+    """(L, H) scores as rows; a tensor (what `load_scores` returns) is accepted too."""
+    return scores.tolist() if hasattr(scores, "tolist") else scores
+
+
+def ranking_markdown(scores, everything: bool = False) -> str:
     """The top 10 and bottom 5 heads by score, highest first; every head with `everything`."""
-    return _ranking_markdown(scores.tolist(), everything)
+    return _ranking_markdown(_rows(scores), everything)
 
 
-def pruning_config_paths(scores: Tensor, k: int, out_dir: Path) -> list[Path]:
+def pruning_config_paths(scores, k: int, out_dir: Path) -> list[Path]:
     """Where the configs go; refuses a k out of range or a file that exists, before anything
     is printed or written."""
-    n_total = scores.numel()
+    n_total = sum(len(row) for row in _rows(scores))
     if not 1 <= k <= n_total:
         raise InputError(f"--k {k}: must be in 1..{n_total} (the number of heads)")
     paths = [out_dir / f"prune_{order}{k}.yaml" for order in ("top", "bottom")]
@@ -43,7 +50,7 @@ def write_pruning_configs(
 ) -> list[Path]:
     """Write one config per order, pruning that order's first k heads by score `by`
     (first_token or massive_tokens); returns their paths."""
-    scores = load_scores(str(results), variant, by)
+    scores = load_score_rows(str(results), variant, by)
     paths = pruning_config_paths(scores, k, out_dir)
     run_config = results.parent / "config.yaml"
     base = yaml.safe_load(run_config.read_text()) if run_config.is_file() else {}
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--all", action="store_true", help="list every head (default: top 10 and bottom 5)")
     args = parser.parse_args(argv)
     out = args.out or args.results.parent / "pruning"
-    scores = load_scores(str(args.results), args.variant, args.by)
+    scores = load_score_rows(str(args.results), args.variant, args.by)
     pruning_config_paths(scores, args.k, out)  # bad input fails before anything is printed
     print(ranking_markdown(scores, args.all))
     for path in write_pruning_configs(args.results, args.k, out, args.variant, args.by):

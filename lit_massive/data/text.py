@@ -3,6 +3,7 @@ local dataset), read whole or streamed, as one tensor of token ids."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from lit_massive.errors import InputError
 from lit_massive.models import toy
-from lit_massive.models.loading import check_local_or_hub
+from lit_massive.models.loading import check_local_or_hub, no_network
 
 _BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 
@@ -28,6 +29,22 @@ def _texts(rows: Iterable[dict], source: str) -> Iterator[str]:
         if "text" not in row:
             raise InputError(f"{source}: rows have no 'text' column (columns: {sorted(row)})")
         yield row["text"]
+
+
+@contextlib.contextmanager
+def _offline(on: bool) -> Iterator[None]:
+    """Offline mode for `datasets` while on (no network): a cached copy loads, nothing retries."""
+    if not on:
+        yield
+        return
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
 
 
 class TextSource:
@@ -70,13 +87,23 @@ class TextSource:
     def load(self) -> tuple[str, datasets.Dataset | datasets.IterableDataset]:
         """(description, split); load failures as one-line input errors (offline: what to do)."""
         what, kwargs = self._load_args()
+        hub = (
+            self.data_files is None and self.dataset != toy.TOY and check_local_or_hub(self.dataset, "dataset") is None
+        )
+        unreachable = no_network(datasets.config.HF_HUB_OFFLINE) if hub else None
         try:
-            return what, datasets.load_dataset(**kwargs, streaming=self.streaming)
+            with _offline(unreachable is not None):
+                return what, datasets.load_dataset(**kwargs, streaming=self.streaming)
         except (ConnectionError, FileNotFoundError) as err:
+            cause = (
+                f"{unreachable}, and no copy in the datasets cache"
+                if unreachable
+                else f"{type(err).__name__}: {str(err).splitlines()[0]}"
+            )
             raise InputError(
-                f"{what} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0]}). "
-                f"Offline? Point data.data_files at a local copy of the split (parquet, json(l) "
-                f"or txt), or use data.dataset: toy; set HF_HUB_OFFLINE=1 to fail at once instead of retrying"
+                f"{what} could not be loaded ({cause}). Offline? Point data.data_files at a local copy "
+                f"of the split (parquet, json(l) or txt), or use data.dataset: toy; set HF_HUB_OFFLINE=1 "
+                f"to fail at once, without looking for the hub"
             ) from err
         except (ValueError, datasets.exceptions.DatasetGenerationError) as err:
             cause = err.__cause__ or err

@@ -5,6 +5,11 @@ A wrong name fails here, before any work starts, with a message that says what w
 
 from __future__ import annotations
 
+import functools
+import ssl
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -30,13 +35,62 @@ def check_local_or_hub(name: str, what: str) -> str | None:
     return None
 
 
-def hub_error(name: str, what: str, err: Exception) -> InputError:
+# how long the one check that the hub answers waits (name lookup included), when HF_HUB_OFFLINE
+# is unset: without a network, the hub libraries would retry for tens of seconds instead
+HUB_TIMEOUT_S = 3.0
+
+
+@functools.cache
+def hub_unreachable(endpoint: str, timeout: float = HUB_TIMEOUT_S) -> str | None:
+    """Why the hub at `endpoint` cannot be reached, from one HEAD request that waits `timeout`
+    seconds at most; None when it answers (any HTTP status, or a TLS problem: there is a
+    network, and the hub libraries report what is wrong). Checked once per process."""
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:
+            outcome.append(None)  # it answered
+        except urllib.error.URLError as err:
+            reason = err.reason
+            outcome.append(None if isinstance(reason, ssl.SSLError) else f"{type(reason).__name__}: {reason}")
+        except ssl.SSLError:
+            outcome.append(None)
+        except (OSError, ValueError) as err:  # a timeout while reading, a malformed endpoint
+            outcome.append(f"{type(err).__name__}: {err}")
+
+    thread = threading.Thread(target=probe, name="hub-check", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)  # bounds the name lookup too, which urlopen's timeout does not
+    return outcome[0] if outcome else f"no answer in {timeout:g} s"
+
+
+def no_network(offline: bool | None = None) -> str | None:
+    """Why hub downloads are not tried: the hub does not answer (`hub_unreachable`); None when
+    it does or when offline mode is on already (HF_HUB_OFFLINE=1: the libraries fail at once).
+    `offline`: the caller's library's own offline flag; default huggingface_hub's."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE if offline is None else offline:
+        return None
+    reason = hub_unreachable(constants.ENDPOINT)
+    return None if reason is None else f"no connection to {constants.ENDPOINT}: {reason}"
+
+
+def hub_error(name: str, what: str, err: Exception, unreachable: str | None = None) -> InputError:
+    """`unreachable`: why the hub was not tried (`no_network`), so only the cache was."""
+    cause = (
+        f"{unreachable}, and no copy in the Hugging Face cache"
+        if unreachable
+        else f"{type(err).__name__}: {str(err).splitlines()[0]}"
+    )
     return InputError(
-        f"{what} {name!r} could not be loaded from the Hugging Face Hub ({type(err).__name__}: "
-        f"{str(err).splitlines()[0]}). Offline? Save a copy once with internet "
-        f"(`AutoModelForCausalLM.from_pretrained({name!r}).save_pretrained(DIR)` and the same "
-        f"for AutoTokenizer) and set model_name_or_path: DIR, or use model_name_or_path: toy; set "
-        f"HF_HUB_OFFLINE=1 to fail at once instead of retrying"
+        f"{what} {name!r} could not be loaded from the Hugging Face Hub ({cause}). Offline? Save a "
+        f"copy once with internet (`AutoModelForCausalLM.from_pretrained({name!r}).save_pretrained(DIR)` "
+        f"and the same for AutoTokenizer) and set model_name_or_path: DIR, or use model_name_or_path: "
+        f"toy; set HF_HUB_OFFLINE=1 to fail at once, without looking for the hub"
     )
 
 
@@ -50,8 +104,12 @@ def _local_error(name: str, what: str, err: Exception) -> InputError:
 
 def _from_pretrained(load, name: str, what: str, **kwargs):
     """`load(name or its local path, **kwargs)` with the failures a user can fix as one-line
-    input errors: a wrong local path or directory, an unreachable hub."""
+    input errors: a wrong local path or directory, an unreachable hub. Without a network, a
+    hub id loads from the cache alone (as offline), at once, instead of retrying."""
     local = check_local_or_hub(name, what)
+    unreachable = no_network() if local is None else None
+    if unreachable is not None:
+        kwargs = {**kwargs, "local_files_only": True}
     try:
         return load(local or name, **kwargs)
     except (OSError, ValueError) as err:
@@ -59,7 +117,7 @@ def _from_pretrained(load, name: str, what: str, **kwargs):
             raise _local_error(name, what, err) from err
         if isinstance(err, ValueError):  # not a download failure
             raise
-        raise hub_error(name, what, err) from err
+        raise hub_error(name, what, err, unreachable) from err
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}

@@ -3,6 +3,8 @@ RUN/figures/ as PNG files. Analyses publish through it (`Analysis.publish`)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,18 @@ from matplotlib.figure import Figure
 from matplotlib.image import imsave
 
 DPI = 120  # figures' resolution, in PNG files and TensorBoard alike
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Make the file `path` whole or not at all: `write(temporary)` fills a temporary file in
+    the same folder, renamed to `path` once complete, so an interrupt (Ctrl-C) or a failure
+    while writing leaves no empty or half file behind, only nothing."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 class Publisher:
@@ -28,7 +42,8 @@ class Publisher:
         canvas = FigureCanvasAgg(fig)
         canvas.draw()
         rgba = np.asarray(canvas.buffer_rgba())  # (H, W, 4) uint8
-        imsave(self.run_dir / "figures" / f"{tag.replace('/figures/', '_')}.png", rgba)
+        png = self.run_dir / "figures" / f"{tag.replace('/figures/', '_')}.png"
+        write_atomic(png, lambda partial: imsave(partial, rgba, format="png"))
         if self.writer is not None:
             self.writer.add_image(tag, rgba[..., :3], dataformats="HWC")
 

@@ -13,11 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
-
 from lit_massive.errors import InputError
-from lit_massive.variants.specs import BASELINE, SCORES
+from lit_massive.report.ranking import BASELINE, SCORES
 
 if sys.version_info >= (3, 11):
     from typing import NotRequired, TypedDict
@@ -26,6 +23,7 @@ else:  # pragma: no cover
 
 if TYPE_CHECKING:
     import pandas
+    from torch import Tensor
 
 RESULTS = "results.json"
 
@@ -193,35 +191,96 @@ class RunResults:
 
 
 def read_results(path: str | Path, what: str = "results file") -> ResultsFile:
-    """A results.json, or a one-line error saying why it cannot be read."""
+    """A results.json, or a one-line error saying why it cannot be read: missing, empty,
+    truncated or otherwise not JSON, or JSON that is not a lit_massive results.json (no
+    variants, or a variant whose head scores or located entries have the wrong shape)."""
     file = Path(path).expanduser()
     if file.is_dir():
         file = file / RESULTS
     if not file.is_file():
         raise InputError(f"{what} {str(path)!r} does not exist; give a run directory or its {RESULTS}")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{what} {str(file)!r} is not valid JSON ({err}); was its run interrupted?") from err
-    if not isinstance(data, dict) or not isinstance(data.get("variants"), dict):
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{what} {str(file)!r} is not text (not UTF-8); give a lit_massive {RESULTS}") from err
+    except OSError as err:
+        raise InputError(f"{what} {str(file)!r} cannot be read ({err.strerror or err})") from err
+    if not text.strip():
+        raise InputError(f"{what} {str(file)!r} is empty; was its run interrupted? Run it again")
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        where = err if not isinstance(err, json.JSONDecodeError) else f"line {err.lineno} column {err.colno}: {err.msg}"
+        raise InputError(
+            f"{what} {str(file)!r} is not valid JSON ({where}): truncated, or not a {RESULTS}; was its run interrupted?"
+        ) from err
+    if not isinstance(data, dict) or not isinstance(data.get("variants"), dict) or not data["variants"]:
         raise InputError(f"{what} {str(file)!r} has no 'variants'; give the {RESULTS} of a lit_massive run")
+    for name, entry in data["variants"].items():
+        problem = _entry_problem(entry)
+        if problem is not None:
+            raise InputError(
+                f"{what} {str(file)!r}: variant {name!r} {problem}; give the {RESULTS} of a lit_massive run"
+            )
     return data
+
+
+def _is_number(value: Any, nullable: bool = False) -> bool:
+    return (value is None and nullable) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """What is wrong with a variant entry of results.json, in the parts other runs read
+    (head scores for selections and rank-heads, located entries for mean edits); None if
+    nothing."""
+    if not isinstance(entry, dict):
+        return "is not an object"
+    for key in SCORES.values():
+        rows = entry.get(key)
+        if rows is None:
+            continue
+        if not (
+            isinstance(rows, list)
+            and rows
+            and all(isinstance(row, list) and len(row) == len(rows[0]) for row in rows)
+            and all(_is_number(v, nullable=True) for row in rows for v in row)
+        ):
+            return f"has a malformed {key!r} (not layers x heads numbers)"
+    massive = entry.get("massive")
+    if massive is not None and not (
+        isinstance(massive, list)
+        and all(
+            isinstance(e, dict)
+            and all(isinstance(e.get(k), int) for k in ("layer", "dim", "position"))
+            and _is_number(e.get("value"))
+            for e in massive
+        )
+    ):
+        return "has a malformed 'massive' (not a list of located entries)"
+    return None
 
 
 def scores_tensor(rows: list[list[float | None]]) -> Tensor:
     """(L, H) head scores from results.json rows, null as NaN."""
+    import torch  # here, not at the top: reading results (rank-heads) needs no torch
+
     return torch.tensor([[float("nan") if v is None else v for v in row] for row in rows], dtype=torch.float64)
 
 
-def load_scores(path: str, variant: str = BASELINE, by: str = "first_token") -> Tensor:
-    """Head scores (L, H) of `variant` from a results.json: first-token (`head_scores`) or
-    massive-token (`massive_token_scores`) ones."""
+def load_score_rows(path: str, variant: str = BASELINE, by: str = "first_token") -> list[list[float | None]]:
+    """Head scores (L, H) of `variant` from a results.json as rows (null: unmeasured):
+    first-token (`head_scores`) or massive-token (`massive_token_scores`) ones."""
     data = read_results(path, "scores file")
     key = SCORES[by]
     scores = data["variants"].get(variant, {}).get(key)
     if scores is None:
         raise InputError(f"{path}: variant {variant!r} has no {key}; run it with model.head_scores: true")
-    return scores_tensor(scores)
+    return scores
+
+
+def load_scores(path: str, variant: str = BASELINE, by: str = "first_token") -> Tensor:
+    """`load_score_rows` as an (L, H) float64 tensor, null as NaN."""
+    return scores_tensor(load_score_rows(path, variant, by))
 
 
 def load_massive(path: str, variant: str = BASELINE) -> list[LocatedEntry]:

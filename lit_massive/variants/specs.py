@@ -13,10 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
-import torch
 from torch import Tensor
 
 from lit_massive.probes.hooks import BlockEdit
+from lit_massive.report import ranking
+
+# the baseline's name, the orders and what a selection ranks heads by (-> results.json key),
+# defined with the ranking, which imports no torch
+from lit_massive.report.ranking import BASELINE, ORDERS, SCORES  # noqa: F401
 from lit_massive.variants.edits import set_entries, zero_massive, zero_random
 
 if sys.version_info >= (3, 11):
@@ -24,10 +28,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     from typing_extensions import NotRequired, TypedDict
 
-BASELINE = "baseline"
-ORDERS = ("top", "bottom")
-# what a selection can rank heads by -> its results.json key
-SCORES = {"first_token": "head_scores", "massive_tokens": "massive_token_scores"}
 EDITS = ("zero", "mean")
 Head = tuple[int, int]
 # the control's per-window seed is seed * SEED_STRIDE + window index: distinct seeds for
@@ -150,6 +150,14 @@ class PruneHeads:
 
 
 VariantSpec = Union[list[Head], Select, PruneHeads, SetMassive, SetRandom]  # noqa: UP007
+# each mapping form's key -> an example, named in a one-line error when a form lacks a key
+# (`select needs k: {select: top, k: 3}`) or has one no form knows
+FORM_EXAMPLES = {
+    "select": "{select: top, k: 3}",
+    "prune_heads": "{prune_heads: [[5, 1], [8, 3]]}",
+    "set_massive": "{set_massive: {layer: 2, to: zero}}",
+    "set_random": "{set_random: {layer: 2, seed: 0}}",
+}
 BlockEditSpec = Union[SetMassive, SetRandom]  # noqa: UP007
 
 
@@ -183,10 +191,8 @@ def describe_sweep(sweep: Sweep | None) -> dict | None:
     }
 
 
-def rank_heads(scores: Tensor, order: str) -> list[Head]:
-    """All heads by score, highest first for `top`, lowest first for `bottom`;
-    ties keep (layer, head) order."""
-    n_head = scores.shape[1]
-    flat = scores.flatten()
-    index = torch.argsort(-flat if order == "top" else flat, stable=True)
-    return [(int(i) // n_head, int(i) % n_head) for i in index]
+def rank_heads(scores: Tensor | Sequence[Sequence[float | None]], order: str) -> list[Head]:
+    """All heads of (L, H) `scores` (a tensor or rows) by score, highest first for `top`,
+    lowest first for `bottom`; ties keep (layer, head) order, NaN scores last
+    (`report.ranking.rank_heads`)."""
+    return ranking.rank_heads(scores.tolist() if hasattr(scores, "tolist") else scores, order)
