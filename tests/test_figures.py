@@ -74,3 +74,5 @@ def test_heatmaps_are_scaled_to_their_values_and_say_so():
     fig, ax = figures.received_figure(received, "t")
     assert ax.images[0].get_clim() == (0.0, 0.6)
     assert "0 to 0.6" in fig.axes[-1].get_ylabel()  # the colorbar
+    fig, ax = figures.head_heatmap([[0.0, 0.0], [0.0, 0.0]], "t", label="on massive tokens")  # none in the windows
+    assert ax.images[0].get_clim() == (0.0, 1.0) and "every value is 0" in fig.axes[-1].get_ylabel()

@@ -148,12 +148,13 @@ def _probability_grid(rows: list[list[float | None]], title: str, xlabel: str, l
     """A layers x columns grid of probabilities, its color scale from 0 to the largest value
     shown (a fixed 0..1 scale leaves a 0.1 sink column nearly black); the colorbar shows it."""
     n_layer, n_col = len(rows), len(rows[0])
-    fig = Figure(figsize=(1.5 + 0.45 * n_col, 1.2 + 0.4 * n_layer), layout="constrained")
+    fig = Figure(figsize=(max(4.5, 1.5 + 0.45 * n_col), max(3.0, 1.2 + 0.4 * n_layer)), layout="constrained")
     ax = fig.subplots()
     values = [_values(row) for row in rows]
     largest = max((v for row in values for v in row if v == v), default=0.0)
     image = ax.imshow(values, vmin=0.0, vmax=largest if largest > 0 else 1.0, cmap=cmap, aspect="auto")
-    fig.colorbar(image, ax=ax, label=f"{label} (scale 0 to {largest:.3g})")
+    scale = f"scale 0 to {largest:.3g}" if largest > 0 else "every value is 0"
+    fig.colorbar(image, ax=ax, label=f"{label}\n({scale})")
     ax.set_xticks(range(n_col))
     ax.set_yticks(range(n_layer))
     ax.set_xlabel(xlabel)
