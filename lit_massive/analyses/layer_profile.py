@@ -291,8 +291,13 @@ class LayerProfileAnalysis(Analysis):
         shows every variant of every run selected on the left."""
         k = len(variants[BASELINE]["layers"][0]["top"])
         stats = [*(f"top{j + 1}" for j in range(k)), "median"]
-        profile = {f"{s} of |block output| per layer (x: layer)": ["Multiline", [f"^[^/]+/profile/{s}$"]] for s in stats}
-        change = {f"{s} % change vs baseline per layer (x: layer)": ["Multiline", [f"^[^/]+/change/{s}_pct$"]] for s in stats}
+        # TensorBoard matches a chart's patterns from the tag's start: VARIANT/profile/top1
+        profile = {
+            f"{s} of |block output| per layer (x: layer)": ["Multiline", [f"^[^/]+/profile/{s}$"]] for s in stats
+        }
+        change = {
+            f"{s} % change vs baseline per layer (x: layer)": ["Multiline", [f"^[^/]+/change/{s}_pct$"]] for s in stats
+        }
         return {"layer profile, every variant": profile, "% change vs baseline, every variant": change}
 
     @classmethod
