@@ -116,10 +116,10 @@ def measure(
         if text is not None:
             if tokenizer is None:
                 raise InputError("measure: text needs a tokenizer")
-            windows, stride, bos = text_windows(tokenizer, text, seq_len, stride, num_sequences)
+            windows, stride, bos, counts = text_windows(tokenizer, text, seq_len, stride, num_sequences)
         else:
-            bos = None
-        datamodule = GivenWindows(windows, tokenizer, stride, bos, batch_size)
+            bos, counts = None, None  # token ids alone: no text to count bytes and words of
+        datamodule = GivenWindows(windows, tokenizer, stride, bos, batch_size, counts)
     settings = {"accelerator": "auto", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
                 "logger": False, **(trainer or {})}  # fmt: skip
     if run_dir is not None:

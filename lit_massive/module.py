@@ -165,7 +165,8 @@ class MassiveActivations(L.LightningModule):
             output = self.layout.backbone(input_ids=input_ids, use_cache=False)
         # one top-k, median and candidate set per block output, shared by every analysis
         stats = [self.stats_of(x) for x in probed.block_out]
-        return Forward(input_ids, batch["score_from"], probed, stats, output.last_hidden_state, self.layout)
+        return Forward(input_ids, batch["score_from"], probed, stats, output.last_hidden_state, self.layout,
+                       batch.get("scored_bytes"), batch.get("scored_words"))  # fmt: skip
 
     def filler_pass(self) -> None:
         """One short forward pass for a rank that is out of windows: it joins the others'

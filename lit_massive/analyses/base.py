@@ -75,6 +75,10 @@ class Forward:
     stats: list[BlockStats]  # per layer: the block output's statistics, computed once
     final_hidden: Tensor  # (B, T, D): the backbone's output, after the final norm
     layout: DecoderLayout
+    # host ints, per window: UTF-8 bytes and words of the text its scored tokens cover
+    # (`data.windows.window_text_counts`); None for windows given without text
+    scored_bytes: list[int] | None = None
+    scored_words: list[int] | None = None
 
     @cached_property
     def massive_tokens(self) -> Tensor:

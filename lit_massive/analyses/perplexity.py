@@ -1,7 +1,10 @@
-"""Perplexity: token-level, from summed next-token NLL of the scored tokens of each window."""
+"""Perplexity: token-level, from summed next-token NLL of the scored tokens of each window, and
+from the same sums, per UTF-8 byte and per word of the scored text (bits per byte, byte and
+word perplexity)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -53,36 +56,62 @@ def token_nll(
 
 
 class Perplexity(SumStatesMetric):
-    """Token-level perplexity from summed next-token NLL (float64) and token counts."""
+    """Token-level perplexity from summed next-token NLL (float64) and token counts, and from the
+    same NLL sum, bits per byte and byte and word perplexity over the scored text's UTF-8 bytes
+    and words (summed per window, so several processes give the counts of one)."""
 
     higher_is_better = False
 
     nll_sum: Tensor  # () float64
     tokens: Tensor  # () int64, scored tokens
     nonfinite_tokens: Tensor  # () int64, scored tokens whose NLL was inf/NaN (not in nll_sum)
+    scored_bytes: Tensor  # () int64, UTF-8 bytes of the scored text
+    scored_words: Tensor  # () int64, whitespace-separated words of the scored text
+    uncounted: Tensor  # () int64, batches without text counts (windows given as ids): no per-byte numbers
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.add_state("nll_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("tokens", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("nonfinite_tokens", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        for name in ("tokens", "nonfinite_tokens", "scored_bytes", "scored_words", "uncounted"):
+            self.add_state(name, torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(self, total: Tensor, tokens: Tensor, nonfinite: Tensor) -> None:
-        """One batch's NLL sum, scored tokens and non-finite token losses (`token_nll`)."""
+    def update(
+        self,
+        total: Tensor,
+        tokens: Tensor,
+        nonfinite: Tensor,
+        scored_bytes: list[int] | None = None,
+        scored_words: list[int] | None = None,
+    ) -> None:
+        """One batch's NLL sum, scored tokens and non-finite token losses (`token_nll`), and its
+        windows' scored bytes and words (host ints; None: the windows have no text counts)."""
         self.nll_sum += total
         self.tokens += tokens
         self.nonfinite_tokens += nonfinite
+        if scored_bytes is None or scored_words is None:
+            self.uncounted += 1
+        else:
+            self.scored_bytes += sum(scored_bytes)
+            self.scored_words += sum(scored_words)
 
     def compute(self) -> dict[str, Tensor]:
-        """exp(NLL sum / tokens); NaN when any scored token's NLL was not finite."""
-        ppl = torch.exp(self.nll_sum / self.tokens.clamp(min=1))
+        """exp(NLL sum / tokens), NLL sum / (ln 2 bytes), exp(NLL sum / bytes), exp(NLL sum / words);
+        NaN when any scored token's NLL was not finite."""
+        nll = self.nll_sum
         if self.nonfinite_tokens > 0:
-            ppl = torch.full_like(ppl, float("nan"))
+            nll = torch.full_like(nll, float("nan"))
+        byte_nll = nll / self.scored_bytes.clamp(min=1)
         return {
-            "perplexity": ppl,
+            "perplexity": torch.exp(nll / self.tokens.clamp(min=1)),
+            "bits_per_byte": byte_nll / math.log(2),
+            "byte_perplexity": torch.exp(byte_nll),
+            "word_perplexity": torch.exp(nll / self.scored_words.clamp(min=1)),
             "nll_sum": self.nll_sum,
             "tokens": self.tokens,
             "nonfinite_tokens": self.nonfinite_tokens,
+            "scored_bytes": self.scored_bytes,
+            "scored_words": self.scored_words,
+            "uncounted": self.uncounted,
         }
 
 
@@ -92,7 +121,17 @@ class PerplexityAnalysis(Analysis):
 
     name = "perplexity"
     option = "perplexity"
-    keys = ("perplexity", "nll_sum", "scored_tokens", "nonfinite_tokens")
+    keys = (
+        "perplexity",
+        "bits_per_byte",
+        "byte_perplexity",
+        "word_perplexity",
+        "nll_sum",
+        "scored_tokens",
+        "scored_bytes",
+        "scored_words",
+        "nonfinite_tokens",
+    )
 
     def new_metric(self, setup: Setup) -> Perplexity:
         return Perplexity()
@@ -101,13 +140,18 @@ class PerplexityAnalysis(Analysis):
         lay = forward.layout  # the LM head runs in chunks: no (B, T, V) logits at once
         nll = token_nll(forward.final_hidden, lay.lm_head, forward.input_ids, forward.score_from,
                         lay.final_logit_softcap)  # fmt: skip
-        self.metrics[variant].update(*nll)
+        self.metrics[variant].update(*nll, forward.scored_bytes, forward.scored_words)
 
     def section(self, computed: dict[str, Tensor], decode: Callable[[int], str]) -> dict[str, Any]:
+        counted = int(computed["uncounted"]) == 0  # every window came with its text's counts
+        text = ("bits_per_byte", "byte_perplexity", "word_perplexity")
         return {
             "perplexity": finite(float(computed["perplexity"])),
+            **{key: finite(float(computed[key])) if counted else None for key in text},
             "nll_sum": finite(float(computed["nll_sum"])),
             "scored_tokens": int(computed["tokens"]),
+            "scored_bytes": int(computed["scored_bytes"]) if counted else None,
+            "scored_words": int(computed["scored_words"]) if counted else None,
             "nonfinite_tokens": int(computed["nonfinite_tokens"]),
         }
 

@@ -10,7 +10,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lit_massive.data.text import TextSource
-from lit_massive.data.windows import UnpaddedDistributedSampler, Windows, collate_windows, make_windows, tokenizer_bos
+from lit_massive.data.windows import (
+    UnpaddedDistributedSampler,
+    Windows,
+    collate_windows,
+    make_windows,
+    tokenizer_bos,
+    window_text_counts,
+)
 from lit_massive.errors import InputError
 from lit_massive.models import toy
 from lit_massive.models.loading import load_tokenizer
@@ -84,6 +91,7 @@ class WindowsDataModule(L.LightningDataModule):
         self.tokenizer_name = tokenizer or model_name_or_path
         self.tokenizer = None
         self.windows: Tensor | None = None
+        self.counts: tuple[list[int], list[int]] | None = None  # per window (scored bytes, scored words)
         self.fingerprint: str | None = None  # the loaded split's datasets fingerprint (None when streaming)
 
     def prepare_data(self) -> None:
@@ -110,9 +118,13 @@ class WindowsDataModule(L.LightningDataModule):
             )
         n = h.num_sequences  # streaming reads only the tokens of the first n windows
         needed = None if n is None else (n - 1) * self.stride + h.seq_len - self.uses_bos
-        ids = self.text.token_ids(self.tokenizer, needed, margin=h.seq_len)
+        tokens = self.text.tokens(self.tokenizer, needed, margin=h.seq_len)
         self.fingerprint = self.text.fingerprint
-        self.windows = make_windows(ids, h.seq_len, self.stride, h.num_sequences, self.bos_token_id)
+        self.windows = make_windows(tokens.ids, h.seq_len, self.stride, h.num_sequences, self.bos_token_id)
+        if tokens.offsets is not None:
+            self.counts = window_text_counts(
+                tokens.text, tokens.offsets.tolist(), len(self.windows), h.seq_len, self.stride, self.uses_bos
+            )
 
     @property
     def uses_bos(self) -> bool:
@@ -128,7 +140,7 @@ class WindowsDataModule(L.LightningDataModule):
         return self.tokenizer.bos_token_id if bos else None
 
     def val_dataloader(self) -> DataLoader:
-        dataset = Windows(self.windows, self.stride, self.uses_bos)
+        dataset = Windows(self.windows, self.stride, self.uses_bos, self.counts)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         self.check_processes(world)

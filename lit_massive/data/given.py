@@ -10,26 +10,45 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lit_massive.data.windows import UnpaddedDistributedSampler, Windows, collate_windows, make_windows, tokenizer_bos
+from lit_massive.data.text import tokenize
+from lit_massive.data.windows import (
+    UnpaddedDistributedSampler,
+    Windows,
+    collate_windows,
+    make_windows,
+    tokenizer_bos,
+    window_text_counts,
+)
 from lit_massive.errors import InputError
 from lit_massive.models.sharding import is_sharded
 
 
-def text_windows(tokenizer, text: str | list[str], seq_len: int, stride: int | None, num_sequences: int | None):
-    """(windows, stride, bos_token_id) of `text` (rows joined with "\\n\\n", as the corpus is),
-    with a BOS first exactly when the tokenizer adds one itself."""
+def text_windows(
+    tokenizer, text: str | list[str], seq_len: int, stride: int | None, num_sequences: int | None
+) -> tuple[Tensor, int, int | None, tuple[list[int], list[int]] | None]:
+    """(windows, stride, bos_token_id, counts) of `text` (rows joined with "\\n\\n", as the
+    corpus is), with a BOS first exactly when the tokenizer adds one itself; counts: the
+    windows' (scored bytes, scored words) (`window_text_counts`), for `GivenWindows(counts=...)`,
+    None when the tokenizer gives no token offsets."""
     joined = text if isinstance(text, str) else "\n\n".join(text)
-    ids = torch.tensor(tokenizer(joined, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
+    tokens = tokenize(tokenizer, joined)
     bos = tokenizer_bos(tokenizer)
     stride = stride or seq_len - (bos is not None)
-    return make_windows(ids, seq_len, stride, num_sequences, bos), stride, bos
+    windows = make_windows(tokens.ids, seq_len, stride, num_sequences, bos)
+    counts = None
+    if tokens.offsets is not None:
+        counts = window_text_counts(joined, tokens.offsets.tolist(), len(windows), seq_len, stride, bos is not None)
+    return windows, stride, bos, counts
 
 
 class GivenWindows(L.LightningDataModule):
-    """Token windows (N, T) given in memory; `tokenizer` (optional) decodes token ids in the results."""
+    """Token windows (N, T) given in memory; `tokenizer` (optional) decodes token ids in the results.
+    `counts` (per window scored bytes and words, from `text_windows`) give bits per byte and
+    byte and word perplexity; windows given without text have none (those keys are null)."""
 
     def __init__(self, windows: Tensor, tokenizer: Any = None, stride: int | None = None,
-                 bos_token_id: int | None = None, batch_size: int = 1) -> None:  # fmt: skip
+                 bos_token_id: int | None = None, batch_size: int = 1,
+                 counts: tuple[list[int], list[int]] | None = None) -> None:  # fmt: skip
         super().__init__()
         if windows.dim() != 2 or windows.dtype != torch.long or windows.shape[0] == 0:
             raise InputError(
@@ -37,10 +56,10 @@ class GivenWindows(L.LightningDataModule):
                 f"{windows.dtype}"
             )
         self.windows, self.tokenizer, self.bos_token_id = windows, tokenizer, bos_token_id
-        self.stride, self.batch_size = stride, batch_size
+        self.stride, self.batch_size, self.counts = stride, batch_size, counts
 
     def val_dataloader(self) -> DataLoader:
-        dataset = Windows(self.windows, self.stride, self.bos_token_id is not None)
+        dataset = Windows(self.windows, self.stride, self.bos_token_id is not None, self.counts)
         world, rank = self.trainer.world_size, self.trainer.global_rank
         sampler = UnpaddedDistributedSampler(dataset, world, rank, lockstep=is_sharded(self.trainer))
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_windows)

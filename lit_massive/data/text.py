@@ -1,5 +1,6 @@
 """Where the windows' text comes from (local data_files, the bundled toy corpus, or a hub or
-local dataset), read whole or streamed, as one tensor of token ids."""
+local dataset), read whole or streamed, as one tensor of token ids (with the joined text and
+the tokens' character offsets in it, where the tokenizer gives offsets)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import datasets
 import torch
@@ -19,9 +21,29 @@ from lit_massive.models.loading import check_local_or_hub, no_network
 _BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 
 
-def _tokenize(tokenizer, text: str) -> Tensor:
-    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)
+class Tokenized(NamedTuple):
+    """Token ids of `text`; `offsets` (N, 2): each token's (start, end) characters in `text`,
+    None for a tokenizer without offsets (a slow, Python one)."""
+
+    ids: Tensor
+    text: str
+    offsets: Tensor | None
+
+    def head(self, n: int) -> Tokenized:
+        """The first n tokens (of the same text)."""
+        return Tokenized(self.ids[:n], self.text, None if self.offsets is None else self.offsets[:n])
+
+
+def tokenize(tokenizer, text: str) -> Tokenized:
+    """`text` tokenised without special tokens, with character offsets where the tokenizer has them."""
+    try:
+        out = tokenizer(text, add_special_tokens=False, verbose=False, return_offsets_mapping=True)
+    except NotImplementedError:  # slow tokenizers have no offsets
+        out = tokenizer(text, add_special_tokens=False, verbose=False)
+    ids = torch.tensor(out["input_ids"], dtype=torch.long)
+    offsets = out.get("offset_mapping")
+    offsets = None if offsets is None else torch.tensor(offsets, dtype=torch.long).reshape(-1, 2)
+    return Tokenized(ids, text, offsets)
 
 
 def _texts(rows: Iterable[dict], source: str) -> Iterator[str]:
@@ -110,6 +132,10 @@ class TextSource:
             raise InputError(f"{what}: {type(cause).__name__}: {str(cause).splitlines()[0]}") from err
 
     def token_ids(self, tokenizer, needed: int | None, margin: int) -> Tensor:
+        """The token ids of `tokens`."""
+        return self.tokens(tokenizer, needed, margin).ids
+
+    def tokens(self, tokenizer, needed: int | None, margin: int) -> Tokenized:
         """The rows joined with "\\n\\n", tokenised without special tokens. Streaming keeps
         the first `needed` tokens (all when None) and stops reading rows `margin` tokens past them."""
         what, ds = self.load()
@@ -118,15 +144,15 @@ class TextSource:
         if columns is not None and "text" not in columns:
             raise InputError(f"{what} has no 'text' column (columns: {sorted(columns)})")
         if not self.streaming:
-            ids = _tokenize(tokenizer, "\n\n".join(ds["text"]))
+            tokens = tokenize(tokenizer, "\n\n".join(ds["text"]))
         else:
-            ids = _stream_token_ids(tokenizer, _texts(ds, what), needed, margin)
-        if len(ids) == 0:
+            tokens = _stream_tokens(tokenizer, _texts(ds, what), needed, margin)
+        if len(tokens.ids) == 0:
             raise InputError(f"{what} contains no text")
-        return ids
+        return tokens
 
 
-def _stream_token_ids(tokenizer, texts: Iterator[str], needed: int | None, margin: int) -> Tensor:
+def _stream_tokens(tokenizer, texts: Iterator[str], needed: int | None, margin: int) -> Tokenized:
     """Read rows only until the needed tokens are covered.
 
     The joined prefix is re-tokenised as it grows; once it holds `margin` (a window's
@@ -139,8 +165,8 @@ def _stream_token_ids(tokenizer, texts: Iterator[str], needed: int | None, margi
         parts.append(text)
         chars += len(text) + 2
         if chars >= next_check:
-            ids = _tokenize(tokenizer, "\n\n".join(parts))
-            if len(ids) >= needed + margin:
-                return ids[:needed]
+            tokens = tokenize(tokenizer, "\n\n".join(parts))
+            if len(tokens.ids) >= needed + margin:
+                return tokens.head(needed)  # the offsets of the first `needed` are those in the full text
             next_check = 2 * chars
-    return _tokenize(tokenizer, "\n\n".join(parts))
+    return tokenize(tokenizer, "\n\n".join(parts))

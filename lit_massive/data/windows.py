@@ -5,6 +5,10 @@ The `text` column joined with "\\n\\n", tokenised once without special tokens, i
 `seq_len`-token windows every `stride` tokens; a shorter tail is dropped and
 `num_sequences` takes the first N. With BOS, a window is the BOS token followed by
 `seq_len - 1` text tokens and `stride` counts text tokens.
+
+With the text and the tokens' character offsets in it, each window also knows the UTF-8
+bytes and the whitespace-separated words of the text its scored tokens cover
+(`window_text_counts`), for bits per byte, byte and word perplexity.
 """
 
 from __future__ import annotations
@@ -54,6 +58,44 @@ def tokenizer_bos(tokenizer) -> int | None:
     return bos if bos is not None and special[: len(plain) + 1] == [bos, *plain] else None
 
 
+def first_scored(i: int, text_len: int, stride: int, bos: bool) -> int:
+    """Position of the first scored token of window i (`Windows`' `score_from`)."""
+    return 1 if i == 0 else max(1, text_len - stride + bos)
+
+
+def window_text_counts(
+    text: str, offsets, num_windows: int, seq_len: int, stride: int, bos: bool
+) -> tuple[list[int], list[int]]:
+    """Per window, (UTF-8 bytes, words) of the text its scored tokens cover.
+
+    `offsets` are the (start, end) character offsets in `text` of the tokens the windows were
+    cut from. A window's span runs from the end of the previous window's span when its first
+    scored token follows the previous window's last one (so spans abut and their bytes sum
+    to those of the whole scored text, the whitespace between tokens included), else from
+    its first scored token's start; it ends at its last scored token's end. Words are those
+    of `str.split()` over each run of consecutive scored tokens' text, each counted in the
+    window where it starts, so a word split across two windows counts once. BOS is never
+    scored: it is no token of the text.
+    """
+    text_len = seq_len - bos
+    scored_bytes, scored_words = [], []
+    prev_last, prev_end = -2, 0
+    for i in range(num_windows):
+        first = i * stride + first_scored(i, text_len, stride, bos) - bos  # token index in the text
+        last = i * stride + text_len - 1
+        contiguous = first == prev_last + 1
+        start = prev_end if contiguous else max(int(offsets[first][0]), prev_end)
+        end = max(int(offsets[last][1]), start)
+        piece = text[start:end]
+        words = len(piece.split())
+        if contiguous and piece and 0 < start and not piece[0].isspace() and not text[start - 1].isspace():
+            words -= 1  # the word began in the previous window's span
+        scored_bytes.append(len(piece.encode("utf-8")))
+        scored_words.append(words)
+        prev_last, prev_end = last, end
+    return scored_bytes, scored_words
+
+
 class Windows(Dataset):
     """Map-style dataset over precomputed windows.
 
@@ -61,29 +103,42 @@ class Windows(Dataset):
     at positions >= score_from, i.e. those the previous window did not cover (the Hugging
     Face fixed-length recipe); the first window scores every token that has a context.
     With `bos`, position 0 is the BOS token, never a target, and `stride` counts text tokens.
+    With `counts` (`window_text_counts`), items also hold `scored_bytes` and `scored_words`.
     """
 
-    def __init__(self, windows: Tensor, stride: int | None = None, bos: bool = False) -> None:
-        self.windows = windows
+    def __init__(
+        self,
+        windows: Tensor,
+        stride: int | None = None,
+        bos: bool = False,
+        counts: tuple[list[int], list[int]] | None = None,
+    ) -> None:
+        self.windows, self.counts = windows, counts
         text_len = windows.shape[1] - bos
-        self.overlap_from = max(1, text_len - (stride or text_len) + bos)
+        self.overlap_from = first_scored(1, text_len, stride or text_len, bos)
 
     def __len__(self) -> int:
         return self.windows.shape[0]
 
     def __getitem__(self, i: int) -> dict[str, Tensor | int]:
         if i == FILLER:  # see UnpaddedDistributedSampler: runs through the model, counts nowhere
-            return {"input_ids": self.windows[0], "score_from": 1, "index": FILLER}
-        return {"input_ids": self.windows[i], "score_from": 1 if i == 0 else self.overlap_from, "index": i}
+            item = {"input_ids": self.windows[0], "score_from": 1, "index": FILLER}
+            return item if self.counts is None else {**item, "scored_bytes": 0, "scored_words": 0}
+        item = {"input_ids": self.windows[i], "score_from": 1 if i == 0 else self.overlap_from, "index": i}
+        if self.counts is not None:
+            item["scored_bytes"], item["scored_words"] = self.counts[0][i], self.counts[1][i]
+        return item
+
+
+HOST_KEYS = ("index", "scored_bytes", "scored_words")  # batch entries kept as lists of Python ints
 
 
 def collate_windows(items: list[dict]) -> dict[str, Tensor | list[int]]:
-    """A batch of `Windows` items; the window indices stay a list of Python ints, which
-    Lightning leaves on the host: they seed the random control's generators, and reading
-    them back from a GPU inside the measured step would stall it."""
-    batch = default_collate([{k: v for k, v in item.items() if k != "index"} for item in items])
-    return {**batch, "index": [int(item["index"]) for item in items]}
-
+    """A batch of `Windows` items; the window indices (and text counts) stay lists of Python
+    ints, which Lightning leaves on the host: the indices seed the random control's generators,
+    and reading them back from a GPU inside the measured step would stall it."""
+    batch = default_collate([{k: v for k, v in item.items() if k not in HOST_KEYS} for item in items])
+    return {**batch, **{k: [int(item[k]) for item in items] for k in HOST_KEYS if k in items[0]}}
 
 
 class UnpaddedDistributedSampler(DistributedSampler):

@@ -95,8 +95,14 @@ class VariantEntry(TypedDict):
     attention_to_massive: list[float | None] | None  # (L,)
     received: list[list[float | None]] | None  # (L, P)
     perplexity: float | None
+    # from the same NLL sum, per UTF-8 byte / word of the scored text; null also for windows given without text
+    bits_per_byte: float | None
+    byte_perplexity: float | None
+    word_perplexity: float | None
     nll_sum: float | None
     scored_tokens: int | None
+    scored_bytes: int | None
+    scored_words: int | None
     nonfinite_tokens: int | None
     massive: list[LocatedEntry]
     components: list[ComponentEntry] | None
