@@ -74,14 +74,3 @@ def check_options(fn: Callable, values: Mapping[str, Any]) -> None:
     for name, hint in hints.items():
         if name in values and name != "return":
             _check(name, hint, values[name])
-
-
-def plain(value: Any) -> Any:
-    """A restricted number as a plain int or float (for YAML and JSON)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    return value

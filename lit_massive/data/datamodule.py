@@ -11,17 +11,15 @@ from torch.utils.data import DataLoader
 
 from lit_massive.data.text import TextSource
 from lit_massive.data.windows import (
-    UnpaddedDistributedSampler,
     Windows,
-    collate_windows,
-    make_windows,
+    check_processes,
+    cut_windows,
     tokenizer_bos,
-    window_text_counts,
+    window_loader,
 )
 from lit_massive.errors import InputError
 from lit_massive.models import toy
 from lit_massive.models.loading import load_tokenizer
-from lit_massive.models.sharding import is_sharded
 from lit_massive.options import NonNegativeInt, PositiveInt, check_options
 
 
@@ -120,11 +118,7 @@ class WindowsDataModule(L.LightningDataModule):
         needed = None if n is None else (n - 1) * self.stride + h.seq_len - self.uses_bos
         tokens = self.text.tokens(self.tokenizer, needed, margin=h.seq_len)
         self.fingerprint = self.text.fingerprint
-        self.windows = make_windows(tokens.ids, h.seq_len, self.stride, h.num_sequences, self.bos_token_id)
-        if tokens.offsets is not None:
-            self.counts = window_text_counts(
-                tokens.text, tokens.offsets.tolist(), len(self.windows), h.seq_len, self.stride, self.uses_bos
-            )
+        self.windows, self.counts = cut_windows(tokens, h.seq_len, self.stride, h.num_sequences, self.bos_token_id)
 
     @property
     def uses_bos(self) -> bool:
@@ -141,24 +135,11 @@ class WindowsDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         dataset = Windows(self.windows, self.stride, self.uses_bos, self.counts)
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        self.check_processes(world)
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            sampler=UnpaddedDistributedSampler(dataset, num_replicas=world, rank=rank, lockstep=is_sharded(trainer)),
-            num_workers=self.hparams.num_workers,
-            collate_fn=collate_windows,
-        )
+        return window_loader(dataset, self.trainer, self.hparams.batch_size, self.hparams.num_workers)
 
     def check_processes(self, world: int) -> None:
         """Every process needs at least one window (after `setup`)."""
-        if self.windows.shape[0] < world:
-            raise InputError(
-                f"{self.windows.shape[0]} windows for {world} processes; every process needs one: "
-                f"use data.num_sequences >= {world} or fewer devices"
-            )
+        check_processes(self.windows.shape[0], world)
 
     def describe(self) -> dict:
         """What was evaluated, for results.json."""

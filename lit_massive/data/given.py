@@ -12,15 +12,12 @@ from torch.utils.data import DataLoader
 
 from lit_massive.data.text import tokenize
 from lit_massive.data.windows import (
-    UnpaddedDistributedSampler,
     Windows,
-    collate_windows,
-    make_windows,
+    cut_windows,
     tokenizer_bos,
-    window_text_counts,
+    window_loader,
 )
 from lit_massive.errors import InputError
-from lit_massive.models.sharding import is_sharded
 
 
 def text_windows(
@@ -31,13 +28,9 @@ def text_windows(
     windows' (scored bytes, scored words) (`window_text_counts`), for `GivenWindows(counts=...)`,
     None when the tokenizer gives no token offsets."""
     joined = text if isinstance(text, str) else "\n\n".join(text)
-    tokens = tokenize(tokenizer, joined)
     bos = tokenizer_bos(tokenizer)
     stride = stride or seq_len - (bos is not None)
-    windows = make_windows(tokens.ids, seq_len, stride, num_sequences, bos)
-    counts = None
-    if tokens.offsets is not None:
-        counts = window_text_counts(joined, tokens.offsets.tolist(), len(windows), seq_len, stride, bos is not None)
+    windows, counts = cut_windows(tokenize(tokenizer, joined), seq_len, stride, num_sequences, bos)
     return windows, stride, bos, counts
 
 
@@ -60,9 +53,7 @@ class GivenWindows(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         dataset = Windows(self.windows, self.stride, self.bos_token_id is not None, self.counts)
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        sampler = UnpaddedDistributedSampler(dataset, world, rank, lockstep=is_sharded(self.trainer))
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_windows)
+        return window_loader(dataset, self.trainer, self.batch_size)
 
     def describe(self) -> dict[str, Any]:
         """What was evaluated, for results.json."""

@@ -17,9 +17,10 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, DistributedSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from lit_massive.errors import InputError
+from lit_massive.models.sharding import is_sharded
 
 FILLER = -1  # the index of a lockstep filler window
 
@@ -162,3 +163,37 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def cut_windows(
+    tokens, seq_len: int, stride: int, num_sequences: int | None, bos_token_id: int | None
+) -> tuple[Tensor, tuple[list[int], list[int]] | None]:
+    """`make_windows` of a tokenised text (`text.Tokenized`), and each window's scored bytes
+    and words (`window_text_counts`) when the tokenizer gave character offsets, else None."""
+    windows = make_windows(tokens.ids, seq_len, stride, num_sequences, bos_token_id)
+    if tokens.offsets is None:
+        return windows, None
+    counts = window_text_counts(
+        tokens.text, tokens.offsets.tolist(), len(windows), seq_len, stride, bos_token_id is not None
+    )
+    return windows, counts
+
+
+def window_loader(dataset: Windows, trainer, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """The validation loader of `dataset` for this process: its own windows, none repeated
+    (lockstep fillers when the layers are sharded); every process needs at least one."""
+    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    check_processes(len(dataset), world)
+    sampler = UnpaddedDistributedSampler(dataset, num_replicas=world, rank=rank, lockstep=is_sharded(trainer))
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate_windows
+    )
+
+
+def check_processes(num_windows: int, world: int) -> None:
+    """Every process needs at least one window."""
+    if num_windows < world:
+        raise InputError(
+            f"{num_windows} windows for {world} processes; every process needs one: "
+            f"use data.num_sequences >= {world} or fewer devices"
+        )
