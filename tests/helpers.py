@@ -32,8 +32,10 @@ MASSIVE_VARIANTS = {  # edits of the block where the toy model plants its massiv
 
 
 def run_validate(root: Path, *args: str) -> tuple[Path, dict]:
-    """Run the CLI in-process under `root`; return the new run directory and its results."""
-    before = set(root.glob("lightning_logs/*"))
+    """Run the CLI in-process under `root`; return the new run directory (the folder of the
+    new results.json: `lightning_logs/<model>/version_N`, or where a config's logger puts it)
+    and its results."""
+    before = set(root.glob("**/results.json"))
     with mock.patch("sys.argv", ["lit_massive"]):  # LightningCLI reads args only from `args`
         cli_main(
             [
@@ -49,8 +51,8 @@ def run_validate(root: Path, *args: str) -> tuple[Path, dict]:
                 *args,
             ]
         )
-    (run_dir,) = set(root.glob("lightning_logs/*")) - before
-    return run_dir, read_results(run_dir / "results.json")
+    (results,) = set(root.glob("**/results.json")) - before
+    return results.parent, read_results(results)
 
 
 def cli_output(capsys, *argv: str) -> str:
@@ -93,7 +95,7 @@ def run_validate_ddp(root: Path, *args: str, devices: int = 2, strategy: str = "
 
 def only_results(root: Path) -> dict:
     """The results of the one run under `root` (a run made in another process)."""
-    (run_dir,) = root.glob("lightning_logs/*")
+    (run_dir,) = root.glob("lightning_logs/*/version_*")
     return read_results(run_dir / "results.json")
 
 

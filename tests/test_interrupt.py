@@ -42,7 +42,7 @@ def sigint_handler():
 
 
 def runs(root: Path) -> list[Path]:
-    return sorted(root.glob("lightning_logs/*"))
+    return sorted(root.glob("lightning_logs/*/version_*"))
 
 
 def assert_no_spoiled_files(root: Path) -> None:
@@ -76,7 +76,7 @@ def test_interrupt_while_measuring_removes_the_run(tmp_path, capfd):
     with mock.patch("lit_massive.module.MassiveActivations.validation_step", step):
         code, lines = interrupted(tmp_path, capfd)
     assert code == 1
-    assert lines == [removed_line(tmp_path / "lightning_logs" / "version_0")]
+    assert lines == [removed_line(tmp_path / "lightning_logs" / "toy" / "version_0")]
     assert runs(tmp_path) == []
 
 
@@ -89,7 +89,7 @@ def test_interrupt_while_loading_the_model_removes_the_run(tmp_path, capfd):
     with mock.patch("lit_massive.module.MassiveActivations.load_model", load):
         code, lines = interrupted(tmp_path, capfd)
     assert code == 1
-    assert lines == [removed_line(tmp_path / "lightning_logs" / "version_0")]
+    assert lines == [removed_line(tmp_path / "lightning_logs" / "toy" / "version_0")]
     assert runs(tmp_path) == []
 
 
@@ -102,7 +102,7 @@ def test_interrupt_while_writing_results_json_leaves_no_half_file(tmp_path, capf
     with mock.patch.object(callback, "json", SimpleNamespace(dump=half)):
         code, lines = interrupted(tmp_path, capfd)
     assert code == 1
-    assert lines == [removed_line(tmp_path / "lightning_logs" / "version_0")]
+    assert lines == [removed_line(tmp_path / "lightning_logs" / "toy" / "version_0")]
     assert runs(tmp_path) == [] and not list(tmp_path.rglob("*results.json*"))
 
 
@@ -210,7 +210,7 @@ def finish(proc: subprocess.Popen, again_after: float | None = None) -> tuple[in
 @pytest.mark.slow  # a process, interrupted
 @pytest.mark.parametrize("again_after", [None, 0.05])
 def test_sigint_while_measuring(tmp_path, again_after):
-    run_dir = tmp_path / "lightning_logs" / "version_0"
+    run_dir = tmp_path / "lightning_logs" / "toy" / "version_0"
     # 200 windows one at a time: the pass lasts far longer than the wait for its first files
     proc = start(tmp_path, *SMALL, "--data.num_sequences", "200", "--data.stride", "16", "--data.batch_size", "1")
     wait_for(proc, lambda: (run_dir / "hparams.yaml").exists())
@@ -226,7 +226,7 @@ def test_sigint_while_measuring(tmp_path, again_after):
 @pytest.mark.slow  # a process, interrupted
 @pytest.mark.parametrize("again_after", [None, 0.05])
 def test_sigint_while_writing(tmp_path, again_after):
-    run_dir = tmp_path / "lightning_logs" / "version_0"
+    run_dir = tmp_path / "lightning_logs" / "toy" / "version_0"
     proc = start(tmp_path, *SMALL, "--model.variants", PRUNED, "--trainer.enable_progress_bar", "false")
     wait_for(proc, lambda: (run_dir / "results.json").exists())
     status, lines = finish(proc, again_after)

@@ -107,7 +107,7 @@ def test_wheel_carries_configs_and_corpus_and_runs_the_demo_when_installed(tmp_p
         [sys.executable, "-m", "lit_massive", *args], cwd=work, env=env, capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    (results,) = work.glob("lightning_logs/*/results.json")
+    (results,) = work.glob("lightning_logs/*/version_*/results.json")
     provenance = read_results(results)["provenance"]
     assert provenance["model"]["source"] == "toy" and provenance["git"] is None  # installed, not a checkout
 

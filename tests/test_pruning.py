@@ -107,5 +107,5 @@ def test_sweep_expands_and_random_order_is_seeded(tmp_path):
     assert results["variants"]["sweep_random_1"]["pruned_heads"] == first3[:1] and len(first3) == 3
     again, _ = parse_variants(None, Sweep(order="random", k=(3,), seed=7), 12, 12)
     assert [list(h) for h in again["sweep_random_3"]] == first3
-    run_dir = next(tmp_path.glob("lightning_logs/*"))
+    run_dir = next(tmp_path.glob("lightning_logs/*/version_*"))
     assert (run_dir / "figures" / "sweep_change_vs_k.png").exists()

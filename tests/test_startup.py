@@ -1,4 +1,4 @@
-"""Start-up: the light commands (`configs`, `rank-heads`, the top-level `--help`, no or an
+"""Start-up: the light commands (`configs`, `rank-heads`, `compare`, the top-level `--help`, no or an
 unknown command, an unknown config name) import neither torch nor transformers nor
 lightning, so they answer at once; each runs in a fresh process (`python -X importtime`
 lists every module it imports)."""
@@ -53,9 +53,9 @@ def scores_file(tmp_path):
     [
         (["configs"], 0, "demo"),
         (["configs", "demo"], 0, "model_name_or_path: toy"),
-        (["--help"], 0, "{validate,rank-heads,configs}"),
+        (["--help"], 0, "{validate,rank-heads,compare,configs}"),
         (["-h"], 0, "rank-heads"),
-        ([], 1, "lit_massive: error: give a command: validate, rank-heads, configs"),
+        ([], 1, "lit_massive: error: give a command: validate, rank-heads, compare, configs"),
         (["valdate"], 1, "lit_massive: error: unknown command 'valdate'; did you mean validate?"),
         (["validate", "--config", "nope.yaml"], 1, "neither an existing file nor a bundled config"),
         (["configs", "nope"], 1, "lit_massive: error: bundled config 'nope'"),
@@ -78,6 +78,34 @@ def test_rank_heads_imports_no_torch(tmp_path, scores_file):
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
     bad, imported, _ = _light_run(tmp_path, "rank-heads", str(tmp_path / "none.json"))
     assert bad.returncode == 1 and "does not exist" in bad.stderr and not imported & set(HEAVY)
+
+
+def _fake_run(directory, model: str, n_layer: int) -> str:
+    """A run directory whose results.json has what `compare` reads (no run needed)."""
+    layers = [{"layer": i, "top": [10.0 ** i, 1.0, 0.5], "median": 0.1, "top1_over_median": 10.0 ** (i + 1),
+               "massive_fraction": 0.0, "top1_dim": 3, "top1_token": "the"} for i in range(n_layer)]  # fmt: skip
+    entry = {"first_massive_layer": None, "layers": layers, "head_scores": None, "attention_to_massive": None,
+             "perplexity": 12.5, "bits_per_byte": 1.25, "word_perplexity": 20.0}  # fmt: skip
+    results = {"model": {"name_or_path": model, "model_type": "gpt2", "n_layer": n_layer, "n_embd": 8,
+                         "vocab_size": 50, "parameter_dtype": "float32"},
+               "parallel": {"parameter_bytes_full": 5000}, "data": None, "variants": {"baseline": entry}}  # fmt: skip
+    directory.mkdir(parents=True)
+    (directory / "results.json").write_text(json.dumps(results))
+    return str(directory)
+
+
+def test_compare_imports_no_torch(tmp_path):
+    a = _fake_run(tmp_path / "lightning_logs" / "a" / "version_0", "org/a", 2)
+    b = _fake_run(tmp_path / "lightning_logs" / "b" / "version_0", "b", 3)
+    done, imported, seconds = _light_run(tmp_path, "compare", a, b, "--out", str(tmp_path / "cmp"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "a/version_0" in done.stdout and "12.5000" in done.stdout and "1.25k (2 x 8)" in done.stdout
+    written = sorted(p.name for p in (tmp_path / "cmp").iterdir())
+    assert written == ["comparison.json", "comparison.md", "top1_median.png"]
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
+    assert seconds < 10
+    bad, imported, _ = _light_run(tmp_path, "compare", a)
+    assert bad.returncode == 1 and "compare needs two or more runs" in bad.stderr and not imported & set(HEAVY)
 
 
 def test_the_package_and_the_results_reader_import_no_torch(tmp_path, scores_file):

@@ -1,7 +1,7 @@
 """`python -m lit_massive COMMAND`: `validate --config configs/X.yaml` (LightningCLI around
-the module, cli/validate.py), `rank-heads` and `configs`.
+the module, cli/validate.py), `rank-heads`, `compare` and `configs`.
 
-Nothing heavy is imported here: `configs`, `rank-heads`, the top-level `--help`, a missing
+Nothing heavy is imported here: `configs`, `rank-heads`, `compare`, the top-level `--help`, a missing
 or unknown command and an unknown config name answer without importing lightning, torch or
 transformers (seconds of start-up); only `validate` imports them (tests/test_startup.py).
 """
@@ -18,12 +18,14 @@ from lit_massive.errors import InputError
 PROG = "lit_massive"
 DESCRIPTION = (
     "Measure massive activations and attention heads of decoder LMs: `validate --config X.yaml` "
-    "(a file, or a bundled config's name: list them with `configs`); `rank-heads RUN/results.json`."
+    "(a file, or a bundled config's name: list them with `configs`); `rank-heads RUN/results.json`; "
+    "`compare RUN RUN ...`."
 )
 VALIDATE = "Measure a model on a config's windows: validate --config X.yaml (validate --help: every option)"
 # commands cli_main runs itself, listed in the help next to `validate`
 OTHER_COMMANDS = {
     "rank-heads": "Rank a run's heads and write pruning configs: rank-heads RUN/results.json --k 3",
+    "compare": "Compare two or more runs in one table and overlaid figures: compare RUN RUN ... --out DIR",
     "configs": "List the bundled configs, or print one to copy and edit: configs [NAME]",
 }
 COMMANDS = ("validate", *OTHER_COMMANDS)
@@ -72,7 +74,7 @@ def _rank() -> int:
 
 
 def cli_main(args: list[str] | None = None) -> None:
-    """Entry point for `validate`, `rank-heads` and `configs`; bad input ends the program
+    """Entry point for `validate`, `rank-heads`, `compare` and `configs`; bad input ends the program
     with one line naming the value (printed by rank 0 only). Returns None, so the console
     script's `sys.exit(cli_main())` exits with status 0 after a run."""
     argv = _config_after_command(sys.argv[1:] if args is None else list(args))
@@ -81,6 +83,11 @@ def cli_main(args: list[str] | None = None) -> None:
             from lit_massive.cli import rank_heads
 
             rank_heads.main(argv[1:])
+            return
+        if argv[:1] == ["compare"]:
+            from lit_massive.cli import compare
+
+            compare.main(argv[1:])
             return
         if argv[:1] == ["configs"]:
             configs.main(argv[1:])

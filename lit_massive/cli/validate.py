@@ -3,10 +3,12 @@ needs it: it brings in lightning, torch and transformers, which take seconds to 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
@@ -22,6 +24,7 @@ from lit_massive.models.sharding import SHARDED, checkpoint_files, register_stra
 from lit_massive.models.toy import TOY
 from lit_massive.module import MassiveActivations
 from lit_massive.report.callback import RunReport, ensure_new_run_dir
+from lit_massive.report.comparison import model_run_name
 from lit_massive.report.tables import terminal_summary
 
 # Trainer options that only training uses: left out of --help and the config (their defaults apply)
@@ -63,9 +66,17 @@ class MassiveCLI(LightningCLI):
         for name, help in OTHER_COMMANDS.items():  # shown in the help; cli_main runs them
             parser._subcommands_action.add_subcommand(name, OneLineErrorParser(description=help), help=help)
 
+    default_logger: TensorBoardLogger | None = None  # the one `instantiate_trainer` made, if it made one
+
     def instantiate_trainer(self, **kwargs):
         """Lightning's own refusals of a flag combination (`fsdp` on a CPU, `16-mixed` with
-        `model_parallel`, ...) as one-line input errors."""
+        `model_parallel`, ...) as one-line input errors. Without a `trainer.logger` of the
+        user's, the run's logger is `default_logger`'s (config.yaml still says `logger: null`,
+        so a rerun of it is named the same way)."""
+        trainer = self._get(self.config_init, "trainer", default={})
+        if "logger" not in kwargs and trainer.get("logger") in (None, True):
+            self.default_logger = default_logger(self.model.hparams.model_name_or_path, trainer.get("default_root_dir"))
+            kwargs["logger"] = self.default_logger
         try:
             return super().instantiate_trainer(**kwargs)
         except (ValueError, MisconfigurationException) as err:
@@ -101,11 +112,27 @@ class MassiveCLI(LightningCLI):
                 print(terminal_summary(self.model.results.variants, columns_of))
             print(f"Run directory: {run_dir}")
             if any(isinstance(lg, TensorBoardLogger) for lg in self.trainer.loggers):
+                # every model's runs under one logdir, so TensorBoard overlays them (runs named model/version_N)
+                ours = self.default_logger is not None and self.trainer.logger is self.default_logger
+                logdir = self.default_logger.save_dir if ours else Path(run_dir).parent
                 # what a layout cannot set: the page's smoothing and y scale
                 print(
-                    f"TensorBoard: tensorboard --logdir {Path(run_dir).parent}  (per-layer curves: set "
+                    f"TensorBoard: tensorboard --logdir {logdir}  (per-layer curves: set "
                     f"smoothing to 0, and a log y axis for the layer profile)"
                 )
+
+
+def default_logger(model_name_or_path: str, default_root_dir: str | None) -> TensorBoardLogger:
+    """Lightning's default logger (TensorBoard, the SLURM job id as version where there is
+    one), one folder deeper: `<default_root_dir>/lightning_logs/<model-name>/version_N`, so
+    TensorBoard pointed at lightning_logs/ names each run after its model
+    (`model_run_name`: `gpt2`, `Llama-2-7b-hf`, a local checkpoint's folder name, `toy`)."""
+    root = os.path.normpath(os.path.expanduser(default_root_dir or os.getcwd()))
+    return TensorBoardLogger(
+        save_dir=os.path.join(root, "lightning_logs"),
+        name=model_run_name(model_name_or_path),
+        version=SLURMEnvironment.job_id(),
+    )
 
 
 def check_before_run(trainer, model: MassiveActivations, datamodule: WindowsDataModule) -> None:

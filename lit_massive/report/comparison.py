@@ -1,0 +1,460 @@
+"""Several runs side by side (`compare`): one row per run x variant x corpus, read straight from
+each run's results.json, as a terminal table, markdown and JSON, and figures that overlay the
+runs (top-1 and median against depth, attention to massive tokens, head-score distributions).
+
+Plain Python and matplotlib only, no torch: `compare` answers in seconds
+(tests/test_startup.py). `model_run_name` also names a run's TensorBoard directory
+(cli/validate.py), so a run directory and its label here say the same model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import matplotlib
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from lit_massive.errors import InputError
+from lit_massive.report.schema import RESULTS, ResultsFile, read_results
+from lit_massive.report.tables import cell, markdown_table
+
+BASELINE = "baseline"
+NAN = float("nan")
+DPI = 120  # as report/publisher.py
+# bytes per element of `model.parameter_dtype`, to count parameters from `parallel.parameter_bytes_full`
+_DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
+# what `compare` writes into its directory (figures: those the runs have data for)
+MARKDOWN, JSON = "comparison.md", "comparison.json"
+FIGURES = {
+    "top1_median": "top1_median.png",
+    "attention_to_massive": "attention_to_massive.png",
+    "head_scores": "head_scores.png",
+}
+WRITTEN = (MARKDOWN, JSON, *FIGURES.values())
+# a horizontal box plot: `orientation` from matplotlib 3.10 on (`vert` is deprecated there), `vert` before
+_HORIZONTAL = {"orientation": "horizontal"} if matplotlib.__version_info__ >= (3, 10) else {"vert": False}
+
+
+def model_run_name(model_name_or_path: str) -> str:
+    """A short, filesystem-safe name of a model for its run directory and labels: the last
+    part of a hub id (`meta-llama/Llama-2-7b-hf` -> `Llama-2-7b-hf`) or of a local directory
+    (a hub cache snapshot: its repository's name), `toy` as it is."""
+    path = Path(model_name_or_path).expanduser()
+    if path.is_dir():
+        path = path.resolve()
+        if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+            path = Path(path.parent.parent.name.split("--")[-1])
+        name = path.name
+    else:
+        name = PurePosixPath(model_name_or_path.replace("\\", "/").rstrip("/")).name
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).lstrip(".")
+    return name or "model"
+
+
+@dataclass
+class Run:
+    """One run to compare: its label (unique among the runs), results.json path and content."""
+
+    label: str
+    path: Path
+    results: ResultsFile
+
+
+def _results_path(given: str) -> Path:
+    path = Path(given).expanduser()
+    return path / RESULTS if path.is_dir() else path
+
+
+def _check_layers(path: Path, results: dict) -> None:
+    """What `compare` reads beyond what `read_results` checks: the model and every variant's
+    layer profile; a one-line error naming the file otherwise."""
+    model = results.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("name_or_path"), str):
+        raise InputError(f"run {str(path)!r} has no 'model' section; give the {RESULTS} of a lit_massive run")
+    for name, entry in results["variants"].items():
+        layers = entry.get("layers")
+        if not isinstance(layers, list) or not layers or not all(isinstance(r, dict) and "top" in r for r in layers):
+            raise InputError(
+                f"run {str(path)!r}: variant {name!r} has no layer profile ('layers'); "
+                f"give the {RESULTS} of a lit_massive run"
+            )
+
+
+def run_labels(paths: list[Path], models: list[str]) -> list[str]:
+    """`model/run-dir-name` (`gpt2/version_0`, as TensorBoard names the run); where two runs
+    would share one, their run directories' paths below the runs' common folder instead."""
+    dirs = [p.parent.resolve() for p in paths]
+    names = [model_run_name(m) for m in models]
+    labels = [f"{n}/{d.name}" for n, d in zip(names, dirs, strict=True)]
+    common = Path(os.path.commonpath([str(d) for d in dirs]))
+    shared = {label for label in labels if labels.count(label) > 1}
+    for i, label in enumerate(labels):
+        if label in shared:
+            rel = dirs[i].relative_to(common).as_posix() if dirs[i] != common else dirs[i].as_posix()
+            labels[i] = rel if names[i] in rel.split("/") else f"{names[i]}: {rel}"
+    if len(set(labels)) < len(labels):  # a contrived tree: the full paths, unique as the runs are
+        labels = [d.as_posix() for d in dirs]
+    return labels
+
+
+def load_runs(given: list[str]) -> list[Run]:
+    """The runs (run directories or results.json files) `compare` reads, in the order given,
+    with unique labels; a one-line error for fewer than two, a path given twice, a missing or
+    unreadable file, or a file that is not a lit_massive results.json."""
+    if len(given) < 2:
+        shown = f": {given[0]}" if given else ""
+        raise InputError(
+            f"compare needs two or more runs (run directories or {RESULTS} files); got {len(given)}{shown}"
+        )
+    paths, loaded = [], []
+    for text in given:
+        results = read_results(text, "run")
+        path = _results_path(text).resolve()
+        if path in paths:
+            raise InputError(f"run {text!r} is given twice ({path}); give each run once")
+        _check_layers(path, results)
+        paths.append(path)
+        loaded.append(results)
+    labels = run_labels(paths, [r["model"]["name_or_path"] for r in loaded])
+    return [Run(label, path, results) for label, path, results in zip(labels, paths, loaded, strict=True)]
+
+
+# ---------------------------------------------------------------------------------------
+# rows
+
+
+def corpus_name(data: dict[str, Any] | None) -> str:
+    """What a run evaluated, for the corpus column: the dataset (config, split) or the data
+    files' names, and its windows (`20 x 128` tokens)."""
+    if data is None:
+        return "given windows"
+    files = data.get("data_files")
+    if files:
+        if isinstance(files, dict):
+            files = [f for value in files.values() for f in (value if isinstance(value, list) else [value])]
+        names = [Path(str(f)).name for f in (files if isinstance(files, list) else [files])]
+        name = ", ".join(names)
+    else:
+        name = ":".join(str(part) for part in (data.get("dataset"), data.get("config_name"), data.get("split")) if part)
+    windows, seq_len = data.get("num_windows"), data.get("seq_len")
+    shape = f" ({windows} x {seq_len})" if windows is not None and seq_len is not None else ""
+    return (name or "unknown") + shape
+
+
+def corpora(results: ResultsFile) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, dict]]]:
+    """(corpus name, its `data` record, its variants) for each corpus a run evaluated. A
+    results.json has one corpus today (`data`, `variants`); a run over several corpora adds
+    its own case here, and every row, table and figure follows."""
+    yield corpus_name(results.get("data")), results.get("data"), results["variants"]
+
+
+def parameter_count(results: ResultsFile) -> int | None:
+    """Parameters from what the run recorded: `parallel.parameter_bytes_full` (every
+    parameter's bytes, tied weights once) over the bytes of `model.parameter_dtype`; exact
+    when every parameter has that dtype. None when either is missing."""
+    full = (results.get("parallel") or {}).get("parameter_bytes_full")
+    size = _DTYPE_BYTES.get(str(results["model"].get("parameter_dtype")))
+    return full // size if isinstance(full, int) and size else None
+
+
+def _peak(layers: list[dict]) -> tuple[float, int] | None:
+    """The largest top-1 / median over blocks and its block (as the run's own summary)."""
+    found = [(r["top1_over_median"], r["layer"]) for r in layers if r.get("top1_over_median") is not None]
+    return max(found, default=None)
+
+
+def tokenizer_of(results: ResultsFile) -> str:
+    """The tokenizer a run used, as results.json names it (`data.tokenizer`: a name or a
+    path; the model's when not recorded)."""
+    data = results.get("data") or {}
+    return str(data.get("tokenizer") or results["model"]["name_or_path"])
+
+
+def comparison_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per run x corpus x variant, every number as the run's results.json has it."""
+    rows = []
+    for run in runs:
+        model, results = run.results["model"], run.results
+        for corpus, _data, variants in corpora(results):
+            for variant, entry in variants.items():
+                layers = entry["layers"]
+                peak = _peak(layers)
+                at = next((r for r in layers if peak is not None and r["layer"] == peak[1]), None)
+                change = entry.get("change_vs_baseline") or {}
+                rows.append(
+                    {
+                        "run": run.label,
+                        "path": str(run.path),
+                        "model": model["name_or_path"],
+                        "family": model.get("model_type"),
+                        "parameters": parameter_count(results),
+                        "n_layer": model.get("n_layer", len(layers)),
+                        "n_embd": model.get("n_embd"),
+                        "vocab_size": model.get("vocab_size"),
+                        "tokenizer": tokenizer_of(results),
+                        "variant": variant,
+                        "corpus": corpus,
+                        "first_massive_layer": entry.get("first_massive_layer"),
+                        "peak_top1_over_median": None if peak is None else peak[0],
+                        "peak_layer": None if peak is None else peak[1],
+                        "top1_dim": None if at is None else at.get("top1_dim"),
+                        "top1_token": None if at is None else at.get("top1_token"),
+                        "perplexity": entry.get("perplexity"),
+                        "bits_per_byte": entry.get("bits_per_byte"),
+                        "word_perplexity": entry.get("word_perplexity"),
+                        "top1_pct": (change.get("mean_over_layers") or {}).get("top1_pct"),
+                        "perplexity_pct": change.get("perplexity_pct"),
+                    }
+                )
+    return rows
+
+
+def _count(n: int) -> str:
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def _shape(row: dict[str, Any]) -> str:
+    blocks, width = row["n_layer"], row["n_embd"]
+    return f"{blocks} x {width}" if width is not None else f"{blocks} blocks"
+
+
+def _model_shown(model: str) -> str:
+    """A local checkpoint by its directory name (the full path is in comparison.json)."""
+    return Path(model).name if Path(model).expanduser().is_dir() else model
+
+
+COLUMNS = (
+    "run", "variant", "corpus", "model", "family", "parameters (blocks x width)", "first massive",
+    "peak top-1/median (block)", "top-1 dim, token", "perplexity", "bits/byte", "word ppl", "top-1 %", "perplexity %",
+)  # fmt: skip
+
+
+def row_cells(row: dict[str, Any]) -> list[str]:
+    """A row's table cells, in COLUMNS order."""
+    params = "-" if row["parameters"] is None else _count(row["parameters"])
+    peak = row["peak_top1_over_median"]
+    token = row["top1_token"]
+    where = "-" if row["top1_dim"] is None else f"{row['top1_dim']}" + ("" if token is None else f" {token!r}")
+    base = row["variant"] == BASELINE
+    return [
+        row["run"],
+        row["variant"],
+        row["corpus"],
+        _model_shown(row["model"]),
+        row["family"] or "-",
+        f"{params} ({_shape(row)})",
+        "-" if row["first_massive_layer"] is None else str(row["first_massive_layer"]),
+        "-" if peak is None else f"{peak:.1f} ({row['peak_layer']})",
+        where,
+        cell(row["perplexity"], ".4f"),
+        cell(row["bits_per_byte"], ".4f"),
+        cell(row["word_perplexity"], ".4f"),
+        "-" if base else cell(row["top1_pct"], "+.2f"),
+        "-" if base else cell(row["perplexity_pct"], "+.2f"),
+    ]
+
+
+def tokenizers_differ(runs: list[Run]) -> bool:
+    """Whether the runs' tokenizers may differ: recorded under different names, or with
+    different vocabulary sizes."""
+    keys = {(tokenizer_of(r.results), r.results["model"].get("vocab_size")) for r in runs}
+    return len(keys) > 1
+
+
+def notes(runs: list[Run], rows: list[dict[str, Any]]) -> list[str]:
+    """The lines under the table: what the columns mean and what compares across which runs."""
+    lines = [
+        "%: change vs the run's own baseline (top-1: mean over blocks); blocks are 0-based",
+        "parameters: parallel.parameter_bytes_full / bytes per model.parameter_dtype ('-': not recorded)",
+    ]
+    if tokenizers_differ(runs):
+        groups: dict[str, list[str]] = {}
+        for r in runs:
+            key = f"{tokenizer_of(r.results)} (vocab {r.results['model'].get('vocab_size')})"
+            groups.setdefault(key, []).append(r.label)
+        lines.append(
+            "tokenizers differ: token perplexity compares only between runs of the same tokenizer; "
+            "across tokenizers only bits per byte (and word perplexity) compare"
+        )
+        lines += [f"  tokenizer {key}: {', '.join(labels)}" for key, labels in groups.items()]
+    if len({row["corpus"] for row in rows}) > 1:
+        lines.append("corpora differ: numbers compare only between rows of the same corpus (and window length)")
+    return lines
+
+
+def terminal_table(rows: list[dict[str, Any]], lines: list[str]) -> str:
+    """The table as aligned columns for the terminal, then the notes."""
+    table = [list(COLUMNS), *(row_cells(r) for r in rows)]
+    widths = [max(len(r[c]) for r in table) for c in range(len(COLUMNS))]
+    text = ["  ".join(t.ljust(w) for t, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    return "\n".join([text[0], "  ".join("-" * w for w in widths), *text[1:], *lines])
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def comparison_markdown(rows: list[dict[str, Any]], lines: list[str], figures: list[str]) -> str:
+    """comparison.md: the table, the notes, the figures."""
+    table = markdown_table(list(COLUMNS), [[_md(c) for c in row_cells(r)] for r in rows])
+    runs = "\n".join(f"- `{label}`: {path}" for label, path in dict.fromkeys((r["run"], r["path"]) for r in rows))
+    bullets = [f"  - {line.strip()}" if line.startswith("  ") else f"- {line}" for line in lines]
+    parts = ["# Comparison of runs", "", table, "", *bullets, "", "Runs:", "", runs]
+    if figures:
+        parts += ["", *(f"![{Path(f).stem}]({f})" for f in figures)]
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# figures
+
+
+def _series_label(row: dict[str, Any], several_corpora: bool) -> str:
+    label = row["run"] if row["variant"] == BASELINE else f"{row['run']} [{row['variant']}]"
+    return f"{label}, {row['corpus']}" if several_corpora else label
+
+
+def series(runs: list[Run]) -> list[tuple[str, dict]]:
+    """(label, variant entry) per run x corpus x variant, in the table's order."""
+    several = len({c for r in runs for c, _, _ in corpora(r.results)}) > 1
+    out = []
+    for run in runs:
+        for corpus, _data, variants in corpora(run.results):
+            for variant, entry in variants.items():
+                label = _series_label({"run": run.label, "variant": variant, "corpus": corpus}, several)
+                out.append((label, entry))
+    return out
+
+
+def _colors(n: int) -> list:
+    cmap = colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "viridis"]
+    return [cmap(i) if n <= 20 else cmap(i / max(n - 1, 1)) for i in range(n)]
+
+
+def _style(i: int) -> dict:
+    """Markers and widths that shrink series by series, so a run drawn over an equal one
+    (the same model twice, a variant that changes nothing) leaves it visible."""
+    return {"marker": "osD^v<>p"[i % 8], "ms": max(7 - 1.0 * i, 2.5), "lw": max(2.6 - 0.3 * i, 1.0), "zorder": 2 + i}
+
+
+def _depth(n_layer: int, relative: bool) -> list[float]:
+    """x of each block: its index, or its relative depth (block / (blocks - 1), 0..1)."""
+    return [i / max(n_layer - 1, 1) for i in range(n_layer)] if relative else list(range(n_layer))
+
+
+def _depth_axis(ax: Axes, relative: bool, n_max: int) -> None:
+    if relative:
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel("relative depth (block / (blocks - 1))")
+    else:
+        if n_max <= 40:
+            ax.set_xticks(range(n_max))
+        ax.set_xlabel("block (0-based)")
+
+
+def _legend(ax: Axes, n: int) -> None:
+    if n > 8:  # beside the chart, in columns, instead of over the lines
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + n // 16)
+    else:
+        ax.legend(fontsize="small")
+
+
+def _values(values: list[float | None]) -> list[float]:
+    return [NAN if v is None else v for v in values]
+
+
+def depth_figure(shown: list[tuple[str, dict]], relative: bool = False) -> Figure:
+    """Top-1 (solid) and median (dashed) of |block output| against depth, one color per
+    run x variant, log y: where each model's massive activations appear and how large."""
+    fig = Figure(figsize=(9.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    n_max = max(len(entry["layers"]) for _, entry in shown)
+    for i, ((label, entry), color) in enumerate(zip(shown, _colors(len(shown)), strict=True)):
+        layers, style = entry["layers"], _style(i)
+        x = _depth(len(layers), relative)
+        ax.plot(x, _values([r["top"][0] for r in layers]), color=color, label=label, **style)
+        ax.plot(x, _values([r["median"] for r in layers]), color=color, ls="--", **{**style, "marker": None})
+    ax.set_yscale("log")
+    _depth_axis(ax, relative, n_max)
+    ax.set_ylabel("|block output| (mean over windows)\nsolid: top 1, dashed: median")
+    ax.set_title("top-1 and median of |block output| against depth")
+    ax.grid(True, which="major", alpha=0.3)
+    _legend(ax, len(shown))
+    return fig
+
+
+def attention_figure(shown: list[tuple[str, dict]], relative: bool = False) -> Figure:
+    """Per block, the share of attention on each window's massive tokens, one line per run x
+    variant with head scores."""
+    fig = Figure(figsize=(9.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    n_max = max(len(entry["attention_to_massive"]) for _, entry in shown)
+    for i, ((label, entry), color) in enumerate(zip(shown, _colors(len(shown)), strict=True)):
+        values = entry["attention_to_massive"]
+        ax.plot(_depth(len(values), relative), _values(values), color=color, label=label, **_style(i))
+    ax.set_ylim(0.0, 1.05)
+    _depth_axis(ax, relative, n_max)
+    ax.set_ylabel("attention on massive tokens")
+    ax.set_title("attention to massive tokens against depth")
+    ax.grid(True, alpha=0.3)
+    _legend(ax, len(shown))
+    return fig
+
+
+def _flat(rows: list[list[float | None]] | None) -> list[float]:
+    return [v for row in rows or [] for v in row if v is not None and v == v]
+
+
+def head_scores_figure(shown: list[tuple[str, dict]]) -> Figure:
+    """Every (block, head) score of each run x variant as a box with its heads as points:
+    first-token attention and, beside it, attention on massive tokens."""
+    keys = [("head_scores", "attention on token 0")]
+    if any(entry.get("massive_token_scores") is not None for _, entry in shown):
+        keys.append(("massive_token_scores", "attention on massive tokens"))
+    fig = Figure(figsize=(5.0 + 4.0 * len(keys), 1.6 + 0.45 * len(shown)), layout="constrained")
+    axes = fig.subplots(1, len(keys), sharey=True, squeeze=False)[0]
+    colors = _colors(len(shown))
+    for ax, (key, title) in zip(axes, keys, strict=True):
+        data = [_flat(entry.get(key)) for _, entry in shown]
+        positions = [i for i, values in enumerate(data) if values]
+        ax.boxplot([data[i] for i in positions], positions=positions, widths=0.6, showfliers=False,
+                   medianprops={"color": "black"}, **_HORIZONTAL)  # fmt: skip
+        for i in positions:  # every head, spread a little across the box
+            jitter = [((j * 0.618034) % 1.0 - 0.5) * 0.4 for j in range(len(data[i]))]
+            ax.scatter(data[i], [i + d for d in jitter], s=8, color=colors[i], alpha=0.6, zorder=3)
+        largest = max((v for values in data for v in values), default=1.0)
+        right = min(1.0, 1.1 * largest) if largest > 0 else 1.0
+        ax.set_xlim(-0.01 * right, 1.03 * right)  # a score of 0 or of the largest shows whole
+        ax.set_xlabel(f"{title} (mean over windows)")
+        ax.set_title(f"head scores: {title}", fontsize="medium")
+        ax.grid(True, axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(shown)), [label for label, _ in shown], fontsize="small")
+    axes[0].invert_yaxis()
+    return fig
+
+
+def comparison_figures(runs: list[Run], relative: bool = False) -> tuple[dict[str, Figure], list[str]]:
+    """The figures the runs have data for, by FIGURES key, and a line for each one skipped."""
+    shown = series(runs)
+    figures, skipped = {"top1_median": depth_figure(shown, relative)}, []
+    with_attention = [(label, e) for label, e in shown if e.get("attention_to_massive") is not None]
+    if with_attention:
+        figures["attention_to_massive"] = attention_figure(with_attention, relative)
+    else:
+        skipped.append("no attention-to-massive figure: no run has head scores (run with model.head_scores: true)")
+    with_scores = [(label, e) for label, e in shown if _flat(e.get("head_scores"))]
+    if with_scores:
+        figures["head_scores"] = head_scores_figure(with_scores)
+    else:
+        skipped.append("no head-score figure: no run has head scores (run with model.head_scores: true)")
+    return figures, skipped
