@@ -13,19 +13,28 @@ runs (the published loop also computes logits; it is timed too, for reference); 
 forward (with logits) is the reference for "profile + perplexity". The last line is
 machine-readable:
 
-    RESULT {"profile_vs_bare": ..., "heads_vs_bare": ..., "variants_cost": ...,
+    RESULT {"profile_vs_bare": ..., "heads_vs_bare": ..., "head_internals_cost": ..., "variants_cost": ...,
             "profile_vs_paper_loop": ..., "memory_growth": ..., "host_syncs_per_step": ...,
-            "ppl_memory_ratio": ...}
+            "ppl_memory_ratio": ..., "outlier_stats_cost": ...}
 
-`*_vs_*` are throughput ratios (higher is better); `variants_cost` is the extra time of
+`*_vs_*` are throughput ratios (higher is better); `head_internals_cost` is the time of a
+head-scores run with the attention internals (value norms, head outputs, the massive
+tokens' update, logit gaps: `model.head_internals`, on by default) over one with the head
+scores alone (lower is better); `variants_cost` is the extra time of
 one pruning variant divided by one bare forward pass (lower is better; 1.0 means a
 variant costs one more forward pass); `memory_growth` is the peak memory of a profile run
 over 4N windows divided by that over N windows, each measured in a fresh process;
-`host_syncs_per_step` counts the ops of one validation step with every feature on that read
+`head_scores_memory_growth` is the memory a head-scores pass adds at 4T = 8192 tokens over
+that at T = 2048 (2 blocks, width 256, 32 heads; target <= 4.5, linear: the attention
+statistics are computed in tiles of `model.attention_tile` query rows, where whole maps
+would grow 16x); `host_syncs_per_step` counts the ops of one validation step with every feature on that read
 a device value back to the host (target 0; on CUDA the step also runs under
 `torch.cuda.set_sync_debug_mode("error")`); `ppl_memory_ratio` is the peak memory of a
 profile + perplexity run over a profile-only run for a 128k vocabulary (Llama 3's) at
-2 x 1024 tokens, where whole (B, T, V) float32 logits alone would take 1 GiB.
+2 x 1024 tokens, where whole (B, T, V) float32 logits alone would take 1 GiB;
+`outlier_stats_cost` is the time of a profile run with `model.outlier_stats` (one float64
+Gram and eigendecomposition of min(T, D)^2 per window and block) over one without (lower is
+better; 1.0 means free).
 
 `--sharded` runs the CLI three times on the same windows of a Llama-shaped checkpoint whose
 decoder layers hold 99% of its parameters (random weights, `--layers` of width 2048: 7.7 GB
@@ -154,10 +163,13 @@ def _peak_child(model_dir: str, windows, args, queue, kwargs) -> None:
     """Peak memory while the validation pass runs: CUDA memory allocated on a GPU; on a CPU
     the resident set, sampled every 2 ms (model loading happens before and is not counted)."""
     if args.device == "cuda":
-        run_module(model_dir, windows, args, **kwargs)
-        queue.put(torch.cuda.max_memory_allocated())
+        module = MassiveActivations(model_dir, **kwargs)
+        module.configure_model()
+        start = torch.cuda.memory_allocated()
+        _validate(model_dir, windows, args, **kwargs)
+        queue.put((torch.cuda.max_memory_allocated(), start))
         return
-    peak, done = [0], threading.Event()
+    peak, done, start = [0], threading.Event(), [0]
 
     def sample() -> None:
         while not done.is_set():
@@ -166,6 +178,7 @@ def _peak_child(model_dir: str, windows, args, queue, kwargs) -> None:
 
     @contextmanager
     def sampling():
+        start[0] = _rss()  # the model loaded, nothing measured yet
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         yield
@@ -173,20 +186,36 @@ def _peak_child(model_dir: str, windows, args, queue, kwargs) -> None:
         sampler.join()
 
     _validate(model_dir, windows, args, while_running=sampling(), **kwargs)
-    queue.put(peak[0])
+    queue.put((peak[0], start[0]))
 
 
-def peak_memory(model_dir: str, windows, args, perplexity: bool = False) -> int:
-    """Peak memory of one run (profile, with or without perplexity) in a fresh process, so
-    earlier runs cannot inflate it."""
+def peak_memory(model_dir: str, windows, args, perplexity: bool = False, added: bool = False, **kwargs) -> int:
+    """Peak memory of one run (profile, with or without perplexity, `kwargs` for the module)
+    in a fresh process, so earlier runs cannot inflate it; `added`: only what the pass adds
+    to the memory held once the model is loaded."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    kwargs = {"perplexity": perplexity}
+    kwargs = {"perplexity": perplexity, **kwargs}
     child = ctx.Process(target=_peak_child, args=(model_dir, windows, args, queue, kwargs))
     child.start()
-    peak = queue.get()
+    peak, start = queue.get()
     child.join()
-    return peak
+    return peak - start if added else peak
+
+
+def head_scores_memory(args) -> tuple[int, int]:
+    """Memory a head-scores run adds (attention internals on), at T = 2048 and 4T = 8192
+    tokens, one window, for a small model with many heads (2 blocks, width 256, 32 heads):
+    whole (B, H, T, T) float32 scores would be 0.5 GiB and 8 GiB; in tiles of
+    `model.attention_tile` query rows they grow linearly."""
+    config = GPT2Config(n_layer=2, n_embd=256, n_head=32, n_positions=8192, vocab_size=1024)
+    model_dir = tempfile.mkdtemp(prefix="bench_long_")
+    GPT2LMHeadModel(config).save_pretrained(model_dir)
+    one = argparse.Namespace(**{**vars(args), "batch_size": 1})
+    return tuple(
+        peak_memory(model_dir, torch.randint(0, 1024, (1, t)), one, added=True, head_scores=True)
+        for t in (2048, 8192)
+    )
 
 
 def host_syncs_per_step(model_dir: str, windows, args) -> float:
@@ -244,7 +273,7 @@ def _cli_run(root: str, model_dir: str, args, processes: int, strategy: str | No
         command += ["--trainer.strategy", strategy]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"}  # see the module docstring
     subprocess.run(command, check=True, capture_output=True, cwd=root, env=env)
-    (results,) = Path(root).glob("lightning_logs/*/results.json")
+    (results,) = Path(root).glob("lightning_logs/*/version_*/results.json")
     return json.loads(results.read_text())
 
 
@@ -344,13 +373,18 @@ def main() -> None:
     rows["profile"] = time_module(model_dir, small, args, perplexity=False)
     rows["profile + perplexity"] = time_module(model_dir, small, args, perplexity=True)
     rows["profile + heads"] = time_module(model_dir, small, args, perplexity=False, head_scores=True)
+    rows["profile + head scores only"] = time_module(
+        model_dir, small, args, perplexity=False, head_scores=True, head_internals=False
+    )
     variants = {f"v{i}": [[i % n_layer, i]] for i in range(4)}
     rows["profile + 4 variants"] = time_module(model_dir, small, args, perplexity=False, variants=variants)
+    rows["profile + outlier stats"] = time_module(model_dir, small, args, perplexity=False, outlier_stats=True)
     rows["paper loop"] = time_paper_loop(model.transformer, small, args)
     rows["paper loop on the LM (as published)"] = time_paper_loop(model, small, args)
     peak_n, peak_4n = peak_memory(model_dir, small, args), peak_memory(model_dir, windows, args)
     syncs = host_syncs_per_step(model_dir, small[: 2 * args.batch_size], args)
     ppl_ratio = ppl_memory_ratio(args)
+    heads_t, heads_4t = head_scores_memory(args)
 
     bare, bare_lm = rows["bare backbone (blocks + ln_f)"], rows["bare LM (with logits)"]
     print(f"\n{'measurement':30s} {'seconds':>8s} {'tokens/s':>9s} {'vs bare backbone':>17s} {'vs bare LM':>11s}")
@@ -361,14 +395,21 @@ def main() -> None:
         f"\npeak memory of a profile run ({kind}): {peak_n / 2**20:.0f} MiB at N={n}, "
         f"{peak_4n / 2**20:.0f} MiB at 4N={4 * n}"
     )
+    print(
+        f"memory a head-scores pass adds (2 blocks, width 256, 32 heads, one window): "
+        f"{heads_t / 2**20:.0f} MiB at T=2048, {heads_4t / 2**20:.0f} MiB at T=8192"
+    )
     result = {
         "profile_vs_bare": bare / rows["profile"],
         "heads_vs_bare": bare / rows["profile + heads"],
+        "head_internals_cost": rows["profile + heads"] / rows["profile + head scores only"],
         "variants_cost": (rows["profile + 4 variants"] - rows["profile"]) / 4 / bare,
         "profile_vs_paper_loop": rows["paper loop"] / rows["profile"],
         "memory_growth": peak_4n / peak_n,
         "host_syncs_per_step": syncs,
         "ppl_memory_ratio": ppl_ratio,
+        "outlier_stats_cost": rows["profile + outlier stats"] / rows["profile"],
+        "head_scores_memory_growth": heads_4t / heads_t,
     }
     print("RESULT " + json.dumps({k: round(v, 3) for k, v in result.items()}))
 

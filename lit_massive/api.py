@@ -40,7 +40,8 @@ def _module(model: str | nn.Module, options: dict[str, Any]) -> MassiveActivatio
 def _switches(analyses: Iterable[str] | None) -> dict[str, Any]:
     """`analyses` as module options: exactly the named optional analyses on, the others off
     (a flag true or false; an option holding settings, such as ``feature_view``, its
-    defaults or null)."""
+    defaults or null). Analyses that share an option go on together (``sink_rate`` with
+    ``head_scores``); the attention internals also need ``head_scores``."""
     if analyses is None:
         return {}
     wanted = {analysis_class(name).name for name in analyses}
@@ -48,7 +49,7 @@ def _switches(analyses: Iterable[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, cls in ANALYSES.items():
         if cls.option is not None:
-            on = name in wanted
+            on = name in wanted or bool(out.get(cls.option))
             out[cls.option] = on if isinstance(defaults[cls.option].default, bool) else ({} if on else None)
     return out
 

@@ -43,14 +43,19 @@ class MassiveActivations(L.LightningModule):
         massive_threshold: NonNegativeFloat = 100.0,
         massive_ratio: NonNegativeFloat = 1000.0,
         head_scores: bool = False,
+        head_internals: bool = True,
         perplexity: bool = True,
         components: bool = False,
+        outlier_stats: bool = False,
+        super_weights: bool = True,
         feature_view: FeatureView | None = None,
         variants: dict[str, VariantSpec] | None = None,
         sweep: Sweep | None = None,
         attn_implementation: str | None = None,
         massive_candidates: PositiveInt = 256,
         received_positions: PositiveInt = 16,
+        sink_epsilon: NonNegativeFloat = 0.3,
+        attention_tile: PositiveInt = 512,
         dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32",
         trust_remote_code: bool = False,
     ) -> None:
@@ -62,20 +67,32 @@ class MassiveActivations(L.LightningModule):
             massive_threshold: a massive activation has |value| above this ...
             massive_ratio: ... and above this many times the median |value| of its block output.
             head_scores: measure each head's mean attention on the first token and on the
-                window's massive tokens, and the attention each of the first
-                ``received_positions`` key positions receives per layer.
+                window's massive tokens, the attention each of the first
+                ``received_positions`` key positions receives per layer, the sink rate, and
+                (``head_internals``) what happens inside every head, all in the same pass.
+            head_internals: with ``head_scores``, also value norms, output norms, the massive
+                tokens' value update and logit gaps of every head; false: cheaper.
             perplexity: measure token-level perplexity (needs the LM head's logits).
             components: for every massive (dim, position), what enters each block there and
                 what its attention and MLP add (who writes massive activations).
+            outlier_stats: per block, kurtosis of the per-dim RMS, top-direction share and matrix
+                entropy of the block output (keys of ``layers``; an eigendecomposition per window and block).
+            super_weights: per block, where the MLP output projection's input and output are
+                largest, and the super-weight candidates W[j, i] (Yu et al., arXiv 2411.07191)
+                where that output is massive (skipped, with a warning, for Mixtral: fused experts).
             feature_view: plot |block output| of one text (experiment 1) after the pass.
             variants: name -> one of four forms. Heads to prune: ``[[layer, head], ...]``.
-                A selection by head score (Select): ``{select: top|bottom, k: N, scores:
-                path/to/results.json | null}`` (null: this run's baseline scores, from a first
-                pass over the same windows). An edit of layer L's block output (SetMassive):
+                A selection (Select): ``{select: top|bottom, k: N, by: first_token, scores:
+                path/to/results.json | null}`` (``by``: any per-head figure, e.g. head_output_norm;
+                null: this run's baseline, from a first pass over the same windows).
+                An edit of block outputs (SetMassive):
                 ``{set_massive: {layer: L, to: zero|mean, from: results.json | null},
                 prune_heads: [...]}``, or its control (SetRandom): ``{set_random: {layer: L,
-                seed: S}, prune_heads: [...]}``; ``prune_heads`` is optional (alone, PruneHeads,
-                it is the first form).
+                seed: S}, prune_heads: [...]}``; ``layer`` is a block, a list of blocks or
+                ``all``; both take ``positions: all|first|rest`` (``first``: position 0, BOS
+                when there is one; ``rest``: every other); ``to: mean`` sets each entry massive
+                in its window to its dim's mean massive value (position 0 and the rest apart);
+                ``prune_heads`` is optional (alone, PruneHeads, it is the first form).
             sweep: cumulative pruning, one variant per k (``sweep_{order}_{k}``).
             attn_implementation: attention backend; null keeps the model's default.
             massive_candidates: the most massive entries per sequence and layer that the
@@ -83,6 +100,10 @@ class MassiveActivations(L.LightningModule):
                 measured step never waits on the GPU); more are counted (``locator_overflow``).
             received_positions: how many leading key positions ``received`` reports per layer
                 (position-specific attention sinks show up there).
+            sink_epsilon: a head is a sink when its first-token score exceeds this (``sink_rate``;
+                0.3 as in Gu et al., arXiv 2410.10781).
+            attention_tile: head scores and attention internals are computed this many query rows
+                at a time: at most (batch, heads, tile, T) float32 scores at once (linear in T).
             dtype: weights dtype at load time: ``float32``, ``bfloat16``, ``float16`` or ``auto``
                 (the checkpoint's own); the run's precision applies on top, statistics stay float32+.
             trust_remote_code: passed to ``from_pretrained`` for the model and its tokenizer.
@@ -160,7 +181,8 @@ class MassiveActivations(L.LightningModule):
             needs,
             head_mask=None if name == BASELINE else self.head_masks[v],
             pruned_layers=self.pruned_layers[v],
-            edit=self.plan.block_edit(name, batch["index"], h.massive_threshold, h.massive_ratio),
+            edits=self.plan.block_edits(name, batch["index"], h.massive_threshold, h.massive_ratio),
+            attention_tile=h.attention_tile,
         ) as probed:
             output = self.layout.backbone(input_ids=input_ids, use_cache=False)
         # one top-k, median and candidate set per block output, shared by every analysis

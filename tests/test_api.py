@@ -26,10 +26,12 @@ def test_measure_equals_the_cli(tmp_path, measured):
         tmp_path,
         "--model.model_name_or_path", "toy", "--data.dataset", "toy", "--data.seq_len", "64",
         "--data.num_sequences", "4", "--data.batch_size", "2", "--model.head_scores", "true",
+        "--model.head_internals", "false", "--model.super_weights", "false",
         "--model.variants", '{"cut": [[5, 1], [8, 3]]}',
     )  # fmt: skip
     assert_same_numbers(measured.to_json()["variants"], cli["variants"])
-    assert measured.analyses == ["layer_profile", "head_scores", "perplexity", "locator"]
+    # sink_rate comes with head_scores (one option); the internals were not named
+    assert measured.analyses == ["layer_profile", "head_scores", "sink_rate", "perplexity", "locator"]
 
 
 def test_a_loaded_model_and_given_windows_equal_the_named_model(measured):

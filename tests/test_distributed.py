@@ -3,6 +3,7 @@
 Two processes equal one, with every variant form, in test_sharding: the toy sharded (with
 streamed text), a Llama sharded, and that Llama under DDP and sharded as two torchrun nodes."""
 
+import json
 from collections import Counter, defaultdict
 
 import pytest
@@ -54,3 +55,56 @@ def test_two_processes_equal_one_when_locator_tokens_tie(tmp_path, tiny_gpt2_dir
     assert len(massive) > 10
     assert double["variants"]["baseline"]["massive"] == massive  # tokens and values, exactly
     assert_same_numbers(double["variants"], single["variants"])
+
+
+def test_two_processes_equal_one_for_edits_at_every_layer(tmp_path, family_dir, corpus_jsonl):
+    """Edits at `layer: all` on the tiny Llama (BOS and "." massive tokens): the control's
+    draws (seeded per window), the first pass's means and the per-block counts of what each
+    edit changed (summed over processes) are those of one process."""
+    variants = {
+        "zero": {"set_massive": {"layer": "all", "to": "zero", "positions": "rest"}},
+        "mean": {"set_massive": {"layer": "all", "to": "mean"}},
+        "control": {"set_random": {"layer": "all", "seed": 5}},
+    }
+    args = tiny_run_args(family_dir("llama"), corpus_jsonl, 24, 5, 2, "--model.variants", json.dumps(variants))
+    _, single = run_validate(tmp_path / "one", *args)
+    double = run_validate_ddp(tmp_path / "two", *args)
+    assert double["world_size"] == 2 and single["world_size"] == 1
+    for name in variants:  # each edited something, in windows of both processes (zero: at block 0 only)
+        assert sum(b["edited"] for b in single["variants"][name]["edit"]["blocks"]) > 0, name
+    assert_same_numbers(double["variants"], single["variants"])
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "model_parallel"])
+def test_two_processes_equal_one_for_super_weights(tmp_path, corpus_jsonl, strategy):
+    """The super-weight rows are gathered rank by rank (another order than one process's):
+    the per-block entries and candidates do not depend on it; sharded (FSDP2), the weight is
+    read while its layer is whole."""
+    from test_super_weights import COL, PLANT_LAYER, ROW, WEIGHT, _plant
+
+    model_dir = _plant("llama", tmp_path / "planted")
+    args = tiny_run_args(model_dir, corpus_jsonl, 24, 5, 2, "--model.super_weights", "true")  # 3 + 2 windows
+    _, single = run_validate(tmp_path / "one", *args)
+    double = run_validate_ddp(tmp_path / "two", *args, strategy=strategy)
+    assert double["world_size"] == 2
+    found = single["variants"]["baseline"]["super_weights"]
+    assert [(c["layer"], c["row"], c["col"], c["weight"], c["windows"]) for c in found] == [
+        (PLANT_LAYER, ROW, COL, WEIGHT, 5)
+    ]
+    for key in ("mlp_down", "super_weights"):
+        assert_same_numbers(double["variants"]["baseline"][key], single["variants"]["baseline"][key], key)
+
+
+def test_two_processes_equal_one_for_outlier_stats(tmp_path, tiny_gpt2_dir, corpus_jsonl):
+    """Kurtosis, top-direction share and matrix entropy are sums over windows synced across
+    processes: 5 windows split 3 + 2 give the numbers of one process."""
+    keys = ("kurtosis", "top_direction_share", "matrix_entropy", "outlier_left_out")
+    args = tiny_run_args(tiny_gpt2_dir, corpus_jsonl, 16, 5, 2, "--model.outlier_stats", "true",
+                         "--model.perplexity", "false", "--model.variants", '{"cut": [[1, 2]]}')  # fmt: skip
+    _, single = run_validate(tmp_path / "one", *args)
+    double = run_validate_ddp(tmp_path / "two", *args)
+    for name in ("baseline", "cut"):
+        one = [{k: row[k] for k in keys} for row in single["variants"][name]["layers"]]
+        two = [{k: row[k] for k in keys} for row in double["variants"][name]["layers"]]
+        assert all(row[k] is not None for row in one for k in keys)
+        assert_same_numbers(two, one, name)

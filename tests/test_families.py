@@ -1,10 +1,12 @@
 """Every supported family, against plain transformers code on tiny planted checkpoints."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
+from attention_reference import eager_calls, massive_tokens, run_means
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import read_texts, reference_profile, run_validate, tiny_run_args
@@ -15,6 +17,7 @@ from tiny_families import BOS_DIM, DOT_DIM, FAMILIES, FAMILY_CONFIGS, save_famil
 
 SEQ, N = 24, 4
 PRUNED = (1, 1)  # (layer, head)
+TILE = 5  # attention in tiles of 5 query rows: fewer than the sliding window (8), and 24 % 5 != 0
 LAYERS = {"gpt2": "h", "opt": "decoder.layers"}  # else "layers", below the base model
 OUT_PROJ = {"gpt2": "attn.c_proj", "gpt_neox": "attention.dense", "opt": "self_attn.out_proj", "phi": "self_attn.dense"}
 
@@ -36,20 +39,21 @@ def _windows(model_dir, jsonl, bos):
 
 
 def _forward(model, model_type, windows):
-    """Block outputs (plain forward hooks on the decoder layers), eager attention maps, and
-    the summed next-token NLL of positions 1.. of every window."""
+    """Block outputs (plain forward hooks on the decoder layers), eager attention maps, the
+    summed next-token NLL of positions 1.. of every window, and what each layer's eager
+    attention function received."""
     outputs = []
     layers = _get(model.base_model, LAYERS.get(model_type, "layers"))
     handles = [
         layer.register_forward_hook(lambda m, a, o: outputs.append(o[0] if isinstance(o, tuple) else o))
         for layer in layers
     ]
-    with torch.no_grad():
+    with torch.no_grad(), eager_calls(model) as calls:
         out = model(windows, labels=windows, output_attentions=True)
     for handle in handles:
         handle.remove()
     nll_sum = float(out.loss) * windows.shape[0] * (windows.shape[1] - 1)
-    return outputs, out.attentions, nll_sum
+    return outputs, out.attentions, nll_sum, calls
 
 
 def _assert_profile(layers, block_outputs, windows):
@@ -76,7 +80,14 @@ def _eager(model_dir, prune=None):
     return model
 
 
-@pytest.mark.parametrize("model_type", FAMILIES)
+# the fast loop checks six families that between them have every mechanism (Conv1D, BOS,
+# GQA, softcapping, sandwich norms, sliding and mixed sliding layers, partial rotary,
+# parallel blocks, learned positions); the full suite checks all of them
+FAST_FAMILIES = {"gpt2", "llama", "gemma2", "qwen2", "phi", "opt"}
+EVERY_FAMILY = [f if f in FAST_FAMILIES else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES]
+
+
+@pytest.mark.parametrize("model_type", EVERY_FAMILY)
 def test_family_matches_plain_transformers(tmp_path, family_dir, corpus_jsonl, model_type):
     model_dir = family_dir(model_type)
     bos = FAMILY_CONFIGS[model_type][1]
@@ -86,11 +97,12 @@ def test_family_matches_plain_transformers(tmp_path, family_dir, corpus_jsonl, m
         "--model.head_scores", "true",
         "--model.components", "true",
         "--model.variants", json.dumps({"cut": [list(PRUNED)]}),
+        "--model.attention_tile", str(TILE),
     )  # fmt: skip
     assert results["model"]["model_type"] == model_type
     assert results["data"]["uses_bos"] is bos  # bos: auto follows the tokenizer
     windows = _windows(model_dir, corpus_jsonl, bos)
-    block_outputs, attentions, nll_sum = _forward(_eager(model_dir), model_type, windows)
+    block_outputs, attentions, nll_sum, calls = _forward(_eager(model_dir), model_type, windows)
     baseline = results["variants"]["baseline"]
 
     # layer profile: plain forward hooks on the decoder layers
@@ -99,12 +111,21 @@ def test_family_matches_plain_transformers(tmp_path, family_dir, corpus_jsonl, m
     expected = torch.stack([a[:, :, :, 0].double().mean(-1).mean(0) for a in attentions])
     got = torch.tensor(baseline["head_scores"], dtype=torch.float64)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    # inside every head: each figure from the eager call's own value, logits and weights
+    assert len(calls) == len(block_outputs)
+    reference = run_means(calls, massive_tokens(block_outputs))
+    for key, want in reference.items():
+        measured = torch.tensor([[math.nan if v is None else v for v in row] for row in baseline[key]])
+        torch.testing.assert_close(measured.double(), want, rtol=1e-5, atol=1e-5, equal_nan=True, msg=key)
+    sinks = expected > 0.3
+    assert baseline["sink_rate"] == pytest.approx(sinks.double().mean(1).tolist())
+    assert baseline["model_sink_rate"] == pytest.approx(float(sinks.double().mean()))
     # perplexity: the model's own loss over positions 1.. (BOS, when present, is never a target)
     assert baseline["scored_tokens"] == N * (SEQ - 1)
     assert baseline["nll_sum"] == pytest.approx(nll_sum, rel=1e-6)
 
     # pruning = zeroing that head's input columns of the output projection
-    cut_outputs, _, cut_nll = _forward(_eager(model_dir, prune=PRUNED), model_type, windows)
+    cut_outputs, _, cut_nll, _ = _forward(_eager(model_dir, prune=PRUNED), model_type, windows)
     cut = results["variants"]["cut"]
     _assert_profile(cut["layers"], cut_outputs, windows)
     assert cut["nll_sum"] == pytest.approx(cut_nll, rel=1e-6)

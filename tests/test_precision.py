@@ -60,6 +60,11 @@ def test_float16_overflow_is_reported_not_averaged(tmp_path):
             assert all(math.isfinite(t) for t in row["top"]) and math.isfinite(row["median"])
         else:
             assert row["nonfinite_values"] > 0 and row["finite_sequences"] == 0
+            # block 2 overflows once per window (exact); from block 3 on NaN is everywhere: each
+            # window's count stops at massive_candidates + 1 and says it is a lower bound
+            exact = row["layer"] == truth.massive_layer
+            assert row["nonfinite_values_exact"] is exact
+            assert row["nonfinite_values"] == (4 if exact else 4 * (256 + 1))
             assert row["top"] == [None, None, None] and row["median"] is None
     assert baseline["perplexity"] is None and baseline["nonfinite_tokens"] > 0
 
@@ -70,3 +75,18 @@ def test_metric_sums_stay_wide_when_the_module_is_cast(dtype):
     metrics.to(dtype=dtype)
     assert metrics[0].top_sum.dtype == metrics[1].score_sum.dtype == metrics[2].nll_sum.dtype == torch.float64
     assert metrics[0].count.dtype == torch.int64
+
+
+def test_inf_and_nan_are_counted_among_the_largest_values_and_flagged_beyond():
+    """inf/NaN sort above every finite |value|, so the K + 1 largest hold them all while there
+    are at most K + 1; beyond, the count is K + 1 per sequence and flagged."""
+    from lit_massive.analyses.block_stats import block_stats
+
+    x = torch.randn(2, 6, 5)
+    x[0, 1, 2], x[0, 3, 4], x[0, 5, 0] = float("inf"), float("nan"), -float("inf")  # 3 in window 0
+    x[1, :4] = float("nan")  # 20 in window 1
+    few = block_stats(x[:1], k=3, candidates=8, threshold=100.0, ratio=1000.0)
+    assert int(few.nonfinite) == 3 and int(few.nonfinite_capped) == 0
+    many = block_stats(x, k=3, candidates=8, threshold=100.0, ratio=1000.0)
+    assert int(many.nonfinite) == 3 + 9 and int(many.nonfinite_capped) == 1  # window 1: the 9 largest, flagged
+    assert int((~torch.isfinite(x)).sum()) == 23

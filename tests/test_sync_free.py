@@ -51,11 +51,16 @@ def test_validation_step_with_every_feature_reads_nothing_back(tmp_path):
             "--data.num_sequences", "2",
             "--data.batch_size", "2",
             "--model.components", "true",
+            "--model.outlier_stats", "true",
             "--model.variants", json.dumps(variants),
         )  # fmt: skip
     (mode,) = recorded
     assert {"topk", "median", "index_add_", "gather"} <= set(mode.ops)  # the step was recorded
+    assert {"linalg_eigvalsh", "_linalg_eigh"} & set(mode.ops)  # the outlier spectrum, in the step too
     assert mode.found == []
+    # the outlier statistics measured: the planted activation dominates one direction from its block on
+    rows = results["variants"]["baseline"]["layers"]
+    assert rows[layer]["top_direction_share"] > 0.9 > rows[0]["top_direction_share"]
     # and it measured: the planted activation is located, the edits took effect
     assert results["variants"]["baseline"]["first_massive_layer"] == layer
     assert results["variants"]["zero"]["change_vs_baseline"]["top1_pct"][layer] == pytest.approx(-100, abs=50)

@@ -119,18 +119,19 @@ def test_typed_specs_and_their_yaml_forms_parse_alike():
         "control": [],
         "heads_only": [(5, 6)],
     }
-    assert [asdict(e.record()) for e in edits.values()] == [
-        {"layer": 2, "to": "zero", "source": None, "seed": 0, "entries": None, "note": None},
-        {"layer": 2, "to": "random", "source": None, "seed": 3, "entries": None, "note": None},
+    rest = {"entries": None, "note": None, "layers": [2], "positions": "all", "blocks": None}
+    assert [asdict(e.record(12)) for e in edits.values()] == [
+        {"layer": 2, "to": "zero", "source": None, "seed": 0, **rest},
+        {"layer": 2, "to": "random", "source": None, "seed": 3, **rest},
     ]
 
 
 def test_an_edit_yields_the_layer_and_function_probes_take():
     x = torch.randn(2, 5, 8)
     x[0, 0, 3] = 1e4
-    layer, fn = SetMassive({"layer": 1, "to": "zero"}).block_edit(100.0, 1000.0, torch.tensor([0, 1]), None)
+    ((layer, fn),) = SetMassive({"layer": 1, "to": "zero"}).block_edits(12, 100.0, 1000.0, [0, 1])
     assert layer == 1 and torch.equal(fn(x), zero_massive(x, 100.0, 1000.0))
     control = SetRandom({"layer": 1, "seed": 3})
-    _, first = control.block_edit(100.0, 1000.0, torch.tensor([4, 7]), None)
-    _, again = control.block_edit(100.0, 1000.0, torch.tensor([4, 7]), None)
+    ((_, first),) = control.block_edits(12, 100.0, 1000.0, [4, 7])
+    ((_, again),) = control.block_edits(12, 100.0, 1000.0, [4, 7])
     assert torch.equal(first(x), again(x)) and int((first(x) == 0).sum()) == 1  # as many as massive ones

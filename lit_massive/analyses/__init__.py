@@ -20,10 +20,17 @@ from lit_massive.analyses.registry import (
 # importing a file registers its analysis. The order matters, so no import sorting here.
 # isort: off
 from lit_massive.analyses import layer_profile  # noqa: F401
+from lit_massive.analyses import outliers  # noqa: F401
 from lit_massive.analyses import head_scores  # noqa: F401
+from lit_massive.analyses import sink_rate  # noqa: F401
+from lit_massive.analyses import value_norms  # noqa: F401
+from lit_massive.analyses import head_output  # noqa: F401
+from lit_massive.analyses import massive_update  # noqa: F401
+from lit_massive.analyses import logit_gap  # noqa: F401
 from lit_massive.analyses import perplexity  # noqa: F401
 from lit_massive.analyses import locator  # noqa: F401
 from lit_massive.analyses import components  # noqa: F401
+from lit_massive.analyses import super_weights  # noqa: F401
 from lit_massive.analyses.feature_view import FeatureView
 # isort: on
 

@@ -114,6 +114,9 @@ class Analysis(nn.Module):
     option: ClassVar[str | None] = None  # the model.* option that turns it on; None: always on
     needs: ClassVar[Needs] = Needs()
     keys: ClassVar[tuple[str, ...]] = ()  # its keys of a variant's entry; null when it is off
+    # its keys of each `layers` row (a section returning `layers` adds them to the layer
+    # profile's rows); null when it is off
+    layer_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, setup: Setup) -> None:
         super().__init__()

@@ -24,7 +24,10 @@ class BlockStats:
     top_index: Tensor  # (B, k) their flat indices (position * D + dim)
     median: Tensor  # (B,) lower median of |x|
     finite: Tensor  # (B,) bool: the sequence's block output holds no inf/NaN
-    nonfinite: Tensor  # () int64: inf/NaN entries in the block output
+    # () int64: inf/NaN entries among each sequence's K + 1 largest |values| (they sort
+    # first), exact unless `nonfinite_capped` sequences had K + 1 of them (then a lower bound)
+    nonfinite: Tensor
+    nonfinite_capped: Tensor  # () int64
     candidate_index: Tensor  # (B, K) flat indices of the K largest |x|
     candidate_value: Tensor  # (B, K) their signed values, float32
     massive: Tensor  # (B, K) bool: that candidate meets the massive criterion (finite rows only)
@@ -34,21 +37,25 @@ class BlockStats:
 
 def block_stats(x: Tensor, k: int, candidates: int, threshold: float, ratio: float) -> BlockStats:
     """Statistics of a block output x (B, T, D) in float32 whatever the model dtype: one
-    top-(max(k, K + 1)) and one median per sequence (`torch.median`: the lower middle value)."""
+    top-(max(k, K + 1)) and one median per sequence (`torch.median`: the lower middle value).
+    inf/NaN entries are counted among the top values, where they sort first: no extra pass
+    over the block output."""
     signed = x.detach().flatten(1).float()  # (B, T*D)
     a = signed.abs()
     n = a.shape[1]
     cand = min(candidates, n)
     values, index = a.topk(min(max(k, cand + 1), n), dim=1)  # sorted descending
     median = a.median(dim=1).values
-    finite = torch.isfinite(values[:, 0])  # inf and NaN sort above every finite value
+    top_finite = torch.isfinite(values)  # inf and NaN sort above every finite value
+    finite = top_finite[:, 0]
     massive = massive_mask(values, median, threshold, ratio) & finite[:, None]
     return BlockStats(
         top=values[:, :k],
         top_index=index[:, :k],
         median=median,
         finite=finite,
-        nonfinite=(~torch.isfinite(a)).sum(),
+        nonfinite=(~top_finite).sum(),
+        nonfinite_capped=(~top_finite[:, -1]).sum(),
         candidate_index=index[:, :cand],
         candidate_value=signed.gather(1, index[:, :cand]),
         massive=massive[:, :cand],

@@ -1,13 +1,16 @@
 """Experiment 1: |block output| of one text over tokens x feature dims, as a 3D plot, with
-the massive dims it detects labelled (never hard-coded)."""
+the massive dims it detects labelled (never hard-coded); and, from the same forward pass,
+the attention logits and probabilities of a few heads of the shown blocks over that text
+(the paper's figures 6 and 7)."""
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from lit_massive.analyses.base import Analysis, Setup
 from lit_massive.analyses.block_stats import massive_dims
@@ -15,6 +18,7 @@ from lit_massive.analyses.registry import register_analysis
 from lit_massive.errors import InputError
 from lit_massive.models.families import DecoderLayout
 from lit_massive.probes import probes
+from lit_massive.probes.attention import AttentionCall, attention_probe, masked_softmax_, received_attention
 from lit_massive.report import figures
 from lit_massive.variants.specs import BASELINE
 
@@ -25,6 +29,10 @@ class FeatureView:
 
     text: str = "Summer is warm. Winter is cold."
     layers: list[int] | None = None  # null: the first layer with a massive activation
+    heads: list[int] | None = None  # attention view; null: each shown layer's DEFAULT_HEADS top first-token heads
+
+
+DEFAULT_HEADS = 4  # heads in the attention view when none are configured
 
 
 @dataclass
@@ -35,9 +43,22 @@ class FeatureViewResult:
     tokens: list[str]
     massive_dims: dict[int, list[int]]
     values: dict[int, list[list[float]]]  # for the figure only; not in results.json
+    # the attention view, per shown layer: its heads, and each head's first-token score over this text
+    attention_heads: dict[int, list[int]] = field(default_factory=dict)
+    first_token_scores: dict[int, dict[int, float]] = field(default_factory=dict)
+    # per shown layer and head, (T, T) float32: logits s_ij (NaN where masked) and
+    # probabilities p_ij; for the figures only, not in results.json
+    logits: dict[int, dict[int, Tensor]] = field(default_factory=dict)
+    probs: dict[int, dict[int, Tensor]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"text": self.text, "tokens": self.tokens, "massive_dims": self.massive_dims}
+        return {
+            "text": self.text,
+            "tokens": self.tokens,
+            "massive_dims": self.massive_dims,
+            "attention_heads": self.attention_heads,
+            "first_token_scores": self.first_token_scores,
+        }
 
 
 def shown_layers(view: FeatureView, baseline: dict) -> list[int]:
@@ -50,6 +71,20 @@ def shown_layers(view: FeatureView, baseline: dict) -> list[int]:
         return [first]
     ratios = [row["top1_over_median"] or 0.0 for row in baseline["layers"]]
     return [max(range(len(ratios)), key=ratios.__getitem__)]
+
+
+def choose_heads(first_token: list[float], heads: list[int] | None) -> list[int]:
+    """The configured `heads`, else the DEFAULT_HEADS (at most all) with the largest
+    first-token score in this text, largest first, ties by head index: the sink heads the
+    paper's attention view shows."""
+    if heads is not None:
+        return list(heads)
+
+    def rank(h: int) -> tuple[float, int]:
+        score = first_token[h]
+        return (-score if score == score else 1.0, h)  # an unmeasured (NaN) score last
+
+    return sorted(range(len(first_token)), key=rank)[:DEFAULT_HEADS]
 
 
 @torch.no_grad()  # not inference_mode: sharded layers reuse gather buffers in later passes
@@ -66,18 +101,41 @@ def measure_feature_view(
     """Block outputs of the unpruned model for `view.text` (tokenised without special
     tokens, after `bos_token_id` when the windows have one, so the text is seen as the
     windows are), as float32 |values| at `layers`, and the massive dims detected in each by
-    `criterion` (threshold, ratio)."""
+    `criterion` (threshold, ratio). From the same pass, inside each shown block's attention
+    function, the logits and probabilities of its `view.heads` (else its top first-token
+    heads; `choose_heads`) over the text, with every head's first-token score there."""
     ids = tokenizer(view.text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     if bos_token_id is not None:
         ids = torch.cat([ids.new_tensor([bos_token_id]), ids])
-    with forward_context, probes(layout) as probed:
+    shown, kept = set(layers), {}
+
+    def keep(i: int, call: AttentionCall) -> None:
+        if i not in shown:
+            return
+        logits = call.logits()  # (1, H, T, T) float32, before the mask
+        probs, _ = masked_softmax_(logits.clone(), call)
+        first = received_attention(probs)[0, :, 0]  # (H,): mean over the text's queries of p_i0
+        heads = choose_heads(first.tolist(), view.heads)
+        index = torch.tensor(heads, device=logits.device)
+        # a masked (future) key's logit is never used: blank (NaN), not a number to read
+        blank = logits.masked_fill_(~call.allowed(), float("nan"))[0, index]
+        kept[i] = heads, first[index].tolist(), blank.cpu(), probs[0, index].cpu()
+
+    with forward_context, probes(layout) as probed, attention_probe(layout, keep):
         layout.backbone(input_ids=ids[None].to(device), use_cache=False)
+    missing = [layer for layer in layers if layer not in kept]
+    if missing:  # like `probes`: say so rather than show nothing for them
+        raise RuntimeError(f"layers {missing}: attention did not go through the attention-function registry")
     values = {layer: probed.block_out[layer][0].float().cpu().abs() for layer in layers}  # (T, D) each
     return FeatureViewResult(
         text=view.text,
         tokens=[tokenizer.decode([int(i)]) for i in ids],
         massive_dims={layer: massive_dims(x, *criterion) for layer, x in values.items()},
         values={layer: x.tolist() for layer, x in values.items()},
+        attention_heads={layer: kept[layer][0] for layer in layers},
+        first_token_scores={layer: dict(zip(kept[layer][0], kept[layer][1], strict=True)) for layer in layers},
+        logits={layer: dict(zip(kept[layer][0], kept[layer][2], strict=True)) for layer in layers},
+        probs={layer: dict(zip(kept[layer][0], kept[layer][3], strict=True)) for layer in layers},
     )
 
 
@@ -100,6 +158,15 @@ class FeatureViewAnalysis(Analysis):
                     f"feature_view.layers={self.view.layers}: {'layers ' + str(wrong) if wrong else 'empty'}"
                     f" out of range; valid layers are 0..{n_layer - 1}, or null for the first layer with a "
                     f"massive activation"
+                )
+        n_head = setup.layout.n_head
+        if self.view.heads is not None:
+            wrong = [head for head in self.view.heads if not 0 <= head < n_head]
+            if wrong or not self.view.heads:
+                problem = f"heads {wrong} out of range" if wrong else "empty"
+                raise InputError(
+                    f"feature_view.heads={self.view.heads}: {problem}; valid heads are 0..{n_head - 1}, or null for "
+                    f"the {DEFAULT_HEADS} with the largest first-token score"
                 )
 
     def finish(self, module: Any, variants: dict[str, dict]) -> FeatureViewResult | None:
@@ -140,3 +207,13 @@ class FeatureViewAnalysis(Analysis):
                 )
             fig, _ = figures.feature_view_figure(view.values[layer], view.tokens, dims, title, note)
             out.figure(f"feature_view/figures/layer{layer}", fig)
+        for layer, heads in view.attention_heads.items():
+            fig, _ = figures.attention_view_figure(
+                [view.logits[layer][h] for h in heads],
+                [view.probs[layer][h] for h in heads],
+                heads,
+                [view.first_token_scores[layer][h] for h in heads],
+                view.tokens,
+                f"{model}: layer {layer} attention over {view.text!r}",
+            )
+            out.figure(f"feature_view/figures/layer{layer}_attention", fig)

@@ -32,7 +32,8 @@ class LayerProfile(SumStatesMetric):
     median_sum: Tensor  # (L,) float64
     count: Tensor  # () int64, sequences seen
     finite_count: Tensor  # (L,) int64, sequences whose block output is all finite
-    nonfinite_values: Tensor  # (L,) int64, inf/NaN entries in block outputs
+    nonfinite_values: Tensor  # (L,) int64, inf/NaN entries in block outputs (see `BlockStats.nonfinite`)
+    nonfinite_capped: Tensor  # (L,) int64, sequences whose count is a lower bound
     massive_count: Tensor  # (L,) int64, sequences whose top-1 meets the massive criterion
     locator_overflow: Tensor  # (L,) int64, sequences with more massive entries than candidates
     top1_dim_count: Tensor  # (L, D) int64
@@ -46,7 +47,7 @@ class LayerProfile(SumStatesMetric):
         self.add_state("top_sum", torch.zeros(n_layer, k, dtype=f64), dist_reduce_fx="sum")
         self.add_state("median_sum", torch.zeros(n_layer, dtype=f64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=i64), dist_reduce_fx="sum")
-        for name in ("finite_count", "nonfinite_values", "massive_count", "locator_overflow"):
+        for name in ("finite_count", "nonfinite_values", "nonfinite_capped", "massive_count", "locator_overflow"):
             self.add_state(name, torch.zeros(n_layer, dtype=i64), dist_reduce_fx="sum")
         for name, size in (
             ("top1_dim_count", n_embd),
@@ -60,6 +61,7 @@ class LayerProfile(SumStatesMetric):
         for i, s in enumerate(stats):
             finite = s.finite
             self.nonfinite_values[i] += s.nonfinite
+            self.nonfinite_capped[i] += s.nonfinite_capped
             self.finite_count[i] += finite.sum()
             self.top_sum[i] += torch.where(finite[:, None], s.top[:, : self.k], 0.0).sum(0, dtype=torch.float64)
             self.median_sum[i] += torch.where(finite, s.median, 0.0).sum(dtype=torch.float64)
@@ -85,6 +87,7 @@ class LayerProfile(SumStatesMetric):
             "count": self.count,
             "finite_count": self.finite_count,
             "nonfinite_values": self.nonfinite_values,
+            "nonfinite_capped": self.nonfinite_capped,
             "massive_fraction": self.massive_count / n,
             "locator_overflow": self.locator_overflow,
             "top1_dim_count": self.top1_dim_count,
@@ -125,7 +128,10 @@ def profile_layers(profile: dict[str, Tensor], decode: Callable[[int], str]) -> 
                 # sequences with more massive entries than model.massive_candidates: the locator
                 # kept the largest ones only
                 "locator_overflow": int(profile["locator_overflow"][i]),
+                # inf/NaN entries, counted among each sequence's massive_candidates + 1 largest
+                # |values|; not exact (a lower bound) where a sequence had that many
                 "nonfinite_values": int(profile["nonfinite_values"][i]),
+                "nonfinite_values_exact": int(profile["nonfinite_capped"][i]) == 0,
                 "top1_dim": dim,
                 "top1_dim_fraction": dim_frac,
                 "top1_position": pos,
@@ -323,7 +329,11 @@ class LayerProfileAnalysis(Analysis):
 
     @classmethod
     def warnings(cls, name: str, entry: dict[str, Any]) -> list[str]:
-        bad = [(row["layer"], row["nonfinite_values"]) for row in entry["layers"] if row["nonfinite_values"]]
+        bad = [
+            (row["layer"], n if row.get("nonfinite_values_exact", True) else f">={n}")
+            for row in entry["layers"]
+            if (n := row["nonfinite_values"])
+        ]
         if not bad:
             return []
         return [

@@ -10,6 +10,7 @@ from lit_massive.analyses.base import Analysis, Column
 from lit_massive.errors import InputError
 
 ANALYSES: dict[str, type[Analysis]] = {}
+LAYERS = "layers"  # the per-layer rows of a variant entry, which several analyses add keys to
 
 
 def register_analysis(cls: type[Analysis]) -> type[Analysis]:
@@ -47,13 +48,30 @@ def variant_entry(
     entry = dict(head)
     for name, cls in ANALYSES.items():
         if name in ran and name in computed:
-            entry.update(ran[name].section(computed[name], decode))
+            merge_section(entry, ran[name].section(computed[name], decode))
         else:
             entry.update(dict.fromkeys(cls.keys))
+            if cls.layer_keys and isinstance(entry.get(LAYERS), list):
+                merge_section(entry, {LAYERS: [dict.fromkeys(cls.layer_keys) for _ in entry[LAYERS]]})
     if baseline is not None:
         change = [cls.change(entry, baseline) for cls in ANALYSES.values()]
         entry["change_vs_baseline"] = {key: value for part in change for key, value in part.items()}
     return entry
+
+
+def merge_section(entry: dict[str, Any], section: Mapping[str, Any]) -> None:
+    """Add one analysis's section to a variant entry. `layers` rows are shared: when the entry
+    has them already (the layer profile's), the section's rows are merged into them row by
+    row, the existing keys first, so each analysis adds its keys of a layer (`layer_keys`)
+    instead of replacing the rows; every other key is set."""
+    for key, value in section.items():
+        rows = entry.get(key)
+        if key == LAYERS and isinstance(rows, list) and isinstance(value, list):
+            if len(value) != len(rows):
+                raise ValueError(f"a section has {len(value)} {LAYERS} rows, the entry {len(rows)}")
+            entry[key] = [{**row, **extra} for row, extra in zip(rows, value, strict=True)]
+        else:
+            entry[key] = value
 
 
 def columns_of(entry: dict[str, Any]) -> list[Column]:

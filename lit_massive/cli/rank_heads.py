@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         "--by",
         default="first_token",
         choices=sorted(SCORES),
-        help="rank by attention on token 0 (default) or on each window's massive tokens",
+        help="rank by attention on token 0 (default), on each window's massive tokens (massive_tokens), or by "
+        "any per-head figure of the attention internals (head_output_norm with bottom: the dormant heads)",
     )
     parser.add_argument("--all", action="store_true", help="list every head (default: top 10 and bottom 5)")
     args = parser.parse_args(argv)

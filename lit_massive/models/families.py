@@ -11,7 +11,7 @@ every family sends its attention through transformers' attention-function regist
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import Tensor, nn
 
@@ -27,27 +27,34 @@ class Family:
     out_proj: str  # layer -> attention output projection (its input: the heads, concatenated)
     attn_out: str  # layer -> module whose output is what attention adds to the residual stream
     mlp_out: str  # layer -> module whose output is what the MLP adds
+    # layer -> the MLP's output projection (a Linear, GPT-2's Conv1D), whose weight holds the
+    # super weight (Yu et al., arXiv 2411.07191); None: no single one (Mixtral's fused experts)
+    mlp_down: str | None = None
 
 
 # pre-norm blocks: x + attn(norm(x)), then + mlp(norm(.)); parallel blocks (GPT-NeoX with
 # use_parallel_residual, Phi) add both to the same input, which the same names describe
-_PRE_NORM = Family("layers", "self_attn", "self_attn.o_proj", "self_attn", "mlp")
+_PRE_NORM = Family("layers", "self_attn", "self_attn.o_proj", "self_attn", "mlp", "mlp.down_proj")
 # sandwich norms (Gemma 2/3, OLMo 2): a sublayer's output is normalised before it is added
-_SANDWICH = Family("layers", "self_attn", "self_attn.o_proj", "post_attention_layernorm", "post_feedforward_layernorm")
+_SANDWICH = Family(
+    "layers", "self_attn", "self_attn.o_proj", "post_attention_layernorm", "post_feedforward_layernorm", "mlp.down_proj"
+)
 
 FAMILIES: dict[str, Family] = {
-    "gpt2": Family("h", "attn", "attn.c_proj", "attn", "mlp"),
-    "gpt_neox": Family("layers", "attention", "attention.dense", "attention", "mlp"),
-    "opt": Family("decoder.layers", "self_attn", "self_attn.out_proj", "self_attn", "fc2"),
+    "gpt2": Family("h", "attn", "attn.c_proj", "attn", "mlp", "mlp.c_proj"),
+    "gpt_neox": Family("layers", "attention", "attention.dense", "attention", "mlp", "mlp.dense_4h_to_h"),
+    "opt": Family("decoder.layers", "self_attn", "self_attn.out_proj", "self_attn", "fc2", "fc2"),
     "llama": _PRE_NORM,
     "mistral": _PRE_NORM,
-    "mixtral": _PRE_NORM,  # its `mlp` is the sparse mixture-of-experts block
+    # its `mlp` is the sparse mixture-of-experts block; its experts' down projections are one
+    # fused (E, D, I) parameter, no module to hook
+    "mixtral": replace(_PRE_NORM, mlp_down=None),
     "qwen2": _PRE_NORM,
     "qwen3": _PRE_NORM,
     "gemma": _PRE_NORM,
     "gemma2": _SANDWICH,
     "gemma3_text": _SANDWICH,
-    "phi": Family("layers", "self_attn", "self_attn.dense", "self_attn", "mlp"),
+    "phi": Family("layers", "self_attn", "self_attn.dense", "self_attn", "mlp", "mlp.fc2"),
     "phi3": _PRE_NORM,
     "olmo2": _SANDWICH,
 }
@@ -72,6 +79,8 @@ class DecoderLayout:
     n_embd: int
     n_positions: int
     vocab_size: int
+    # per block: the MLP's output projection (`Family.mlp_down`); None where the family has none
+    mlp_down: list[nn.Module] | None = None
 
     @property
     def n_layer(self) -> int:
@@ -114,6 +123,7 @@ def decoder_layout(model: nn.Module) -> DecoderLayout:
         n_embd=_config_value(cfg, "hidden_size", "n_embd"),
         n_positions=_config_value(cfg, "max_position_embeddings", "n_positions"),
         vocab_size=cfg.vocab_size,
+        mlp_down=None if family.mlp_down is None else [_get(b, family.mlp_down) for b in blocks],
     )
 
 

@@ -19,7 +19,9 @@ random weights, plus one planted circuit that imitates GPT-2's massive activatio
   is large next to ordinary entries (|x| about 1 at most) but below the 100 of the massive
   criterion, so it is not massive and position 0 stays the only massive token, as in GPT-2.
   It is written by attention, so pruning that head removes it: top-2 and top-3 fall by
-  about 98 % and 99.7 % from block 8 on while top-1 stays put.
+  about 98 % and 99.7 % from block 8 on while top-1 stays put;
+* head `dormant_head` (3, 7) attends like any random head but its values are scaled by
+  `dormant_scale` (1e-3): its output norm is ~1000x below the others', a dormant head.
 
 Ground truth (defaults of `ToyConfig`): the first block whose output holds a massive
 activation is block 2; it sits at feature dim 17, token position 0, with |value| near
@@ -70,6 +72,8 @@ class ToyConfig:
     writer_head: tuple[int, int] = (8, 3)  # reads token 0 like the sink and writes ...
     written_dim: int = 40  # ... about written_value into this dim at every position
     written_value: float = 50.0  # below massive_threshold (100): large, but not massive
+    dormant_head: tuple[int, int] = (3, 7)  # its values are scaled down: it outputs ~0
+    dormant_scale: float = 1e-3
 
 
 @lru_cache(maxsize=1)
@@ -131,6 +135,7 @@ def build_toy_model(config: ToyConfig = ToyConfig(), attn_implementation: str | 
     _plant_massive_activation(model, config)
     _plant_first_token_head(model, config, *config.sink_head)
     _plant_first_token_head(model, config, *config.writer_head, write=True)
+    _plant_dormant_head(model, config, *config.dormant_head)
     return model.eval()
 
 
@@ -171,6 +176,17 @@ def _plant_first_token_head(model: GPT2LMHeadModel, c: ToyConfig, layer: int, he
         w[c.massive_dim, v] = 1.0
         attn.c_proj.weight[head * hd, :] = 0.0
         attn.c_proj.weight[head * hd, c.written_dim] = c.written_value / on_value
+
+
+@torch.no_grad()
+def _plant_dormant_head(model: GPT2LMHeadModel, c: ToyConfig, layer: int, head: int) -> None:
+    """Scale the head's value weights by `dormant_scale` and zero their bias: it attends as
+    before but writes ~0 (a dormant head, found by its output norm, not by its attention)."""
+    d, hd = c.n_embd, c.n_embd // c.n_head
+    attn = model.transformer.h[layer].attn
+    v = slice(2 * d + head * hd, 2 * d + (head + 1) * hd)
+    attn.c_attn.weight[:, v] *= c.dormant_scale
+    attn.c_attn.bias[v] = 0.0
 
 
 def save_toy(directory: str | Path, config: ToyConfig = ToyConfig()) -> Path:

@@ -1,8 +1,9 @@
-"""The attention-function probe: the probabilities every head really uses, under any backend.
+"""The attention-function probe: the probabilities every head really uses, under any backend,
+and what each head does with them (value norms, outputs, logits), one block at a time.
 
 transformers 5 routes every supported family's attention through its attention-function
-registry with the final query, key, mask and scaling; wrapping the registry entry of the
-model's own backend sees them without changing the forward pass.
+registry with the final query, key, value, mask and scaling; wrapping the registry entry of
+the model's own backend sees them without changing the forward pass.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +19,84 @@ from transformers import masking_utils
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from lit_massive.models.families import DecoderLayout
+
+
+@dataclass
+class AttentionCall:
+    """What one block's attention function receives: query (B, H, T, hd) after RoPE and q/k
+    norms, key and value (B, H_kv, T, hd), the mask the model built (boolean: True attends;
+    float: added; None: causal, within `sliding_window` if given), scaling and softcap."""
+
+    query: Tensor
+    key: Tensor
+    value: Tensor
+    mask: Tensor | None
+    scaling: float
+    softcap: float | None = None
+    sliding_window: int | None = None
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head (grouped-query attention)."""
+        return self.query.shape[1] // self.key.shape[1]
+
+    def logits(self, keys: Tensor | None = None, rows: slice | None = None) -> Tensor:
+        """s_ij in float32: scaled and soft-capped as the model does, before the mask:
+        (B, H, T, T), or only the query `rows` (B, H, n, T), against all keys or against
+        `keys` (B, H_kv, M, hd) only (B, H, ., M)."""
+        q = self.query if rows is None else self.query[:, :, rows]
+        b, h, t, hd = q.shape
+        k = self.key if keys is None else keys
+        q = q.float().view(b, k.shape[1], self.group, t, hd)  # (B, H_kv, group, n, hd)
+        scores = (q * self.scaling) @ k.float()[:, :, None].transpose(-1, -2)  # scaled on the small side
+        scores = scores.view(b, h, t, -1)
+        if self.softcap is not None:
+            scores.div_(self.softcap).tanh_().mul_(self.softcap)
+        return scores
+
+    def allowed(self, positions: Tensor | None = None, rows: slice | None = None) -> Tensor:
+        """Which keys each query may attend to, as the model's mask says: (B or 1, 1 or H,
+        T, T) bool, for the query `rows` only (., ., n, T), or at key `positions` (B, M)
+        only (B, 1 or H, T, M)."""
+        t, t_k, device = self.query.shape[2], self.key.shape[2], self.query.device
+        rows = slice(0, t) if rows is None else rows
+        if self.mask is None:
+            i = torch.arange(rows.start, rows.stop, device=device)[:, None]  # (n, 1)
+            j = torch.arange(t_k, device=device)[None, :] if positions is None else positions[:, None, None, :]
+            allowed = j <= i
+            if self.sliding_window is not None:
+                allowed &= j > i - self.sliding_window
+            return allowed if positions is not None else allowed[None, None]
+        mask = self.mask[..., rows, :t_k]
+        allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+        if positions is None:
+            return allowed
+        allowed = allowed.expand(positions.shape[0], *allowed.shape[1:])
+        index = positions[:, None, None, :].expand(-1, allowed.shape[1], allowed.shape[2], -1)
+        return allowed.gather(-1, index)
+
+    def row_tiles(self, tile: int | None) -> list[slice]:
+        """The query rows in tiles of at most `tile` (None: one tile), so that no more than
+        (B, H, tile, T) scores exist at once."""
+        t = self.query.shape[2]
+        tile = t if tile is None else tile
+        return [slice(a, min(a + tile, t)) for a in range(0, t, tile)]
+
+
+def masked_softmax_(scores: Tensor, call: AttentionCall, rows: slice | None = None) -> tuple[Tensor, Tensor]:
+    """Mask `scores` (B, H, T, T), or those of the query `rows`, as `call`'s model does and
+    softmax them in place: returns the probabilities (the same buffer) and each row's
+    log-sum-exp (B, H, n), with which any probability can be recomputed from its logit."""
+    if call.mask is not None and call.mask.dtype != torch.bool:
+        r = slice(0, call.query.shape[2]) if rows is None else rows
+        scores.add_(call.mask[..., r, : scores.shape[-1]].float())
+    else:
+        scores.masked_fill_(~call.allowed(rows=rows), float("-inf"))
+    top = scores.amax(dim=-1, keepdim=True)
+    scores.sub_(top).exp_()
+    total = scores.sum(dim=-1, keepdim=True)
+    lse = (top + total.log()).squeeze(-1)
+    return scores.div_(total), lse
 
 
 def attention_probs(
@@ -33,25 +113,8 @@ def attention_probs(
     soft-capped as the model does, then masked by `mask` (boolean: True attends; float:
     added) or, when the backend got none, causally (within `sliding_window` if given).
     Returns (B, H, T, T); the one (B, H, T, T) buffer is reused in place."""
-    b, h, t, hd = q.shape
-    h_kv = k.shape[1]
-    q = q.float().view(b, h_kv, h // h_kv, t, hd)  # (B, H_kv, group, T, hd)
-    scores = (q * scaling) @ k.float()[:, :, None].transpose(-1, -2)  # scaled on the small side
-    scores = scores.view(b, h, t, -1)  # (B, H, T, T)
-    if softcap is not None:
-        scores.div_(softcap).tanh_().mul_(softcap)
-    if mask is None:
-        i = torch.arange(t, device=q.device)
-        allowed = i[None, :] <= i[:, None]
-        if sliding_window is not None:
-            allowed &= i[None, :] > i[:, None] - sliding_window
-        scores.masked_fill_(~allowed, float("-inf"))
-    elif mask.dtype == torch.bool:
-        scores.masked_fill_(~mask[..., : scores.shape[-1]], float("-inf"))
-    else:
-        scores.add_(mask[..., : scores.shape[-1]].float())
-    scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()  # softmax, in place
-    return scores.div_(scores.sum(dim=-1, keepdim=True))
+    call = AttentionCall(q, k, k, mask, scaling, softcap, sliding_window)
+    return masked_softmax_(call.logits(), call)[0]
 
 
 def received_attention(probs: Tensor) -> Tensor:
@@ -61,20 +124,105 @@ def received_attention(probs: Tensor) -> Tensor:
     return probs.mean(dim=-2)
 
 
+def received_in_tiles(call: AttentionCall, tile: int | None = None) -> Tensor:
+    """`received_attention` of `call`'s probabilities, computed `tile` query rows at a time:
+    (B, H, T_k), exact, with at most (B, H, tile, T) scores alive."""
+    received = None
+    for rows in call.row_tiles(tile):
+        probs, _ = masked_softmax_(call.logits(rows=rows), call, rows)
+        part = probs.sum(dim=-2)
+        received = part if received is None else received.add_(part)
+        del probs
+    return received.div_(call.query.shape[2])
+
+
+def per_query_head(x: Tensor, group: int) -> Tensor:
+    """A KV-head tensor (B, H_kv, ...) repeated for the query heads that share it: (B, H, ...)."""
+    return x.repeat_interleave(group, dim=1) if group > 1 else x
+
+
+@dataclass
+class HeadRecord:
+    """One block's attention, reduced inside its attention function, per window and query
+    head (B, H) unless noted. Keeps what a decomposition by the window's massive tokens
+    needs (they are known only once every block has run): the call and each row's
+    log-sum-exp, from which the probabilities on any keys are recomputed, and the outputs."""
+
+    received: Tensor  # (B, H, T): what each key receives, mean over queries
+    value_norm_first: Tensor  # ||v_0||
+    value_norm_rest: Tensor  # mean over j >= 1 of ||v_j|| (NaN for a 1-token window)
+    output_norm: Tensor  # mean over queries i of ||o_i||, o_i = sum_j p_ij v_j
+    logit_gap: Tensor  # mean over queries i >= 1 that may attend to key 0 of s_i0 - mean_j s_ij
+    gap_queries: Tensor  # (B, 1 or H): how many queries the gap averages (0: NaN gap)
+    call: AttentionCall
+    lse: Tensor  # (B, H, T) float32
+    output: Tensor  # (B, H, T, hd) float32: o_i, before the output projection
+
+
+def first_token_logit_gap_(scores: Tensor, allowed: Tensor, first_row: int = 0) -> tuple[Tensor, Tensor]:
+    """Per window and head, over the queries i >= 1 (of these rows, the first being query
+    `first_row`) that may attend to key 0: the sum of s_i0 minus the mean logit over the
+    other keys query i may attend to, and how many queries that is. `scores` (B, H, n, T)
+    is unmasked; `allowed` broadcasts to it. Sums in place (the keys a query may not attend
+    to are set to 0): mask `scores` afterwards."""
+    first = scores[..., 0].clone()  # (B, H, n): s_i0
+    rows = torch.arange(first_row, first_row + scores.shape[-2], device=scores.device) >= 1
+    n_other = allowed[..., 1:].sum(-1)  # the other keys each query sees (>= 1 when i >= 1, causal)
+    seen = allowed[..., 0] & (n_other > 0) & rows
+    total = scores.masked_fill_(~allowed, 0.0).sum(-1)
+    gap = torch.where(seen, first - (total - first) / n_other.clamp(min=1), 0.0)
+    return gap.sum(-1), seen.sum(-1)  # (B, H), (B or 1, 1 or H)
+
+
+def head_record(call: AttentionCall, tile: int | None = None) -> HeadRecord:
+    """Everything per head of one block, `tile` query rows at a time (None: all at once):
+    their float32 scores give the logit gap, then the probabilities in place, then the rows'
+    outputs and log-sum-exps and their part of what each key receives. Exact; at most
+    (B, H, tile, T) scores alive."""
+    b, h, t, hd = call.query.shape
+    value = call.value.float()
+    h_kv, device = value.shape[1], value.device
+    output = torch.empty(b, h, t, value.shape[-1], device=device)
+    lse = torch.empty(b, h, t, device=device)
+    received, gap_sum, gap_queries = None, 0.0, 0
+    for rows in call.row_tiles(tile):
+        scores = call.logits(rows=rows)
+        part_sum, part_count = first_token_logit_gap_(scores, call.allowed(rows=rows), rows.start)
+        gap_sum, gap_queries = gap_sum + part_sum, gap_queries + part_count
+        probs, lse[:, :, rows] = masked_softmax_(scores, call, rows)
+        n = probs.shape[2]
+        output[:, :, rows] = (probs.view(b, h_kv, call.group, n, -1) @ value[:, :, None]).view(b, h, n, -1)
+        part = probs.sum(dim=-2)
+        received = part if received is None else received.add_(part)
+        del scores, probs
+    value_norm = per_query_head(value.norm(dim=-1), call.group)  # (B, H, T)
+    return HeadRecord(
+        received=received.div_(t),
+        value_norm_first=value_norm[..., 0],
+        value_norm_rest=value_norm[..., 1:].mean(-1),
+        output_norm=output.norm(dim=-1).mean(-1),
+        logit_gap=(gap_sum / gap_queries).expand(b, h),
+        gap_queries=gap_queries,
+        call=call,
+        lse=lse,
+        output=output,
+    )
+
+
 AttentionFn = Callable[..., tuple]
 
 
 @contextmanager
-def attention_probe(layout: DecoderLayout, on_call: Callable[[int, Tensor], None]) -> Iterator[None]:
-    """Call `on_call(i, probs)` with the attention probabilities (B, H, T, T) of block i,
-    computed from what the model's attention function receives, then run that function.
+def attention_probe(layout: DecoderLayout, on_call: Callable[[int, AttentionCall], None]) -> Iterator[None]:
+    """Call `on_call(i, call)` with what block i's attention function receives
+    (`AttentionCall`: final query, key, value, mask, scaling, softcap), then run that function.
 
     Every supported family calls `ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager)` with
-    the final query (after RoPE and q/k norms), the key (one per KV group), the mask it
-    built (sliding windows included), `scaling` and `softcap`. Wrapping the registry entry
-    of the model's own backend keeps that backend (sdpa, flash) for the forward pass and
-    leaves masks untouched, so the probabilities are the ones the model uses. The entry is
-    a local override on the registry, restored on exit like the hooks.
+    the final query (after RoPE and q/k norms), the key and value (one per KV group), the
+    mask it built (sliding windows included), `scaling` and `softcap`. Wrapping the registry
+    entry of the model's own backend keeps that backend (sdpa, flash) for the forward pass
+    and leaves masks untouched, so what `on_call` recomputes is what the model uses. The
+    entry is a local override on the registry, restored on exit like the hooks.
     """
     impl = layout.attn_implementation
     layer_of = {id(m): i for i, m in enumerate(layout.attn)}
@@ -86,16 +234,18 @@ def attention_probe(layout: DecoderLayout, on_call: Callable[[int, Tensor], None
         i = layer_of.get(id(module))
         if i is not None:
             scaling = kwargs.get("scaling")
-            probs = attention_probs(
+            call = AttentionCall(
                 query,
                 key,
-                query.shape[-1] ** -0.5 if scaling is None else scaling,
+                value,
                 attention_mask,
+                query.shape[-1] ** -0.5 if scaling is None else scaling,
                 softcap=kwargs.get("softcap"),
                 sliding_window=kwargs.get("sliding_window"),
             )
-            on_call(i, probs)
-            del probs  # one block's (B, H, T, T) at a time
+            # float32 as promised: under autocast (bf16-mixed) a matmul would run in bfloat16
+            with torch.autocast(query.device.type, enabled=False):
+                on_call(i, call)
         # "eager" is no registry entry: it is the family's own function, the call's default
         fn = backend or sys.modules[type(module).__module__].eager_attention_forward
         return fn(module, query, key, value, attention_mask, **kwargs)

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from torch import Tensor, nn
 
 from lit_massive.models.families import DecoderLayout, block_output
-from lit_massive.probes.attention import attention_probe, received_attention, unpacked_windows
+from lit_massive.probes.attention import (
+    AttentionCall,
+    HeadRecord,
+    attention_probe,
+    head_record,
+    received_in_tiles,
+    unpacked_windows,
+)
+from lit_massive.probes.mlp import DownRecord, down_hooks
 
 Hook = tuple[nn.Module, Callable]
 BlockEdit = tuple[int, Callable[[Tensor], Tensor]]  # (layer, fn): that block output becomes fn(output)
@@ -41,9 +49,11 @@ class Needs:
 
     attention: bool = False  # per layer: what each key position receives from each head
     sublayers: bool = False  # per layer: the block input and what attention and the MLP add
+    heads: bool = False  # per layer: each head's value norms, outputs, logit gap (`HeadRecord`)
+    mlp_down: bool = False  # per layer: the MLP output projection's largest input and output (`DownRecord`)
 
     def __or__(self, other: Needs) -> Needs:
-        return Needs(self.attention or other.attention, self.sublayers or other.sublayers)
+        return Needs(**{f.name: getattr(self, f.name) or getattr(other, f.name) for f in fields(self)})
 
 
 @dataclass
@@ -58,6 +68,8 @@ class Probed:
     block_in: list[Tensor | None] = field(default_factory=list)  # with Needs.sublayers
     attn_out: list[Tensor | None] = field(default_factory=list)  # with Needs.sublayers
     mlp_out: list[Tensor | None] = field(default_factory=list)  # with Needs.sublayers
+    heads: list[HeadRecord | None] = field(default_factory=list)  # with Needs.heads
+    mlp_down: list[DownRecord | None] = field(default_factory=list)  # with Needs.mlp_down
 
 
 def mask_heads(x: Tensor, mask: Tensor) -> Tensor:
@@ -65,6 +77,16 @@ def mask_heads(x: Tensor, mask: Tensor) -> Tensor:
     mask (H,): a 0 prunes that head before the output projection."""
     shape = x.shape
     return (x.view(*shape[:-1], mask.numel(), -1) * mask.to(x.dtype)[:, None]).view(shape)
+
+
+def _edited(fn: Callable[[Tensor], Tensor]) -> Callable:
+    """A forward hook that replaces a block's output by fn(output)."""
+
+    def hook(module: nn.Module, args: tuple, output: Tensor | tuple) -> Tensor | tuple:
+        x = block_output(output)
+        return (fn(x), *output[1:]) if isinstance(output, tuple) else fn(x)
+
+    return hook
 
 
 def _keep(store: list, i: int) -> Callable:
@@ -104,40 +126,52 @@ def probes(
     needs: Needs = Needs(),
     head_mask: Tensor | None = None,
     pruned_layers: Iterable[int] | None = None,
-    edit: BlockEdit | None = None,
+    edits: Iterable[BlockEdit] = (),
+    attention_tile: int | None = None,
 ) -> Iterator[Probed]:
     """Everything one measured forward pass needs, registered together and removed together.
 
     * block outputs, always;
     * with `needs.attention`, the attention each key position receives from each head (mean
       over queries; its first column is the first-token score), computed inside the model's
-      attention function (`attention_probe`) so no (B, H, T, T) map outlives its layer;
+      attention function (`attention_probe`) so no (B, H, T, T) map outlives its layer, in
+      tiles of `attention_tile` query rows (None: one tile), so at most (B, H, tile, T)
+      scores exist at once;
+    * with `needs.heads`, each block's `HeadRecord` too (value norms, head outputs, the
+      first-token logit gap, and what a decomposition by the massive tokens needs);
     * with `needs.sublayers`, each block's input and what its attention and MLP add to the
       residual stream (block output = input + attention + MLP);
+    * with `needs.mlp_down`, each block's `DownRecord`: where the MLP output projection's
+      input and output are largest, and the weight joining them (super weights);
     * with `head_mask` (L, H), a pre-hook on each attention output projection that zeroes
       the pruned heads' outputs (only layers with a pruned head get one: `pruned_layers`,
       which callers on a GPU pass from a host copy, else read from the mask);
-    * with `edit = (i, fn)`, layer i's block output is replaced by fn(output) before anything
-      downstream (or the probes) sees it.
+    * with `edits`, each `(i, fn)` replaces layer i's block output by fn(output) before
+      anything downstream (or the probes) sees it.
     """
     n = layout.n_layer
     probed = Probed([None] * n)
-    forward, forward_pre = [], []
-    if edit is not None:
-        layer, fn = edit
-
-        def apply_edit(module: nn.Module, args: tuple, output: Tensor | tuple) -> Tensor | tuple:
-            x = block_output(output)
-            return (fn(x), *output[1:]) if isinstance(output, tuple) else fn(x)
-
-        forward.append((layout.blocks[layer], apply_edit))  # first, so the probes see the edit
+    # the edits first, so the probes see the edited outputs
+    forward, forward_pre = [(layout.blocks[layer], _edited(fn)) for layer, fn in edits], []
     forward += [(block, _keep(probed.block_out, i)) for i, block in enumerate(layout.blocks)]
-    if needs.attention:
+    attention = needs.attention or needs.heads
+    if attention:
         probed.received = [None] * n
+        if needs.heads:
+            probed.heads = [None] * n
 
-        def score_heads(i: int, probs: Tensor) -> None:
-            probed.received[i] = received_attention(probs)
+        def score_heads(i: int, call: AttentionCall) -> None:
+            if needs.heads:  # the same score tiles give the head scores and everything else
+                probed.heads[i] = record = head_record(call, attention_tile)
+                probed.received[i] = record.received
+            else:
+                probed.received[i] = received_in_tiles(call, attention_tile)
 
+    if needs.mlp_down:  # the layout has them: the analysis refuses a model without
+        probed.mlp_down = [None] * n
+        more_forward, more_pre = down_hooks(layout.mlp_down, layout.blocks, probed.mlp_down)
+        forward += more_forward
+        forward_pre += more_pre
     if needs.sublayers:
         more_forward, more_pre = _sublayer_hooks(layout, probed)
         forward += more_forward
@@ -155,7 +189,7 @@ def probes(
         forward_pre += [(layout.attn_out_proj[i], prune(head_mask[i])) for i in pruned_layers]
     with ExitStack() as stack:
         stack.enter_context(unpacked_windows())
-        if needs.attention:
+        if attention:
             stack.enter_context(attention_probe(layout, score_heads))
         stack.enter_context(hooks(forward=forward, forward_pre=forward_pre))
         yield probed

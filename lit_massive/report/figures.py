@@ -317,3 +317,53 @@ def received_figure(received: list[list[float | None]], title: str) -> tuple[Fig
     """Layers x leading key positions: the mean attention each position receives (over heads,
     queries and windows); a bright column away from 0 is a position-specific sink."""
     return _probability_grid(received, title, "key position (0-based)", "mean attention received", "magma")
+
+
+def _token_label(token: str) -> str:
+    """A token as a tick label: newlines and tabs escaped, `$` literal (no mathtext)."""
+    return repr(token)[1:-1].replace("$", r"\$")
+
+
+def attention_view_figure(
+    logits: list, probs: list, heads: list[int], first_token: list[float], tokens: list[str], title: str
+) -> tuple[Figure, list[list[Axes]]]:
+    """A few heads' attention over one text (the paper's figures 6 and 7): a row of logits
+    s_ij (before the mask; NaN where masked) and a row of probabilities p_ij, (T, T) each,
+    one column per head (`first_token`: its first-token score), key token on x, query token
+    on y. Masked (future) keys are grey in both rows, as their logit is never used. Each row
+    shares one color scale (logits: their range; probabilities: 0 to the largest shown), so
+    heads compare; panels grow with the token count so every token's label stays readable."""
+    import numpy as np
+
+    s = [np.asarray(x, dtype=float) for x in logits]
+    p = [np.where(np.isnan(a), np.nan, np.asarray(b, dtype=float)) for a, b in zip(s, probs, strict=True)]
+    n, t = len(heads), len(tokens)
+    side = max(2.2, 0.15 * t + 0.4)  # inches per panel: about 11 points per token at 40 tokens
+    fig = Figure(figsize=(2.0 + n * side + 1.3, 1.4 + 2 * side + 1.0), layout="constrained")
+    axes = fig.subplots(2, n, squeeze=False, sharex=True, sharey=True)
+    labels, fontsize = [_token_label(tok) for tok in tokens], 8 if t <= 24 else 7
+    lo, hi = float(np.nanmin(s)), float(np.nanmax(s))
+    largest = float(np.nanmax(p))
+    rows = [
+        (s, colormaps["viridis"], lo, hi, "logit $s_{ij}$ (grey: masked)", "logits"),
+        (p, colormaps["magma"], 0.0, largest if largest > 0 else 1.0, f"probability $p_{{ij}}$ (0 to {largest:.3g})",
+         "probabilities"),
+    ]  # fmt: skip
+    for r, (maps, cmap, vmin, vmax, label, name) in enumerate(rows):
+        for c, (head, score) in enumerate(zip(heads, first_token, strict=True)):
+            ax = axes[r][c]
+            image = ax.imshow(maps[c], cmap=cmap.with_extremes(bad="0.85"), vmin=vmin, vmax=vmax,
+                              interpolation="nearest")  # fmt: skip
+            if r == 0:
+                ax.set_title(f"head {head}\nfirst-token score {score:.3f}", fontsize="small")
+        fig.colorbar(image, ax=list(axes[r]), label=label, shrink=0.9)
+        axes[r][0].set_ylabel(f"{name}\nquery token")
+    axes[0][0].set_xticks(range(t), labels)  # shared: the outer axes show them
+    axes[0][0].set_yticks(range(t), labels)
+    for ax in axes.flat:
+        ax.tick_params(axis="x", labelrotation=90, labelsize=fontsize)
+        ax.tick_params(axis="y", labelsize=fontsize)
+    for ax in axes[1]:
+        ax.set_xlabel("key token")
+    fig.suptitle(f"{title}\nrows: logits before the mask, probabilities; grey: masked (future) keys", fontsize="medium")
+    return fig, [list(row) for row in axes]

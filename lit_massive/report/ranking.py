@@ -15,8 +15,24 @@ from collections.abc import Sequence
 from lit_massive.report.tables import markdown_table
 
 BASELINE = "baseline"
-# what a selection can rank heads by -> its results.json key
-SCORES = {"first_token": "head_scores", "massive_tokens": "massive_token_scores"}
+# what a selection, a sweep and rank-heads can rank heads by -> its (L, H) results.json key:
+# the two attention scores, and every per-head figure of the attention internals
+SCORES = {
+    "first_token": "head_scores",
+    "massive_tokens": "massive_token_scores",
+    **{
+        key: key
+        for key in (
+            "head_output_norm",
+            "value_norm_first",
+            "value_norm_rest",
+            "massive_update_norm",
+            "other_update_norm",
+            "massive_update_cosine",
+            "first_token_logit_gap",
+        )
+    },
+}
 ORDERS = ("top", "bottom")
 TOP_HEADS, BOTTOM_HEADS = 10, 5  # heads shown at each end of a ranking
 RANKING_HEAD = ["rank", "layer", "head", "score"]

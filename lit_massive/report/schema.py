@@ -39,6 +39,7 @@ class LayerRow(TypedDict):
     finite_sequences: int
     locator_overflow: int
     nonfinite_values: int
+    nonfinite_values_exact: bool  # false: some sequence had more than massive_candidates + 1 (a lower bound)
     top1_dim: int
     top1_dim_fraction: float
     top1_position: int
@@ -46,6 +47,11 @@ class LayerRow(TypedDict):
     top1_token_id: int
     top1_token: str
     top1_token_fraction: float
+    # outlier statistics (model.outlier_stats; null when off, absent in older files): means over windows
+    kurtosis: NotRequired[float | None]  # mean_d s_d^4 / (mean_d s_d^2)^2, s_d the RMS over tokens of dim d
+    top_direction_share: NotRequired[float | None]  # sigma_1^2 / sum_k sigma_k^2 of the (T, D) block output
+    matrix_entropy: NotRequired[float | None]  # -sum_k p_k log p_k / log min(T, D), p_k = sigma_k^2 / sum
+    outlier_left_out: NotRequired[int | None]  # windows left out of those means (not finite, or all zero)
 
 
 class LocatedEntry(TypedDict):
@@ -72,13 +78,23 @@ class ComponentEntry(TypedDict):
     sequences: int
 
 
-class EditRecord(TypedDict):
+class EditedBlock(TypedDict):
     layer: int
+    edited: int  # entries changed, summed over windows
+    means: int | None  # mean edits: the (dim, first|rest) means this block has
+    unmatched: int | None  # mean edits: massive entries with no mean for their group, left as they were
+
+
+class EditRecord(TypedDict):
+    layer: int | list[int] | str  # as written: one block, a list, or "all"
+    layers: list[int]  # resolved
+    positions: str  # all, first or rest
     to: str  # zero, mean or random
     source: str | None
     seed: int
     entries: int | None
     note: str | None
+    blocks: list[EditedBlock] | None
 
 
 class VariantEntry(TypedDict):

@@ -15,6 +15,7 @@ from lit_massive.variants.specs import (
     BASELINE,
     EDITS,
     ORDERS,
+    POSITIONS,
     SCORES,
     BlockEditSpec,
     Head,
@@ -65,26 +66,47 @@ def _check_by(where: str, by: Any) -> str:
     return by
 
 
+def _check_layer(where: str, layer: Any, n_layer: int) -> int | list[int] | str:
+    """An edit's `layer`: L, a non-empty list of blocks (sorted, each once) or ``all``."""
+    valid = f"valid: 0..{n_layer - 1}, a list of them, or all"
+    if layer == "all":
+        return layer
+    single = isinstance(layer, int) and not isinstance(layer, bool)
+    many = isinstance(layer, list | tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in layer)
+    if not (single or many) or (many and not layer):
+        raise InputError(f"{where}={layer!r}: not a layer; {valid}")
+    layers = [layer] if single else list(layer)
+    bad = next((v for v in layers if not 0 <= v < n_layer), None)
+    if bad is not None:
+        raise InputError(f"{where}={layer!r}: layer {bad} out of range; {valid}")
+    twice = sorted({v for v in layers if layers.count(v) > 1})
+    if twice:
+        warnings.warn(f"{where}={layer!r}: layers {twice} listed twice; each is edited once", stacklevel=4)
+    return layer if single else sorted(set(layers))
+
+
 def _check_edit(name: str, spec: dict, n_layer: int) -> BlockEditSpec:
     where = f"variant {name!r}"
-    if "set_massive" in spec:
-        edit = spec["set_massive"]
-        keys, to = {"layer", "to", "from"}, edit.get("to") if isinstance(edit, dict) else None
+    kind = "set_massive" if "set_massive" in spec else "set_random"
+    edit = spec[kind]
+    if kind == "set_massive":
+        keys, to = {"layer", "to", "from", "positions"}, edit.get("to") if isinstance(edit, dict) else None
         if to not in EDITS:
             raise InputError(f"{where}: set_massive.to={to!r}; valid: {', '.join(EDITS)}")
     else:
-        edit, keys = spec["set_random"], {"layer", "seed"}
+        keys = {"layer", "seed", "positions"}
     if not isinstance(edit, dict) or set(edit) - keys or "layer" not in edit:
         raise InputError(f"{where}: {edit!r}; expected a mapping with keys {sorted(keys)}, layer required")
-    layer = edit["layer"]
-    if not isinstance(layer, int) or not 0 <= layer < n_layer:
-        raise InputError(f"{where}: layer {layer!r} out of range; valid layers are 0..{n_layer - 1}")
+    layer = _check_layer(f"{where}: {kind}.layer", edit["layer"], n_layer)
+    positions = edit.get("positions", "all")
+    if positions not in POSITIONS:
+        raise InputError(f"{where}: {kind}.positions={positions!r}; valid: {', '.join(POSITIONS)}")
     source = edit.get("from")
     if source is not None:
         load_massive(source)  # fail now on a missing file
-    if "set_massive" in spec:
-        return SetMassive({"layer": layer, "to": to, "from": source})
-    return SetRandom({"layer": layer, "seed": int(edit.get("seed", 0))})
+    if kind == "set_massive":
+        return SetMassive({"layer": layer, "to": to, "positions": positions, "from": source})
+    return SetRandom({"layer": layer, "seed": int(edit.get("seed", 0)), "positions": positions})
 
 
 def _check_spec(name: str, spec: Any, n_layer: int, n_head: int) -> tuple[list[Head] | Select, BlockEditSpec | None]:
@@ -108,7 +130,7 @@ def _check_spec(name: str, spec: Any, n_layer: int, n_head: int) -> tuple[list[H
         if unknown or "select" not in spec or "k" not in spec:
             raise InputError(
                 f"variant {name!r}: {spec!r}; expected a head list, {{select: top|bottom, k: N, "
-                f"scores: path|null}}, or {{set_massive: {{layer: L, to: zero|mean}}, prune_heads: [...]}}"
+                f"scores: path|null}}, or {{set_massive: {{layer: L|[L, ...]|all, to: zero|mean}}, prune_heads: [...]}}"
             )
         order = _check_order(f"variant {name!r}", spec["select"], ORDERS)
         k = _check_k(f"variant {name!r}", spec["k"], n_layer * n_head)

@@ -3,27 +3,31 @@ block edit it applies, resolved once what they depend on is known."""
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from lit_massive.probes.hooks import BlockEdit
-from lit_massive.report.schema import load_massive, load_scores, scores_tensor
+from lit_massive.report.schema import LocatedEntry, load_massive, load_scores, scores_tensor
 from lit_massive.variants.checks import parse_variants
+from lit_massive.variants.edits import GROUPS, GroupMeans
 from lit_massive.variants.specs import (
     BASELINE,
     SCORES,
     BlockEditSpec,
     Edit,
     Head,
-    MeanEntries,
     Select,
     SetMassive,
     Sweep,
+    edited_layers,
     rank_heads,
 )
 
@@ -52,6 +56,32 @@ def head_mask(heads: list[Head], n_layer: int, n_head: int) -> Tensor:
     return mask
 
 
+def group_means(
+    entries: list[LocatedEntry], layers: list[int], positions: str, device: torch.device
+) -> dict[int, GroupMeans]:
+    """Per block of `layers`, the mean massive value of each (first|rest, dim): the located
+    (dim, position) means of the block weighted by how many windows each is massive in (its
+    `fraction`), so each is the mean over every massive entry of that dim and group. Only the
+    groups `positions` edits."""
+    wanted = range(len(GROUPS)) if positions == "all" else [GROUPS.index(positions)]
+    hits: dict[tuple[int, int, int], list[tuple[float, float]]] = defaultdict(list)
+    for e in entries:
+        group = int(e["position"] > 0)
+        if e["layer"] in layers and group in wanted:
+            hits[(e["layer"], group, e["dim"])].append((e["value"], e["fraction"]))
+    out = {}
+    for layer in layers:
+        keys = sorted(k for k in hits if k[0] == layer)
+        values = [math.fsum(v * w for v, w in hits[k]) / math.fsum(w for _, w in hits[k]) for k in keys]
+        out[layer] = GroupMeans(
+            torch.tensor([k[1] for k in keys], dtype=torch.long, device=device),
+            torch.tensor([k[2] for k in keys], dtype=torch.long, device=device),
+            torch.tensor(values, dtype=torch.float32, device=device),
+            max((k[2] + 1 for k in keys), default=0),
+        )
+    return out
+
+
 class VariantPlan:
     """Every variant of a run, baseline first: the heads each prunes (once its selection is
     resolved) and the block edit it applies (once its `mean` values are located)."""
@@ -61,51 +91,76 @@ class VariantPlan:
         self.specs, self.edits = parse_variants(variants, sweep, n_layer, n_head)
         self.names = [BASELINE, *self.specs]
         self.pruned_heads: dict[str, list[Head] | None] = {BASELINE: [], **resolve(self.specs, run_scores=None)}
-        self.means: dict[str, MeanEntries] = {}
+        self.means: dict[str, dict[int, GroupMeans]] = {}  # `mean` edits: per edited block
+        self.counts: dict[str, Tensor] = {}  # edits: (2, L) on the device, what each block's edit changed
+        self._counted: dict[str, list[list[int]]] | None = None  # the counts over all processes, read once
 
     def baseline_keys(self) -> set[str]:
         """The results.json keys of this run's own baseline that some variant is defined by:
-        head scores for a selection without ``scores``, the locator's ``massive`` entries for
+        the per-head figure a selection without ``scores`` ranks by (``by``), the locator's ``massive`` entries for
         a ``mean`` edit without ``from``. Empty: no first pass is needed."""
         keys = set()
-        if any(isinstance(s, Select) and s.scores is None for s in self.specs.values()):
-            keys |= set(SCORES.values())
+        keys |= {SCORES[s.by] for s in self.specs.values() if isinstance(s, Select) and s.scores is None}
         if any(isinstance(e, SetMassive) and e.to == "mean" and e.source is None for e in self.edits.values()):
             keys.add("massive")
         return keys
 
     def prepare(self, baseline: dict[str, Any] | None, device: torch.device) -> None:
         """Resolve what waited for this run's `baseline` entry (from a first pass, holding
-        `baseline_keys`), and give every `mean` edit its entries on `device`."""
-        if baseline is not None and baseline.get(SCORES["first_token"]) is not None:
-            run_scores = {by: scores_tensor(baseline[key]) for by, key in SCORES.items()}
+        `baseline_keys`), give every `mean` edit its means on `device` and every edit zero counts."""
+        run_scores = {by: scores_tensor(baseline[key]) for by, key in SCORES.items() if (baseline or {}).get(key)}
+        if run_scores:
             self.pruned_heads.update(resolve(self.specs, run_scores))
+        self.counts = {name: torch.zeros(2, self.n_layer, dtype=torch.int64, device=device) for name in self.edits}
+        self._counted = None
         for name, edit in self.edits.items():
             if isinstance(edit, SetMassive) and edit.to == "mean":
                 entries = load_massive(edit.source) if edit.source is not None else baseline["massive"]
-                at = [e for e in entries if e["layer"] == edit.layer]
-                if not at:
+                self.means[name] = group_means(entries, edited_layers(edit.layer, self.n_layer), edit.positions, device)
+                if not any(m.width for m in self.means[name].values()):
                     warnings.warn(f"variant {name!r}: {self._nothing_located(edit)}", stacklevel=2)
-                self.means[name] = MeanEntries(
-                    torch.tensor([e["position"] for e in at], dtype=torch.long, device=device),
-                    torch.tensor([e["dim"] for e in at], dtype=torch.long, device=device),
-                    torch.tensor([e["value"] for e in at], dtype=torch.float32, device=device),
-                )
 
     @staticmethod
     def _nothing_located(edit: SetMassive) -> str:
         where = edit.source or "this run's baseline"
+        at = f"layer {edit.layer}" if isinstance(edit.layer, int) else f"layers {edit.layer}"
+        if edit.positions != "all":
+            at += f" (positions: {edit.positions})"
         return (
-            f"nothing massive is located at layer {edit.layer} in {where}, so its mean edit sets "
+            f"nothing massive is located at {at} in {where}, so its mean edit sets "
             f"nothing and changes nothing (lower model.massive_threshold / massive_ratio to edit smaller values)"
         )
 
+    def _edit_counts(self) -> dict[str, list[list[int]]]:
+        """Each edit's (2, L) counts summed over all processes, read on the host once. The
+        first call is a collective where several processes run: `describe` makes it, and
+        every rank describes every variant in the same order."""
+        if self._counted is None:
+            names = list(self.counts)
+            total = torch.stack([self.counts[n] for n in names]) if names else None
+            if total is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(total)
+            self._counted = {} if total is None else dict(zip(names, total.tolist(), strict=True))
+        return self._counted
+
     def _record(self, name: str, edit: BlockEditSpec) -> Edit:
-        """What results.json says the edit did."""
-        record = edit.record()
-        if name not in self.means:
+        """What results.json says the edit did (`Edit`)."""
+        record = edit.record(self.n_layer)
+        means, counted = self.means.get(name), self._edit_counts().get(name)
+        if counted is not None:
+            blocks = [
+                {
+                    "layer": i,
+                    "edited": counted[0][i],
+                    "means": None if means is None else len(means[i].dims),
+                    "unmatched": None if means is None else counted[1][i],
+                }
+                for i in record.layers
+            ]
+            record = replace(record, blocks=blocks)
+        if means is None:
             return record
-        n = len(self.means[name].positions)
+        n = sum(len(m.dims) for m in means.values())
         return replace(record, entries=n, note=None if n else self._nothing_located(edit))
 
     def head_masks(self) -> Tensor:
@@ -118,15 +173,17 @@ class VariantPlan:
 
     def describe(self, name: str) -> dict[str, Any]:
         """What variant `name` is, the first keys of its results.json entry."""
+        self._edit_counts()  # on every rank, for every name: its first call may be a collective
         edit = self.edits.get(name)
         return {
             "pruned_heads": [list(h) for h in self.pruned_heads[name]],
             "edit": None if edit is None else asdict(self._record(name, edit)),
         }
 
-    def block_edit(self, name: str, windows: Sequence[int], threshold: float, ratio: float) -> BlockEdit | None:
-        """Variant `name`'s edit for a batch of windows (their dataset indices), or None."""
+    def block_edits(self, name: str, windows: Sequence[int], threshold: float, ratio: float) -> list[BlockEdit]:
+        """Variant `name`'s per-block edits for a batch of windows (their dataset indices);
+        none for a variant without an edit."""
         edit = self.edits.get(name)
         if edit is None:
-            return None
-        return edit.block_edit(threshold, ratio, windows, self.means.get(name))
+            return []
+        return edit.block_edits(self.n_layer, threshold, ratio, windows, self.means.get(name), self.counts.get(name))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Union
+from functools import partial
+from typing import Union
 
 from torch import Tensor
 
@@ -21,7 +22,7 @@ from lit_massive.report import ranking
 # the baseline's name, the orders and what a selection ranks heads by (-> results.json key),
 # defined with the ranking, which imports no torch
 from lit_massive.report.ranking import BASELINE, ORDERS, SCORES  # noqa: F401
-from lit_massive.variants.edits import set_entries, zero_massive, zero_random
+from lit_massive.variants.edits import POSITIONS, GroupMeans, set_to_means, zero_massive, zero_random  # noqa: F401
 
 if sys.version_info >= (3, 11):
     from typing import NotRequired, TypedDict
@@ -30,6 +31,8 @@ else:  # pragma: no cover
 
 EDITS = ("zero", "mean")
 Head = tuple[int, int]
+# which blocks an edit takes: L, [L, ...] or "all"
+LayerChoice = Union[int, list[int], str]  # noqa: UP007
 # the control's per-window seed is seed * SEED_STRIDE + window index: distinct seeds for
 # distinct (seed, window) pairs while a run has fewer windows than this prime
 SEED_STRIDE = 1_000_003
@@ -37,32 +40,50 @@ SEED_STRIDE = 1_000_003
 
 @dataclass(frozen=True)
 class Edit:
-    """What a variant did to block `layer`'s output, as results.json records it: `to` is
-    `zero`, `mean` (values from `source`, a results.json, or this run's first pass) or
-    `random` (the control, drawn with `seed`)."""
+    """What a variant did to block outputs, as results.json records it.
 
-    layer: int
+    `layer` is the variant's choice as written: L (one block, an int as it always was), a
+    list of blocks or ``all``; `layers` the blocks edited, in order. `positions`: ``all``,
+    ``first`` (position 0 of each window, BOS when there is one) or ``rest`` (every other).
+    `to` is `zero`, `mean` (each entry massive in its window set to the mean value of its
+    dim, first position and the rest apart, from `source`, a results.json, or this run's
+    first pass) or `random` (the control, drawn with `seed`). `entries`: for `mean`, how
+    many (dim, first|rest) means it has over its blocks; 0, and `note` says it changed
+    nothing. `blocks`, per edited block once the pass ran: `edited`, the entries it changed,
+    summed over windows; for `mean` also `means`, its (dim, group) means there, and
+    `unmatched`, the massive entries it left as they were because their group has no mean."""
+
+    layer: int | list[int] | str
     to: str
     source: str | None = None
     seed: int = 0
-    entries: int | None = None  # `mean`: how many located (dim, position) entries it sets
+    entries: int | None = None  # `mean`: how many (dim, first|rest) means it has
     note: str | None = None  # why the edit changed nothing, when it did
+    layers: list[int] = field(default_factory=list)
+    positions: str = "all"
+    blocks: list[dict[str, int | None]] | None = None  # {layer, edited, means, unmatched} per edited block
 
 
-class MeanEntries(NamedTuple):
-    """Located massive entries of one block and the mean value each gets: (n,) tensors."""
+def edited_layers(layer: int | Sequence[int] | str, n_layer: int) -> list[int]:
+    """The blocks a checked `layer` choice names, in order."""
+    if layer == "all":
+        return list(range(n_layer))
+    return [layer] if isinstance(layer, int) else sorted(set(layer))
 
-    positions: Tensor
-    dims: Tensor
-    values: Tensor
+
+def _at(counts: Tensor | None, layer: int) -> Tensor | None:
+    """Block `layer`'s (2,) view of a variant's (2, L) counts (`edits.EDITED`, `UNMATCHED`)."""
+    return None if counts is None else counts[:, layer]
 
 
 @dataclass
 class Select:
-    """Prune the first `k` heads of a ranking by head score: ``select: top`` (highest
-    first) or ``bottom``; ``by: first_token`` (attention on token 0) or ``massive_tokens``
-    (attention on the window's massive tokens); `scores`: a results.json to rank by, null:
-    this run's baseline scores (from a first pass over the same windows)."""
+    """Prune the first `k` heads of a ranking by a per-head figure: ``select: top`` (highest
+    first) or ``bottom``; ``by: first_token`` (attention on token 0), ``massive_tokens``
+    (attention on the window's massive tokens) or any per-head figure of the attention
+    internals (``head_output_norm`` with ``bottom``: the dormant heads; `SCORES` lists them);
+    `scores`: a results.json to rank by, null: this run's baseline (from a first pass over
+    the same windows)."""
 
     select: str
     k: int
@@ -71,25 +92,32 @@ class Select:
 
 
 # a mapping, not a dataclass: its YAML key `from` is a Python keyword
-SetMassiveArgs = TypedDict("SetMassiveArgs", {"layer": int, "to": str, "from": NotRequired[Union[str, None]]})  # noqa: UP007
+SetMassiveArgs = TypedDict(
+    "SetMassiveArgs",
+    {"layer": LayerChoice, "to": str, "positions": NotRequired[str], "from": NotRequired[Union[str, None]]},  # noqa: UP007
+)
 
 
 class SetRandomArgs(TypedDict):
-    layer: int
+    layer: LayerChoice
     seed: NotRequired[int]
+    positions: NotRequired[str]
 
 
 @dataclass
 class SetMassive:
-    """Set the massive entries of block ``layer``'s output ``to: zero``, or ``to: mean``: the
-    located (dim, position) entries get their mean value, from ``from: results.json`` or
-    (null) this run's first pass; optionally with `prune_heads`."""
+    """Set the massive entries of the output of block ``layer`` (L, a list of blocks, or
+    ``all``) at ``positions`` (``all``, ``first``: position 0, BOS when there is one, or
+    ``rest``) ``to: zero``, or ``to: mean``: each entry massive in its own window gets the
+    mean value of its dim over the windows where it is massive, position 0 and the rest
+    apart, from ``from: results.json`` or (null) this run's first pass; optionally with
+    `prune_heads`."""
 
     set_massive: SetMassiveArgs
     prune_heads: list[Head] = field(default_factory=list)
 
     @property
-    def layer(self) -> int:
+    def layer(self) -> int | list[int] | str:
         return self.set_massive["layer"]
 
     @property
@@ -100,45 +128,77 @@ class SetMassive:
     def source(self) -> str | None:
         return self.set_massive.get("from")
 
-    def record(self) -> Edit:
-        return Edit(self.layer, self.to, self.source)
+    @property
+    def positions(self) -> str:
+        return self.set_massive.get("positions", "all")
 
-    def block_edit(
-        self, threshold: float, ratio: float, windows: Sequence[int], means: MeanEntries | None
-    ) -> BlockEdit:
-        """The (layer, fn) that probes() applies to this variant's forward pass."""
+    def record(self, n_layer: int) -> Edit:
+        layers = edited_layers(self.layer, n_layer)
+        return Edit(self.layer, self.to, self.source, layers=layers, positions=self.positions)
+
+    def block_edits(
+        self,
+        n_layer: int,
+        threshold: float,
+        ratio: float,
+        windows: Sequence[int],
+        means: dict[int, GroupMeans] | None = None,
+        counts: Tensor | None = None,
+    ) -> list[BlockEdit]:
+        """One (layer, fn) per edited block, for probes(); what each changes is added to
+        `counts` (2, L) on the device. `to: mean` needs `means` for every edited block."""
+        criterion = {"threshold": threshold, "ratio": ratio, "positions": self.positions}
+        layers = edited_layers(self.layer, n_layer)
         if self.to == "zero":
-            return self.layer, lambda x: zero_massive(x, threshold, ratio)
-        positions, dims, values = means
-        return self.layer, lambda x: set_entries(x, positions, dims, values)
+            return [(i, partial(zero_massive, **criterion, counts=_at(counts, i))) for i in layers]
+        return [(i, partial(set_to_means, **criterion, means=means[i], counts=_at(counts, i))) for i in layers]
 
 
 @dataclass
 class SetRandom:
-    """The control for `SetMassive`: zero as many randomly chosen non-massive entries of
-    block ``layer``'s output per window (``seed``); optionally with `prune_heads`."""
+    """The control for `SetMassive`: zero as many randomly chosen non-massive entries of the
+    output of block ``layer`` (L, a list, or ``all``) per window, among the same
+    ``positions`` (``all``, ``first`` or ``rest``), drawn with ``seed``; optionally with
+    `prune_heads`."""
 
     set_random: SetRandomArgs
     prune_heads: list[Head] = field(default_factory=list)
 
     @property
-    def layer(self) -> int:
+    def layer(self) -> int | list[int] | str:
         return self.set_random["layer"]
 
     @property
     def seed(self) -> int:
         return self.set_random.get("seed", 0)
 
-    def record(self) -> Edit:
-        return Edit(self.layer, "random", None, self.seed)
+    @property
+    def positions(self) -> str:
+        return self.set_random.get("positions", "all")
 
-    def block_edit(
-        self, threshold: float, ratio: float, windows: Sequence[int], means: MeanEntries | None
-    ) -> BlockEdit:
-        """The (layer, fn) for one batch: one generator per window, seeded by the window's
-        index, so any number of processes draws the same entries."""
+    def record(self, n_layer: int) -> Edit:
+        return Edit(
+            self.layer, "random", None, self.seed, layers=edited_layers(self.layer, n_layer), positions=self.positions
+        )
+
+    def block_edits(
+        self,
+        n_layer: int,
+        threshold: float,
+        ratio: float,
+        windows: Sequence[int],
+        means: dict[int, GroupMeans] | None = None,
+        counts: Tensor | None = None,
+    ) -> list[BlockEdit]:
+        """One (layer, fn) per edited block for one batch: one generator per window, seeded by
+        the window's index, so any number of processes draws the same entries. Every block
+        gets the same seeds, so the order of the random keys is the same at each block: like
+        the massive entries it stands in for, what the control zeroes tends to sit at the same
+        (position, dim) from block to block (and ``layer: [L]`` draws what ``layer: L`` does)."""
         seeds = [self.seed * SEED_STRIDE + int(i) for i in windows]  # host ints (the data module keeps them)
-        return self.layer, lambda x: zero_random(x, threshold, ratio, seeds)
+        criterion = {"threshold": threshold, "ratio": ratio, "seeds": seeds, "positions": self.positions}
+        layers = edited_layers(self.layer, n_layer)
+        return [(i, partial(zero_random, **criterion, counts=_at(counts, i))) for i in layers]
 
 
 @dataclass
@@ -169,7 +229,7 @@ class Sweep:
     k: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     seed: int = 0  # for order: random
     scores: str | None = None  # results.json to rank by; null: this run's baseline scores
-    by: str = "first_token"  # or massive_tokens: which head score ranks the heads
+    by: str = "first_token"  # or any name in SCORES: which per-head figure ranks the heads
 
 
 def sweep_names(sweep: Sweep | None) -> dict[str, int]:

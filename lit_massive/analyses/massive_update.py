@@ -1,0 +1,82 @@
+"""The paper's value-update decomposition (section 4.2): each head's output o_i splits into
+the part that comes from the window's massive tokens, u_i = sum_{j in C} p_ij v_j, and the
+rest. The paper finds u_i nearly the same for every query: an implicit attention bias.
+
+The massive tokens C of a window are known only once every block has run (a position is
+massive if some block output is massive there), so each block keeps its attention call and
+row log-sum-exps (`probes.attention.HeadRecord`); here the probabilities on C are recomputed
+from their logits, exactly: p_ij = exp(s_ij - lse_i) where query i may attend to key j."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lit_massive.analyses.base import Forward, Setup
+from lit_massive.analyses.head_means import HeadFiguresAnalysis
+from lit_massive.analyses.registry import register_analysis
+from lit_massive.probes.attention import HeadRecord
+from lit_massive.report import head_figures
+
+
+def massive_update(record: HeadRecord, massive: Tensor, slots: int) -> dict[str, Tensor]:
+    """Per window and head (B, H) of one block: the mean over queries of ||u_i|| and of
+    ||o_i - u_i||, and the mean, over the queries that may attend to a massive token, of the
+    cosine between u_i and the mean of u over those queries (NaN where there is none).
+    `massive` (B, T) bool marks each window's massive tokens; the first `slots` of them
+    count (the locator's overflow flag says when a window has more)."""
+    call = record.call
+    b, h, t, hd = call.query.shape
+    h_kv = call.key.shape[1]
+    m = min(slots, t)
+    positions = massive.float().topk(m, dim=1).indices  # (B, M): the massive tokens first
+    valid = massive.gather(1, positions)  # (B, M)
+    index = positions[:, None, :, None].expand(-1, h_kv, -1, hd)
+    keys, values = call.key.gather(2, index), call.value.gather(2, index)  # (B, H_kv, M, hd)
+    allowed = call.allowed(positions) & valid[:, None, None, :]  # (B, 1 or H, T, M)
+    p = torch.where(allowed, (call.logits(keys) - record.lse[..., None]).exp(), 0.0)  # (B, H, T, M)
+    u = (p.view(b, h_kv, h // h_kv, t, m) @ values.float()[:, :, None]).view(b, h, t, hd)
+    sees = allowed.any(-1).expand(b, h, t)  # queries that may attend to a massive token
+    n = sees.sum(-1)  # (B, H)
+    mean_u = torch.where(sees[..., None], u, 0.0).sum(-2) / n.clamp(min=1)[..., None]  # (B, H, hd)
+    cosine = torch.nn.functional.cosine_similarity(u, mean_u[:, :, None], dim=-1)  # (B, H, T)
+    return {
+        "massive_update_norm": u.norm(dim=-1).mean(-1),
+        "other_update_norm": (record.output - u).norm(dim=-1).mean(-1),
+        "massive_update_cosine": torch.where(sees, cosine, 0.0).sum(-1) / n,  # NaN: no such query
+    }
+
+
+@register_analysis
+class MassiveUpdate(HeadFiguresAnalysis):
+    """`massive_update_norm`, `other_update_norm` (the two parts add up to o_i) and
+    `massive_update_cosine` (1.0: the massive tokens' update is a constant bias), per
+    (layer, head), means over windows of per-window means; a window with no query that may
+    attend to a massive token has no cosine, and a head with no such window is null."""
+
+    name = "massive_update"
+    keys = ("massive_update_norm", "other_update_norm", "massive_update_cosine")
+
+    def __init__(self, setup: Setup) -> None:
+        super().__init__(setup)
+        self.slots = setup.options["massive_candidates"]
+
+    def values(self, forward: Forward) -> dict[str, list[Tensor]]:
+        parts = [massive_update(r, forward.massive_tokens, self.slots) for r in forward.probed.heads]
+        return {key: [part[key] for part in parts] for key in self.keys}
+
+    @classmethod
+    def publish(cls, out, model: str, name: str, entry: dict[str, Any]) -> None:
+        title, pruned = f"{model}: {name}", entry["pruned_heads"]
+        label = "cosine of the massive tokens' update\nwith its mean over queries"
+        cosine = entry["massive_update_cosine"]
+        if any(v is not None for row in cosine for v in row):
+            fig, _ = head_figures.head_grid(cosine, title, label, diverging=True, pruned=pruned)
+            out.figure(f"{name}/figures/massive_update_cosine", fig)
+        label = "mean ||update from massive tokens||"
+        fig, _ = head_figures.head_grid(entry["massive_update_norm"], title, label, pruned=pruned, log=True)
+        out.figure(f"{name}/figures/massive_update_norm", fig)
+        for layer, row in enumerate(cosine):
+            out.scalar(f"{name}/massive_update_cosine", head_figures.head_mean(row), layer)

@@ -1,0 +1,151 @@
+"""Outlier statistics per block (`model.outlier_stats`): how heavy-tailed the block output's
+feature dims are and how much of it lies along one direction.
+
+For one window's block output X (T x D), with s_d the RMS over the window's tokens of dim d
+and sigma_k its singular values (X itself, not centred):
+
+- `kurtosis` = mean_d s_d^4 / (mean_d s_d^2)^2 (1 when every dim has the same RMS; a few
+  massive dims make it large);
+- `top_direction_share` = sigma_1^2 / sum_k sigma_k^2 (the largest singular value's share);
+- `matrix_entropy` = -sum_k p_k log p_k / log(min(T, D)), p_k = sigma_k^2 / sum_k sigma_k^2
+  (1: energy spread evenly over min(T, D) directions; 0: one direction).
+
+Each is a mean over windows, per variant and layer, as keys of the `layers` rows. The
+squared singular values are the eigenvalues of the smaller Gram matrix (X X^T if T < D, else
+X^T X) in float64, by `torch.linalg.eigvalsh`, negatives (rounding) clamped to 0. Fixed
+shapes, and no host read of ours: a window whose block output holds inf/NaN (its Gram is
+zeroed, since eigvalsh must not see inf/NaN) or is all zero (its statistics are 0 / 0) is
+masked out arithmetically and counted (`outlier_left_out`). But on a GPU torch's
+eigendecompositions check their cuSOLVER status on the host, inside the op, so each
+`eigvalsh` call waits for the device: layers are batched into as few calls as `GRAM_BUDGET`
+allows (one per pass for GPT-2 small at 1024 tokens, batch size 4)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lit_massive.analyses.base import Analysis, Forward, Setup, SumStatesMetric
+from lit_massive.analyses.layer_profile import finite
+from lit_massive.analyses.registry import register_analysis
+from lit_massive.report import outlier_figures
+
+STATISTICS = ("kurtosis", "top_direction_share", "matrix_entropy")
+GRAM_BUDGET = 1 << 28  # bytes of float64 Gram matrices per eigvalsh call (layers are stacked up to it)
+
+
+def gram(x: Tensor) -> Tensor:
+    """The smaller Gram matrix of each window's (T, D) block output: X X^T (B, T, T) if T < D,
+    else X^T X (B, D, D); both have the squared singular values as eigenvalues."""
+    return x @ x.mT if x.shape[-2] < x.shape[-1] else x.mT @ x
+
+
+def window_statistics(s2: Tensor, spectrum: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per window (B,): kurtosis, top-direction share and matrix entropy, from the mean
+    square over tokens of each dim `s2` (B, D) and the squared singular values `spectrum`
+    (B, min(T, D)), both float64. 0 / 0 (an all-zero window) gives NaN, which the caller
+    masks out."""
+    kurtosis = s2.square().mean(dim=1) / s2.mean(dim=1).square()
+    p = spectrum / spectrum.sum(dim=1, keepdim=True)
+    share = p.max(dim=1).values
+    n = spectrum.shape[1]  # a host int: the shape, not the data
+    entropy = -torch.xlogy(p, p).sum(dim=1) / (math.log(n) if n > 1 else 1.0)
+    return kurtosis, share, entropy
+
+
+def layer_chunks(n_layer: int, x: Tensor, budget: int | None = None) -> list[range]:
+    """Consecutive layers whose float64 Grams together stay within `budget` bytes (default
+    `GRAM_BUDGET`; at least one layer each), from the shapes alone."""
+    batch, t, d = x.shape
+    per_layer = batch * min(t, d) ** 2 * 8
+    step = max(1, (budget or GRAM_BUDGET) // per_layer)
+    return [range(start, min(start + step, n_layer)) for start in range(0, n_layer, step)]
+
+
+class OutlierStats(SumStatesMetric):
+    """Per layer: sums over windows of each statistic, the windows they hold, and the windows
+    left out (block output not finite, or all zero)."""
+
+    kurtosis: Tensor  # (L,) float64 sums
+    top_direction_share: Tensor  # (L,) float64 sums
+    matrix_entropy: Tensor  # (L,) float64 sums
+    windows: Tensor  # (L,) int64, windows in the sums
+    left_out: Tensor  # (L,) int64
+
+    def __init__(self, n_layer: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name in STATISTICS:
+            self.add_state(name, torch.zeros(n_layer, dtype=torch.float64), dist_reduce_fx="sum")
+        for name in ("windows", "left_out"):
+            self.add_state(name, torch.zeros(n_layer, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, blocks: list[Tensor]) -> None:
+        """Add one batch: `blocks[i]` is layer i's block output (B, T, D), any float dtype."""
+        for chunk in layer_chunks(len(blocks), blocks[0]):
+            mean_squares, grams = [], []
+            for i in chunk:
+                x = blocks[i].detach().double()
+                mean_squares.append(x.square().mean(dim=1))  # (B, D): s_d^2
+                grams.append(gram(x))
+            # one eigvalsh over the chunk's stacked Grams (on a GPU each call waits for the device);
+            # inf/NaN anywhere in a window makes its sum of squares non-finite: that Gram is zeroed,
+            # since eigvalsh must not see inf/NaN, and the window is left out
+            finite = [torch.isfinite(s2.sum(dim=1)) for s2 in mean_squares]
+            stacked = torch.stack([torch.where(ok[:, None, None], g, 0.0) for ok, g in zip(finite, grams, strict=True)])
+            spectra = torch.linalg.eigvalsh(stacked).clamp_min(0.0)
+            for i, s2, ok, spectrum in zip(chunk, mean_squares, finite, spectra, strict=True):
+                keep = ok & (spectrum.sum(dim=1) > 0)
+                for name, value in zip(STATISTICS, window_statistics(s2, spectrum), strict=True):
+                    getattr(self, name)[i] += torch.where(keep, value, 0.0).sum()
+                self.windows[i] += keep.sum()
+                self.left_out[i] += (~keep).sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        """Means over each layer's windows (NaN where none was kept) and the counts."""
+        n = self.windows.to(torch.float64)
+        return {
+            **{name: getattr(self, name) / n for name in STATISTICS},
+            "windows": self.windows,
+            "left_out": self.left_out,
+        }
+
+
+def outlier_rows(computed: dict[str, Tensor]) -> list[dict[str, Any]]:
+    """Per layer, its keys of the `layers` row: the three means (null where no window was
+    kept) and the windows left out."""
+    # reshape: torchmetrics squeezes a one-element state (a one-layer model) to a scalar
+    columns = {name: computed[name].reshape(-1).tolist() for name in STATISTICS}
+    return [
+        {**{name: finite(columns[name][i]) for name in STATISTICS}, "outlier_left_out": int(left_out)}
+        for i, left_out in enumerate(computed["left_out"].reshape(-1).tolist())
+    ]
+
+
+@register_analysis
+class OutlierAnalysis(Analysis):
+    """Kurtosis, top-direction share and matrix entropy of every block output, per variant."""
+
+    name = "outliers"
+    option = "outlier_stats"
+    layer_keys = (*STATISTICS, "outlier_left_out")
+
+    def new_metric(self, setup: Setup) -> OutlierStats:
+        return OutlierStats(setup.layout.n_layer)
+
+    def update(self, variant: str, forward: Forward) -> None:
+        self.metrics[variant].update(forward.probed.block_out)
+
+    def section(self, computed: dict[str, Tensor], decode: Callable[[int], str]) -> dict[str, Any]:
+        return {"layers": outlier_rows(computed)}  # merged into the layer profile's rows
+
+    @classmethod
+    def publish(cls, out, model: str, name: str, entry: dict[str, Any]) -> None:
+        layers = entry["layers"]
+        for row in layers:  # curves whose x axis (step) is the layer
+            for key in STATISTICS:
+                out.scalar(f"{name}/outliers/{key}", row[key], row["layer"])
+        out.figure(f"{name}/figures/outliers", outlier_figures.outlier_figure(layers, f"{model}: {name}")[0])

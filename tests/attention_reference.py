@@ -1,0 +1,120 @@
+"""Hand computations of the attention internals from eager attention, written without
+project code: what each eager attention function receives (query, key, value, mask,
+scaling, softcap) and the probabilities it returns, captured by wrapping the family's own
+`eager_attention_forward`."""
+
+from __future__ import annotations
+
+import math
+import sys
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def eager_calls(model):
+    """Record, per attention call of `model` (run with attn_implementation="eager"), the
+    tensors its eager attention function receives and the weights it returns."""
+    calls = []
+    modules = {sys.modules[type(m).__module__] for m in model.modules()}
+    modules = {mod for mod in modules if hasattr(mod, "eager_attention_forward")}
+    originals = {mod: mod.eager_attention_forward for mod in modules}
+
+    def wrap(original):
+        def recording(module, query, key, value, attention_mask, *args, **kwargs):
+            out, weights = original(module, query, key, value, attention_mask, *args, **kwargs)
+            scaling = kwargs.get("scaling")
+            calls.append(
+                dict(
+                    query=query, key=key, value=value, mask=attention_mask, weights=weights,
+                    scaling=query.shape[-1] ** -0.5 if scaling is None else scaling, softcap=kwargs.get("softcap"),
+                )
+            )  # fmt: skip
+            return out, weights
+
+        return recording
+
+    for mod, original in originals.items():
+        mod.eager_attention_forward = wrap(original)
+    try:
+        yield calls
+    finally:
+        for mod, original in originals.items():
+            mod.eager_attention_forward = original
+
+
+def _per_query_head(x, n_head):
+    return x.repeat_interleave(n_head // x.shape[1], dim=1)
+
+
+def internals(call, massive):
+    """Per window and head (B, H) of one call, in float64: value_norm_first, value_norm_rest,
+    head_output_norm, massive_update_norm, other_update_norm, massive_update_cosine (NaN
+    where no query may attend to a massive token), first_token_logit_gap; `massive` (B, T)."""
+    p = call["weights"].double()  # (B, H, T, T)
+    b, h, t, _ = p.shape
+    v = _per_query_head(call["value"].double(), h)
+    k = _per_query_head(call["key"].double(), h)
+    s = (call["query"].double() @ k.transpose(-1, -2)) * call["scaling"]
+    if call["softcap"] is not None:
+        s = torch.tanh(s / call["softcap"]) * call["softcap"]
+    mask = call["mask"]
+    i = torch.arange(t)
+    allowed = (mask[..., :t, :t] > torch.finfo(mask.dtype).min / 2) if mask is not None else (i[None] <= i[:, None])
+    allowed = allowed.expand(b, h, t, t)
+    # the logits are right: with the mask they give the model's own probabilities
+    torch.testing.assert_close(s.masked_fill(~allowed, -math.inf).softmax(-1), p, rtol=1e-4, atol=1e-6)
+    norms = v.norm(dim=-1)
+    o = p @ v
+    on_massive = massive[:, None, None, :].double()
+    u = (p * on_massive) @ v
+    out = {
+        "value_norm_first": norms[..., 0],
+        "value_norm_rest": norms[..., 1:].mean(-1),
+        "head_output_norm": o.norm(dim=-1).mean(-1),
+        "massive_update_norm": u.norm(dim=-1).mean(-1),
+        "other_update_norm": (o - u).norm(dim=-1).mean(-1),
+    }
+    cosine = torch.full((b, h), math.nan, dtype=torch.float64)
+    gap = torch.full((b, h), math.nan, dtype=torch.float64)
+    for w in range(b):
+        for head in range(h):
+            sees = (allowed[w, head] & massive[w][None, :]).any(-1)
+            if sees.any():
+                us = u[w, head][sees]
+                mean = us.mean(0)
+                cosine[w, head] = (us @ mean / (us.norm(dim=-1) * mean.norm())).mean()
+            gaps = [
+                s[w, head, q, 0] - s[w, head, q, 1:][allowed[w, head, q, 1:]].mean()
+                for q in range(1, t)
+                if allowed[w, head, q, 0]
+            ]
+            if gaps:
+                gap[w, head] = torch.stack(gaps).mean()
+    out["massive_update_cosine"] = cosine
+    out["first_token_logit_gap"] = gap
+    return out
+
+
+def run_means(calls, massive):
+    """Every figure as (L, H) means over windows (NaN windows left out), from one eager
+    forward pass over all windows (`calls`: one per layer, in order)."""
+    per_layer = [internals(call, massive) for call in calls]
+    means = {}
+    for key in per_layer[0]:
+        x = torch.stack([layer[key] for layer in per_layer])  # (L, B, H)
+        means[key] = x.nanmean(dim=1)
+    return means
+
+
+def massive_tokens(block_outputs, threshold=100.0, ratio=1000.0):
+    """(B, T) bool: positions where some block output (B, T, D) meets the paper's criterion
+    against its window's median."""
+    hit = None
+    for x in block_outputs:
+        a = x.double().abs()
+        flat = a.flatten(1)
+        m = (a > threshold) & (a > ratio * flat.median(dim=1).values[:, None, None])
+        hit = m.any(-1) if hit is None else hit | m.any(-1)
+    return hit

@@ -1,0 +1,131 @@
+"""Inside the attention of every head: planted ground truth on the toy, the pieces of the
+probe against plain computations, rankings by any per-head figure, and two processes."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from helpers import DEMO, assert_same_numbers, run_validate, run_validate_ddp, tiny_run_args
+from lit_massive.cli import rank_heads as rank_heads_cli
+from lit_massive.models.toy import ToyConfig
+from lit_massive.probes.attention import AttentionCall, first_token_logit_gap_, head_record, received_in_tiles
+from lit_massive.report.ranking import rank_heads
+
+TRUTH = ToyConfig()
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    variants = {"dormant": {"select": "bottom", "k": 1, "by": "head_output_norm"}}
+    root = tmp_path_factory.mktemp("internals")
+    return run_validate(root, "--config", DEMO, "--data.num_sequences", "4", "--model.variants", json.dumps(variants))
+
+
+def test_toy_sink_head_is_a_constant_bias_with_the_largest_logit_gap(toy_run):
+    _, results = toy_run
+    baseline = results["variants"]["baseline"]
+    layer, head = TRUTH.sink_head
+    assert baseline["massive_update_cosine"][layer][head] == pytest.approx(1.0, abs=1e-5)
+    gaps = baseline["first_token_logit_gap"][layer]
+    assert max(range(len(gaps)), key=gaps.__getitem__) == head
+    assert gaps[head] > 10 and max(abs(g) for h, g in enumerate(gaps) if h != head) < 1
+    # nearly all of the sink's output comes from the massive token
+    output = baseline["head_output_norm"][layer][head]
+    assert baseline["massive_update_norm"][layer][head] == pytest.approx(output, rel=1e-3)
+    assert baseline["other_update_norm"][layer][head] < 1e-3 * output
+    # the two planted first-token heads are the only sinks
+    sinks = {TRUTH.sink_head[0], TRUTH.writer_head[0]}
+    assert baseline["sink_rate"] == [1 / TRUTH.n_head if i in sinks else 0.0 for i in range(TRUTH.n_layer)]
+    assert baseline["model_sink_rate"] == pytest.approx(2 / (TRUTH.n_layer * TRUTH.n_head))
+    assert baseline["sink_epsilon"] == 0.3
+
+
+def test_toy_dormant_head_ranks_first_and_a_selection_prunes_it(toy_run):
+    run_dir, results = toy_run
+    baseline, dormant = results["variants"]["baseline"], results["variants"]["dormant"]
+    norms = baseline["head_output_norm"]
+    assert rank_heads(norms, "bottom")[0] == TRUTH.dormant_head
+    others = [v for layer, row in enumerate(norms) for h, v in enumerate(row) if (layer, h) != TRUTH.dormant_head]
+    assert norms[TRUTH.dormant_head[0]][TRUTH.dormant_head[1]] < 1e-2 * min(others)
+    assert dormant["pruned_heads"] == [list(TRUTH.dormant_head)]
+    assert abs(dormant["change_vs_baseline"]["perplexity_pct"]) < 0.01  # it wrote almost nothing
+    assert (run_dir / "figures" / "baseline_head_output_norm.png").is_file()
+    # rank-heads ranks by it too: its bottom config prunes the dormant head first
+    out = run_dir / "by_norm"
+    rank_heads_cli.main([str(run_dir / "results.json"), "--by", "head_output_norm", "--k", "2", "--out", str(out)])
+    bottom = (out / "prune_bottom2.yaml").read_text()
+    assert f"- {TRUTH.dormant_head[0]}\n      - {TRUTH.dormant_head[1]}" in bottom
+
+
+def test_allowed_at_positions_is_the_full_mask_gathered():
+    torch.manual_seed(0)
+    b, h, h_kv, t, hd = 2, 4, 2, 9, 8
+    q, k = torch.randn(b, h, t, hd), torch.randn(b, h_kv, t, hd)
+    i = torch.arange(t)
+    band = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - 4)
+    additive = torch.zeros(t, t).masked_fill(~band, torch.finfo(torch.float32).min)
+    positions = torch.tensor([[0, 3, 8], [5, 1, 1]])
+    for mask, window in ((None, 4), (band[None, None], None), (additive[None, None], None)):
+        call = AttentionCall(q, k, k, mask, 0.3, sliding_window=window)
+        full = call.allowed().expand(b, -1, t, t)
+        assert torch.equal(full[0, 0], band)
+        gathered = torch.stack([full[w][..., positions[w]] for w in range(b)])
+        assert torch.equal(call.allowed(positions).expand_as(gathered), gathered)
+
+
+def test_logit_gap_by_hand():
+    torch.manual_seed(1)
+    t = 7
+    scores = torch.randn(2, 3, t, t)
+    i = torch.arange(t)
+    allowed = ((i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - 3))[None, None]  # key 0 leaves the window
+    total, count = first_token_logit_gap_(scores.clone(), allowed)
+    expected = torch.zeros(2, 3)
+    queries = [q for q in range(1, t) if allowed[0, 0, q, 0]]
+    for q in queries:
+        others = [j for j in range(1, t) if allowed[0, 0, q, j]]
+        expected += scores[..., q, 0] - scores[..., q, others].mean(-1)
+    torch.testing.assert_close(total, expected)
+    assert count.tolist() == [[len(queries)]] and len(queries) == 2
+    # in two tiles of rows, the sums add up to the same
+    top, bottom = scores[..., :4, :].clone(), scores[..., 4:, :].clone()
+    a, n_a = first_token_logit_gap_(top, allowed[..., :4, :])
+    b, n_b = first_token_logit_gap_(bottom, allowed[..., 4:, :], 4)
+    torch.testing.assert_close(a + b, expected)
+    assert (n_a + n_b).tolist() == [[len(queries)]]
+
+
+@pytest.mark.parametrize("tile", [1, 3, 5, 16])
+def test_tiles_equal_the_whole_map(tile):
+    """Every figure of a head record, in tiles of query rows, equals the one-tile record, for
+    masks given as booleans, as additive floats, and as only a sliding window, with softcapping."""
+    torch.manual_seed(2)
+    b, h, h_kv, t, hd = 2, 4, 2, 11, 8
+    q, k, v = torch.randn(b, h, t, hd), torch.randn(b, h_kv, t, hd), torch.randn(b, h_kv, t, hd)
+    i = torch.arange(t)
+    band = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - 4)
+    additive = torch.zeros(t, t).masked_fill(~band, torch.finfo(torch.float32).min)
+    for mask, window in ((None, 4), (band[None, None], None), (additive[None, None], None)):
+        call = AttentionCall(q, k, v, mask, 0.4, softcap=3.0, sliding_window=window)
+        whole, tiled = head_record(call), head_record(call, tile)
+        for name in ("received", "value_norm_first", "value_norm_rest", "output_norm", "logit_gap", "lse", "output"):
+            torch.testing.assert_close(getattr(tiled, name), getattr(whole, name), rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(received_in_tiles(call, tile), whole.received, rtol=1e-5, atol=1e-6)
+        # and the whole map is the plain softmax
+        s = torch.tanh((q @ k.repeat_interleave(2, 1).transpose(-1, -2)) * 0.4 / 3.0) * 3.0
+        p = s.masked_fill(~band, -torch.inf).softmax(-1)
+        torch.testing.assert_close(whole.received, p.mean(-2))
+        torch.testing.assert_close(whole.output, p @ v.repeat_interleave(2, 1))
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_inside_the_heads(tmp_path, tiny_gpt2_dir, corpus_jsonl):
+    variants = {"dormant": {"select": "bottom", "k": 2, "by": "head_output_norm"}}
+    args = tiny_run_args(tiny_gpt2_dir, corpus_jsonl, 16, 6, 2, "--model.head_scores", "true",
+                         "--model.variants", json.dumps(variants))  # fmt: skip
+    _, single = run_validate(tmp_path / "one", *args)
+    double = run_validate_ddp(tmp_path / "two", *args)
+    assert not math.isnan(single["variants"]["baseline"]["massive_update_norm"][0][0])
+    assert_same_numbers(double["variants"], single["variants"])
