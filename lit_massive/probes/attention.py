@@ -153,7 +153,6 @@ class HeadRecord:
     value_norm_rest: Tensor  # mean over j >= 1 of ||v_j|| (NaN for a 1-token window)
     output_norm: Tensor  # mean over queries i of ||o_i||, o_i = sum_j p_ij v_j
     logit_gap: Tensor  # mean over queries i >= 1 that may attend to key 0 of s_i0 - mean_j s_ij
-    gap_queries: Tensor  # (B, 1 or H): how many queries the gap averages (0: NaN gap)
     call: AttentionCall
     lse: Tensor  # (B, H, T) float32
     output: Tensor  # (B, H, T, hd) float32: o_i, before the output projection
@@ -202,7 +201,6 @@ def head_record(call: AttentionCall, tile: int | None = None) -> HeadRecord:
         value_norm_rest=value_norm[..., 1:].mean(-1),
         output_norm=output.norm(dim=-1).mean(-1),
         logit_gap=(gap_sum / gap_queries).expand(b, h),
-        gap_queries=gap_queries,
         call=call,
         lse=lse,
         output=output,

@@ -298,19 +298,24 @@ def components_figure(entries: list[dict], title: str) -> tuple[Figure, Axes]:
     return fig, ax
 
 
-def attention_to_massive_figure(values: list[float | None], title: str) -> tuple[Figure, Axes]:
-    """Per layer, the share of all attention mass on the window's massive tokens (the
-    paper's attention-concentration view); 0 where a layer's windows have none."""
+def share_per_layer_figure(values: list[float | None], title: str, ylabel: str, color: str) -> tuple[Figure, Axes]:
+    """A share (0 to 1) per layer, as a line; null values are gaps."""
     fig = Figure(figsize=(7, 3.5), layout="constrained")
     ax = fig.subplots()
-    ax.plot(range(len(values)), _values(values), marker="o", color="tab:purple")
+    ax.plot(range(len(values)), _values(values), marker="o", color=color)
     ax.set_ylim(0.0, 1.05)
     ax.set_xticks(range(len(values)))
     ax.set_xlabel("layer (0-based)")
-    ax.set_ylabel("attention on massive tokens")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.set_title(title)
     return fig, ax
+
+
+def attention_to_massive_figure(values: list[float | None], title: str) -> tuple[Figure, Axes]:
+    """Per layer, the share of all attention mass on the window's massive tokens (the
+    paper's attention-concentration view); 0 where a layer's windows have none."""
+    return share_per_layer_figure(values, title, "attention on massive tokens", "tab:purple")
 
 
 def received_figure(received: list[list[float | None]], title: str) -> tuple[Figure, Axes]:

@@ -9,11 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-NAN = float("nan")
-
-
-def _values(values: list[float | None]) -> list[float]:
-    return [NAN if v is None else v for v in values]
+from lit_massive.report.figures import _values, share_per_layer_figure
 
 
 def head_grid(
@@ -80,16 +76,8 @@ def value_drain_figure(
 
 def sink_rate_figure(rates: list[float | None], epsilon: float, title: str) -> tuple[Figure, Axes]:
     """Per layer, the share of heads whose first-token score exceeds `epsilon`."""
-    fig = Figure(figsize=(7, 3.5), layout="constrained")
-    ax = fig.subplots()
-    ax.plot(range(len(rates)), _values(rates), marker="o", color="tab:green")
-    ax.set_ylim(0.0, 1.05)
-    ax.set_xticks(range(len(rates)))
-    ax.set_xlabel("layer (0-based)")
-    ax.set_ylabel(f"sink rate (share of heads\nwith first-token score > {epsilon:g})")
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    return fig, ax
+    ylabel = f"sink rate (share of heads\nwith first-token score > {epsilon:g})"
+    return share_per_layer_figure(rates, title, ylabel, "tab:green")
 
 
 def head_mean(row: list[float | None]) -> float | None:
