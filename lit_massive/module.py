@@ -28,6 +28,7 @@ from lit_massive.probes import Needs, probes
 from lit_massive.report.provenance import run_provenance
 from lit_massive.report.schema import RunResults
 from lit_massive.variants import BASELINE, Sweep, VariantPlan, VariantSpec, describe_sweep
+from lit_massive.variants.weights import down_shapes
 
 __all__ = ["FeatureView", "MassiveActivations", "describe_model"]
 
@@ -81,7 +82,7 @@ class MassiveActivations(L.LightningModule):
                 largest, and the super-weight candidates W[j, i] (Yu et al., arXiv 2411.07191)
                 where that output is massive (skipped, with a warning, for Mixtral: fused experts).
             feature_view: plot |block output| of one text (experiment 1) after the pass.
-            variants: name -> one of four forms. Heads to prune: ``[[layer, head], ...]``.
+            variants: name -> one of these forms. Heads to prune: ``[[layer, head], ...]``.
                 A selection (Select): ``{select: top|bottom, k: N, by: first_token, scores:
                 path/to/results.json | null}`` (``by``: any per-head figure, e.g. head_output_norm;
                 null: this run's baseline, from a first pass over the same windows).
@@ -92,7 +93,10 @@ class MassiveActivations(L.LightningModule):
                 ``all``; both take ``positions: all|first|rest`` (``first``: position 0, BOS
                 when there is one; ``rest``: every other); ``to: mean`` sets each entry massive
                 in its window to its dim's mean massive value (position 0 and the rest apart);
-                ``prune_heads`` is optional (alone, PruneHeads, it is the first form).
+                ``prune_heads`` is optional (alone, PruneHeads, it is the first form). Zeroed
+                weights of MLP output projections (ZeroWeights): ``{zero_weights: [[layer, row,
+                col], ...] | super}`` (super: this run's own candidates), or the control
+                (ZeroRandomWeights) ``{zero_random_weights: {layer: L, count: N, seed: S}}``.
             sweep: cumulative pruning, one variant per k (``sweep_{order}_{k}``).
             attn_implementation: attention backend; null keeps the model's default.
             massive_candidates: the most massive entries per sequence and layer that the
@@ -117,7 +121,7 @@ class MassiveActivations(L.LightningModule):
         self.context_length = lay.n_positions
         # the arguments, not hparams, which may hold these as plain dicts (LightningCLI)
         self.sweep = sweep
-        self.plan = VariantPlan(variants, sweep, lay.n_layer, lay.n_head)
+        self.plan = VariantPlan(variants, sweep, lay.n_layer, lay.n_head, down_shapes(lay))
         self.register_buffer("head_masks", self.plan.head_masks(), persistent=False)
         self.pruned_layers = pruned_layers(self.plan.head_masks())
         options = {**self.hparams, "feature_view": feature_view}
@@ -183,6 +187,7 @@ class MassiveActivations(L.LightningModule):
             pruned_layers=self.pruned_layers[v],
             edits=self.plan.block_edits(name, batch["index"], h.massive_threshold, h.massive_ratio),
             attention_tile=h.attention_tile,
+            zeroed=self.plan.zeroed_weights(name),
         ) as probed:
             output = self.layout.backbone(input_ids=input_ids, use_cache=False)
         # one top-k, median and candidate set per block output, shared by every analysis

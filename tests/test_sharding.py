@@ -23,12 +23,19 @@ PRUNED = (1, 2)
 @pytest.fixture(scope="module")
 def llama_args(family_dir, corpus_jsonl) -> list[str]:
     """A tiny Llama (BOS windows, GQA) with every probe on a sharded layer: block outputs,
-    head scores, components, a pruned head and a set_massive edit, perplexity."""
+    head scores, components, a pruned head, a set_massive edit, zeroed weights of a sharded
+    layer's MLP output projection (named, and drawn at random), perplexity."""
+    variants = {
+        "cut": [list(PRUNED)],
+        "zero": {"set_massive": {"layer": 1, "to": "zero"}},
+        "weights": {"zero_weights": [[1, 7, 5], [2, 40, 90]]},
+        "random_weights": {"zero_random_weights": {"layer": 0, "count": 30, "seed": 1}},
+    }
     return tiny_run_args(
         family_dir("llama"), corpus_jsonl, 24, 5, 2,
         "--model.head_scores", "true",
         "--model.components", "true",
-        "--model.variants", json.dumps({"cut": [list(PRUNED)], "zero": {"set_massive": {"layer": 1, "to": "zero"}}}),
+        "--model.variants", json.dumps(variants),
     )  # fmt: skip
 
 
@@ -55,6 +62,7 @@ def test_sharded_toy_equals_one_process_and_holds_half_the_layers(tmp_path, corp
             "pruned": [[5, 1], [2, 7]],
             "low": {"select": "bottom", "k": 2},  # needs a first pass, on the sharded model too
             "zeroed": {"set_massive": {"layer": 2, "to": "zero"}},
+            "super": {"zero_weights": "super"},  # this run's candidates, from a sharded first pass
         }),
     ]  # fmt: skip
     _, single = run_validate(tmp_path / "one", *args)
@@ -65,6 +73,8 @@ def test_sharded_toy_equals_one_process_and_holds_half_the_layers(tmp_path, corp
         single["variants"]["zeroed"]["layers"][2]["top"][0]
         < 0.01 * single["variants"]["baseline"]["layers"][2]["top"][0]
     )
+    zeroed = sharded["variants"]["super"]
+    assert zeroed["edit"]["weights"] and zeroed["first_massive_layer"] is None
 
     # parameter memory: every decoder layer halved (the toy's dims are even), the rest whole
     toy = build_toy_model()
@@ -88,6 +98,9 @@ def test_sharded_llama_equals_one_process(tmp_path, llama_args, llama_single):
     sharded = run_validate_ddp(tmp_path, *llama_args, strategy="model_parallel")
     _same_run(sharded, llama_single, 2)
     assert sharded["parallel"]["sharded"] and sharded["variants"]["baseline"]["components"]
+    zeroed = sharded["variants"]["weights"]
+    assert [(w["layer"], w["row"], w["col"]) for w in zeroed["edit"]["weights"]] == [(1, 7, 5), (2, 40, 90)]
+    assert zeroed["perplexity"] != sharded["variants"]["baseline"]["perplexity"]
 
 
 def _free_port() -> int:

@@ -22,6 +22,7 @@ from lit_massive.probes.attention import (
     unpacked_windows,
 )
 from lit_massive.probes.mlp import DownRecord, down_hooks
+from lit_massive.probes.weights import ZeroedWeights, zeroing_hooks
 
 Hook = tuple[nn.Module, Callable]
 BlockEdit = tuple[int, Callable[[Tensor], Tensor]]  # (layer, fn): that block output becomes fn(output)
@@ -128,6 +129,7 @@ def probes(
     pruned_layers: Iterable[int] | None = None,
     edits: Iterable[BlockEdit] = (),
     attention_tile: int | None = None,
+    zeroed: Iterable[ZeroedWeights] = (),
 ) -> Iterator[Probed]:
     """Everything one measured forward pass needs, registered together and removed together.
 
@@ -147,7 +149,9 @@ def probes(
       the pruned heads' outputs (only layers with a pruned head get one: `pruned_layers`,
       which callers on a GPU pass from a host copy, else read from the mask);
     * with `edits`, each `(i, fn)` replaces layer i's block output by fn(output) before
-      anything downstream (or the probes) sees it.
+      anything downstream (or the probes) sees it;
+    * with `zeroed`, those weights of the MLP output projections are 0 while each runs and
+      restored after it (`probes.weights`), also when the pass stops in between.
     """
     n = layout.n_layer
     probed = Probed([None] * n)
@@ -187,7 +191,12 @@ def probes(
         if pruned_layers is None:
             pruned_layers = [i for i in range(n) if bool((head_mask[i] == 0).any())]
         forward_pre += [(layout.attn_out_proj[i], prune(head_mask[i])) for i in pruned_layers]
+    zeroings, more_forward, more_pre = zeroing_hooks(layout.mlp_down, list(zeroed))
+    forward += more_forward  # last: the probes of a projection see the weights it ran with
+    forward_pre += more_pre
     with ExitStack() as stack:
+        for zeroing in zeroings:
+            stack.callback(zeroing.restore)
         stack.enter_context(unpacked_windows())
         if attention:
             stack.enter_context(attention_probe(layout, score_heads))

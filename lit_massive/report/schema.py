@@ -97,11 +97,29 @@ class EditRecord(TypedDict):
     blocks: list[EditedBlock] | None
 
 
+class ZeroedWeight(TypedDict):
+    layer: int
+    row: int  # j: output channel of the block's MLP output projection
+    col: int  # i: input channel
+    weight: float  # W[j, i] before zeroing
+
+
+class WeightEditRecord(TypedDict):
+    to: str  # zero_weights or zero_random_weights
+    weights_from: str  # given, super (this run's candidates) or random
+    layers: list[int]
+    weights: list[ZeroedWeight]
+    layer: int | None  # zero_random_weights: the block drawn from
+    count: int | None
+    seed: int | None
+    note: str | None
+
+
 class VariantEntry(TypedDict):
     """One variant of `variants`; the keys of an analysis that is off are null."""
 
     pruned_heads: list[list[int]]
-    edit: EditRecord | None
+    edit: EditRecord | WeightEditRecord | None
     num_sequences: int
     first_massive_layer: int | None
     first_nonfinite_layer: int | None

@@ -13,6 +13,8 @@ from lit_massive.variants.specs import (
     SetRandom,
     Sweep,
     VariantSpec,
+    ZeroRandomWeights,
+    ZeroWeights,
     describe_sweep,
     rank_heads,
 )
@@ -28,6 +30,8 @@ __all__ = [
     "Sweep",
     "VariantPlan",
     "VariantSpec",
+    "ZeroRandomWeights",
+    "ZeroWeights",
     "describe_sweep",
     "parse_variants",
     "rank_heads",

@@ -17,15 +17,22 @@ from lit_massive.variants.specs import (
     ORDERS,
     POSITIONS,
     SCORES,
+    SUPER,
     BlockEditSpec,
     Head,
     Select,
     SetMassive,
     SetRandom,
     Sweep,
+    WeightEditSpec,
+    ZeroRandomWeights,
+    ZeroWeights,
     rank_heads,
     sweep_names,
 )
+
+EDIT_FORMS = ("set_massive", "set_random", "zero_weights", "zero_random_weights")
+Shape = tuple[int, int]  # (rows, cols) of a block's MLP output projection W[j, i]
 
 
 def check_heads(name: str, heads: Any, n_layer: int, n_head: int) -> list[Head]:
@@ -109,18 +116,86 @@ def _check_edit(name: str, spec: dict, n_layer: int) -> BlockEditSpec:
     return SetRandom({"layer": layer, "seed": int(edit.get("seed", 0)), "positions": positions})
 
 
-def _check_spec(name: str, spec: Any, n_layer: int, n_head: int) -> tuple[list[Head] | Select, BlockEditSpec | None]:
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_weight(where: str, weight: Any, shapes: list[Shape]) -> tuple[int, int, int]:
+    """One [layer, row, col] of `zero_weights`, inside that block's (rows, cols)."""
+    if not (isinstance(weight, list | tuple) and len(weight) == 3 and all(_int(v) for v in weight)):
+        raise InputError(f"{where}: {weight!r} is not a [layer, row, col] triple of integers")
+    layer, row, col = weight
+    if not 0 <= layer < len(shapes):
+        raise InputError(f"{where}: {list(weight)}: layer {layer} out of range; valid layers are 0..{len(shapes) - 1}")
+    rows, cols = shapes[layer]
+    if not (0 <= row < rows and 0 <= col < cols):
+        raise InputError(
+            f"{where}: {list(weight)}: block {layer}'s MLP output projection W[row, col] has rows 0..{rows - 1} "
+            f"(output channels) and cols 0..{cols - 1} (input channels)"
+        )
+    return layer, row, col
+
+
+def _check_weights(name: str, spec: dict, shapes: list[Shape] | None) -> WeightEditSpec:
+    """`zero_weights: [[layer, row, col], ...] | super` or `zero_random_weights: {layer, count, seed}`."""
+    where = f"variant {name!r}"
+    kind = "zero_weights" if "zero_weights" in spec else "zero_random_weights"
+    if shapes is None:
+        raise InputError(
+            f"{where}: {kind} needs each block's MLP output projection as one module; this model has none "
+            f"(a mixture of experts with fused expert weights, as Mixtral)"
+        )
+    value = spec[kind]
+    if kind == "zero_weights":
+        if value == SUPER:
+            return ZeroWeights(SUPER)
+        if not isinstance(value, list | tuple) or not value:
+            raise InputError(f"{where}: zero_weights={value!r}; valid: [[layer, row, col], ...] or {SUPER}")
+        weights = [_check_weight(f"{where}: zero_weights", w, shapes) for w in value]
+        twice = sorted({w for w in weights if weights.count(w) > 1})
+        if twice:
+            warnings.warn(
+                f"{where}: weights {[list(w) for w in twice]} listed twice; each is zeroed once", stacklevel=4
+            )
+        return ZeroWeights([list(w) for w in dict.fromkeys(weights)])
+    keys = {"layer", "count", "seed"}
+    if not isinstance(value, dict) or set(value) - keys or not {"layer", "count"} <= set(value):
+        raise InputError(
+            f"{where}: zero_random_weights={value!r}; expected {{layer: L, count: N, seed: S}} (seed optional)"
+        )
+    layer, count, seed = value["layer"], value["count"], value.get("seed", 0)
+    if not _int(layer) or not 0 <= layer < len(shapes):
+        raise InputError(f"{where}: zero_random_weights.layer={layer!r}; valid: 0..{len(shapes) - 1}")
+    size = shapes[layer][0] * shapes[layer][1]
+    if not _int(count) or not 1 <= count <= size:
+        raise InputError(
+            f"{where}: zero_random_weights.count={count!r}; valid: 1..{size} (the weights of block {layer}'s matrix)"
+        )
+    if not _int(seed):
+        raise InputError(f"{where}: zero_random_weights.seed={seed!r}; valid: an integer")
+    return ZeroRandomWeights({"layer": layer, "count": count, "seed": seed})
+
+
+def _check_spec(
+    name: str, spec: Any, n_layer: int, n_head: int, shapes: list[Shape] | None
+) -> tuple[list[Head] | Select, BlockEditSpec | WeightEditSpec | None]:
     """One variant, typed (from LightningCLI) or as plain YAML: its heads (or the `Select`
-    to resolve against scores) and its block edit, checked against the model."""
+    to resolve against scores) and its edit of a block output or of weights, checked
+    against the model."""
     if is_dataclass(spec):
         spec = asdict(spec)
-    if isinstance(spec, dict) and ({"set_massive", "set_random", "prune_heads"} & set(spec)):
-        unknown = set(spec) - {"set_massive", "set_random", "prune_heads"}
-        if unknown or ("set_massive" in spec and "set_random" in spec):
+    if isinstance(spec, dict) and ({*EDIT_FORMS, "prune_heads"} & set(spec)):
+        unknown = set(spec) - {*EDIT_FORMS, "prune_heads"}
+        if unknown or len(set(EDIT_FORMS) & set(spec)) > 1:
             raise InputError(
-                f"variant {name!r}: {spec!r}; expected set_massive or set_random, optionally with prune_heads"
+                f"variant {name!r}: {spec!r}; expected one of {', '.join(EDIT_FORMS)}, optionally with prune_heads"
             )
-        edit = _check_edit(name, spec, n_layer) if "set_massive" in spec or "set_random" in spec else None
+        if "zero_weights" in spec or "zero_random_weights" in spec:
+            edit = _check_weights(name, spec, shapes)
+        elif "set_massive" in spec or "set_random" in spec:
+            edit = _check_edit(name, spec, n_layer)
+        else:
+            edit = None
         heads = check_heads(name, spec.get("prune_heads", []), n_layer, n_head)
         if edit is not None:
             edit.prune_heads = heads
@@ -160,16 +235,22 @@ def _sweep_specs(sweep: Sweep, n_layer: int, n_head: int) -> dict[str, list[Head
 
 
 def parse_variants(
-    variants: dict[str, Any] | None, sweep: Sweep | None, n_layer: int, n_head: int
-) -> tuple[dict[str, list[Head] | Select], dict[str, BlockEditSpec]]:
+    variants: dict[str, Any] | None,
+    sweep: Sweep | None,
+    n_layer: int,
+    n_head: int,
+    shapes: list[Shape] | None = None,
+) -> tuple[dict[str, list[Head] | Select], dict[str, BlockEditSpec | WeightEditSpec]]:
     """Each variant's heads (or a `Select` to resolve against scores), and its edit of a
-    block output, if any. Accepts the typed specs and their plain YAML forms alike."""
+    block output or of weights, if any. Accepts the typed specs and their plain YAML forms
+    alike. `shapes`: per block, (rows, cols) of the MLP output projection W[j, i], for the
+    weight forms (None: the model has none)."""
     specs: dict[str, list[Head] | Select] = {}
-    edits: dict[str, BlockEditSpec] = {}
+    edits: dict[str, BlockEditSpec | WeightEditSpec] = {}
     for name, spec in (variants or {}).items():
         if name == BASELINE:
             raise InputError(f"variant name {BASELINE!r} is reserved for the unpruned model; rename it")
-        specs[name], edit = _check_spec(name, spec, n_layer, n_head)
+        specs[name], edit = _check_spec(name, spec, n_layer, n_head, shapes)
         if edit is not None:
             edits[name] = edit
     if sweep is not None:

@@ -15,21 +15,27 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lit_massive.probes.hooks import BlockEdit
+from lit_massive.probes.weights import ZeroedWeights
 from lit_massive.report.schema import LocatedEntry, load_massive, load_scores, scores_tensor
 from lit_massive.variants.checks import parse_variants
 from lit_massive.variants.edits import GROUPS, GroupMeans
 from lit_massive.variants.specs import (
     BASELINE,
     SCORES,
+    SUPER,
     BlockEditSpec,
     Edit,
     Head,
     Select,
     SetMassive,
     Sweep,
+    WeightEditSpec,
+    ZeroRandomWeights,
+    ZeroWeights,
     edited_layers,
     rank_heads,
 )
+from lit_massive.variants.weights import Shape, WeightEdit, chosen_weights, weight_record, zeroed_on
 
 
 def resolve(
@@ -84,11 +90,23 @@ def group_means(
 
 class VariantPlan:
     """Every variant of a run, baseline first: the heads each prunes (once its selection is
-    resolved) and the block edit it applies (once its `mean` values are located)."""
+    resolved), the block edit it applies (once its `mean` values are located) or the weights
+    it zeroes (once this run's super-weight candidates are known)."""
 
-    def __init__(self, variants: dict[str, Any] | None, sweep: Sweep | None, n_layer: int, n_head: int) -> None:
-        self.n_layer, self.n_head = n_layer, n_head
-        self.specs, self.edits = parse_variants(variants, sweep, n_layer, n_head)
+    def __init__(
+        self,
+        variants: dict[str, Any] | None,
+        sweep: Sweep | None,
+        n_layer: int,
+        n_head: int,
+        shapes: list[Shape] | None = None,
+    ) -> None:
+        self.n_layer, self.n_head, self.shapes = n_layer, n_head, shapes
+        self.specs, edits = parse_variants(variants, sweep, n_layer, n_head, shapes)
+        weights = (ZeroWeights, ZeroRandomWeights)
+        self.weight_edits: dict[str, WeightEditSpec] = {n: e for n, e in edits.items() if isinstance(e, weights)}
+        self.edits: dict[str, BlockEditSpec] = {n: e for n, e in edits.items() if n not in self.weight_edits}
+        self.zeroed: dict[str, list[ZeroedWeights]] = {}  # weight edits: per block, on the device
         self.names = [BASELINE, *self.specs]
         self.pruned_heads: dict[str, list[Head] | None] = {BASELINE: [], **resolve(self.specs, run_scores=None)}
         self.means: dict[str, dict[int, GroupMeans]] = {}  # `mean` edits: per edited block
@@ -98,21 +116,32 @@ class VariantPlan:
     def baseline_keys(self) -> set[str]:
         """The results.json keys of this run's own baseline that some variant is defined by:
         the per-head figure a selection without ``scores`` ranks by (``by``), the locator's ``massive`` entries for
-        a ``mean`` edit without ``from``. Empty: no first pass is needed."""
+        a ``mean`` edit without ``from``, the ``super_weights`` candidates for ``zero_weights: super``. Empty: no
+        first pass is needed."""
         keys = set()
         keys |= {SCORES[s.by] for s in self.specs.values() if isinstance(s, Select) and s.scores is None}
         if any(isinstance(e, SetMassive) and e.to == "mean" and e.source is None for e in self.edits.values()):
             keys.add("massive")
+        if any(isinstance(e, ZeroWeights) and e.zero_weights == SUPER for e in self.weight_edits.values()):
+            keys.add("super_weights")
         return keys
 
     def prepare(self, baseline: dict[str, Any] | None, device: torch.device) -> None:
         """Resolve what waited for this run's `baseline` entry (from a first pass, holding
-        `baseline_keys`), give every `mean` edit its means on `device` and every edit zero counts."""
+        `baseline_keys`), give every `mean` edit its means on `device`, every edit zero counts
+        and every weight edit its weights on `device`."""
         run_scores = {by: scores_tensor(baseline[key]) for by, key in SCORES.items() if (baseline or {}).get(key)}
         if run_scores:
             self.pruned_heads.update(resolve(self.specs, run_scores))
         self.counts = {name: torch.zeros(2, self.n_layer, dtype=torch.int64, device=device) for name in self.edits}
         self._counted = None
+        self.zeroed = {
+            name: zeroed_on(chosen_weights(spec, self.shapes, baseline), device)
+            for name, spec in self.weight_edits.items()
+        }
+        for name, spec in self.weight_edits.items():
+            if not self.zeroed[name]:
+                warnings.warn(f"variant {name!r}: {weight_record(spec, []).note}", stacklevel=2)
         for name, edit in self.edits.items():
             if isinstance(edit, SetMassive) and edit.to == "mean":
                 entries = load_massive(edit.source) if edit.source is not None else baseline["massive"]
@@ -175,10 +204,11 @@ class VariantPlan:
         """What variant `name` is, the first keys of its results.json entry."""
         self._edit_counts()  # on every rank, for every name: its first call may be a collective
         edit = self.edits.get(name)
-        return {
-            "pruned_heads": [list(h) for h in self.pruned_heads[name]],
-            "edit": None if edit is None else asdict(self._record(name, edit)),
-        }
+        if name in self.weight_edits:
+            record: Edit | WeightEdit | None = weight_record(self.weight_edits[name], self.zeroed[name])
+        else:
+            record = None if edit is None else self._record(name, edit)
+        return {"pruned_heads": [list(h) for h in self.pruned_heads[name]], "edit": record and asdict(record)}
 
     def block_edits(self, name: str, windows: Sequence[int], threshold: float, ratio: float) -> list[BlockEdit]:
         """Variant `name`'s per-block edits for a batch of windows (their dataset indices);
@@ -187,3 +217,7 @@ class VariantPlan:
         if edit is None:
             return []
         return edit.block_edits(self.n_layer, threshold, ratio, windows, self.means.get(name), self.counts.get(name))
+
+    def zeroed_weights(self, name: str) -> list[ZeroedWeights]:
+        """Variant `name`'s weights to zero during its passes (per block); none for the others."""
+        return self.zeroed.get(name, [])

@@ -209,7 +209,38 @@ class PruneHeads:
     prune_heads: list[Head]
 
 
-VariantSpec = Union[list[Head], Select, PruneHeads, SetMassive, SetRandom]  # noqa: UP007
+Weight = tuple[int, int, int]  # (layer, row j, col i): W[j, i] of that block's MLP output projection
+SUPER = "super"  # `zero_weights: super`: this run's own super-weight candidates
+
+
+class ZeroRandomWeightsArgs(TypedDict):
+    layer: int
+    count: int
+    seed: NotRequired[int]
+
+
+@dataclass
+class ZeroWeights:
+    """Zero scalars W[j, i] of MLP output projections for this variant only (super weights,
+    Yu et al., arXiv 2411.07191): ``zero_weights: [[layer, row, col], ...]``, or ``super``:
+    this run's own candidates (the baseline's ``super_weights``, from a first pass over the
+    same windows); optionally with `prune_heads`. The weights are restored after each pass."""
+
+    zero_weights: Union[list[Weight], str]  # noqa: UP007
+    prune_heads: list[Head] = field(default_factory=list)
+
+
+@dataclass
+class ZeroRandomWeights:
+    """The control for `ZeroWeights`: zero ``count`` weights of block ``layer``'s MLP output
+    projection, drawn uniformly without replacement with ``seed`` (0 by default); optionally
+    with `prune_heads`."""
+
+    zero_random_weights: ZeroRandomWeightsArgs
+    prune_heads: list[Head] = field(default_factory=list)
+
+
+VariantSpec = Union[list[Head], Select, PruneHeads, SetMassive, SetRandom, ZeroWeights, ZeroRandomWeights]  # noqa: UP007
 # each mapping form's key -> an example, named in a one-line error when a form lacks a key
 # (`select needs k: {select: top, k: 3}`) or has one no form knows
 FORM_EXAMPLES = {
@@ -217,8 +248,11 @@ FORM_EXAMPLES = {
     "prune_heads": "{prune_heads: [[5, 1], [8, 3]]}",
     "set_massive": "{set_massive: {layer: 2, to: zero}}",
     "set_random": "{set_random: {layer: 2, seed: 0}}",
+    "zero_weights": "{zero_weights: [[2, 17, 0]]} or {zero_weights: super}",
+    "zero_random_weights": "{zero_random_weights: {layer: 2, count: 100, seed: 0}}",
 }
 BlockEditSpec = Union[SetMassive, SetRandom]  # noqa: UP007
+WeightEditSpec = Union[ZeroWeights, ZeroRandomWeights]  # noqa: UP007
 
 
 @dataclass
