@@ -15,7 +15,8 @@ machine-readable:
 
     RESULT {"profile_vs_bare": ..., "heads_vs_bare": ..., "head_internals_cost": ..., "variants_cost": ...,
             "profile_vs_paper_loop": ..., "memory_growth": ..., "host_syncs_per_step": ...,
-            "ppl_memory_ratio": ..., "outlier_stats_cost": ...}
+            "ppl_memory_ratio": ..., "outlier_stats_cost": ..., "head_scores_memory_growth": ...,
+            "depth_memory_growth": ...}
 
 `*_vs_*` are throughput ratios (higher is better); `head_internals_cost` is the time of a
 head-scores run with the attention internals (value norms, head outputs, the massive
@@ -34,7 +35,9 @@ profile + perplexity run over a profile-only run for a 128k vocabulary (Llama 3'
 2 x 1024 tokens, where whole (B, T, V) float32 logits alone would take 1 GiB;
 `outlier_stats_cost` is the time of a profile run with `model.outlier_stats` (one float64
 Gram and eigendecomposition of min(T, D)^2 per window and block) over one without (lower is
-better; 1.0 means free).
+better; 1.0 means free); `depth_memory_growth` is the memory a pass adds at 8 blocks over
+that at 2 (width 256, 2048 tokens, every feature that keeps nothing per block; target <= 1.1:
+flat in depth).
 
 `--sharded` runs the CLI three times on the same windows of a Llama-shaped checkpoint whose
 decoder layers hold 99% of its parameters (random weights, `--layers` of width 2048: 7.7 GB
@@ -56,6 +59,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -130,6 +134,8 @@ def _validate(model_dir: str, windows, args, while_running=None, **kwargs) -> Ma
     (after the model is loaded)."""
     module = MassiveActivations(model_dir, **kwargs)
     module.configure_model()  # the weights (the Trainer would load them inside `while_running`)
+    for p in module.parameters():  # read once: a memory-mapped checkpoint's pages are resident before
+        p.detach().sum()
     trainer = L.Trainer(
         accelerator="gpu" if args.device == "cuda" else "cpu",
         devices=1,
@@ -159,9 +165,26 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _reset_high_water_mark() -> bool:
+    """Linux: restart the process's peak resident set (VmHWM) from now; False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _high_water_mark() -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+
+
 def _peak_child(model_dir: str, windows, args, queue, kwargs) -> None:
     """Peak memory while the validation pass runs: CUDA memory allocated on a GPU; on a CPU
-    the resident set, sampled every 2 ms (model loading happens before and is not counted)."""
+    the resident set's high-water mark from the start of the pass (Linux; elsewhere the
+    resident set sampled every 2 ms, which can miss a short peak). Model loading happens
+    before and is not counted."""
     if args.device == "cuda":
         module = MassiveActivations(model_dir, **kwargs)
         module.configure_model()
@@ -169,7 +192,7 @@ def _peak_child(model_dir: str, windows, args, queue, kwargs) -> None:
         _validate(model_dir, windows, args, **kwargs)
         queue.put((torch.cuda.max_memory_allocated(), start))
         return
-    peak, done, start = [0], threading.Event(), [0]
+    peak, done, start, exact = [0], threading.Event(), [0], [False]
 
     def sample() -> None:
         while not done.is_set():
@@ -178,26 +201,37 @@ def _peak_child(model_dir: str, windows, args, queue, kwargs) -> None:
 
     @contextmanager
     def sampling():
+        exact[0] = _reset_high_water_mark()
         start[0] = _rss()  # the model loaded, nothing measured yet
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         yield
         done.set()
         sampler.join()
+        if exact[0]:
+            peak[0] = max(peak[0], _high_water_mark())
 
     _validate(model_dir, windows, args, while_running=sampling(), **kwargs)
     queue.put((peak[0], start[0]))
 
 
-def peak_memory(model_dir: str, windows, args, perplexity: bool = False, added: bool = False, **kwargs) -> int:
+def peak_memory(
+    model_dir: str, windows, args, perplexity: bool = False, added: bool = False, env: dict | None = None, **kwargs
+) -> int:
     """Peak memory of one run (profile, with or without perplexity, `kwargs` for the module)
     in a fresh process, so earlier runs cannot inflate it; `added`: only what the pass adds
-    to the memory held once the model is loaded."""
+    to the memory held once the model is loaded; `env`: the child's extra environment."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     kwargs = {"perplexity": perplexity, **kwargs}
     child = ctx.Process(target=_peak_child, args=(model_dir, windows, args, queue, kwargs))
-    child.start()
+    saved = dict(os.environ)
+    os.environ.update(env or {})  # a spawned child starts with the parent's environment
+    try:
+        child.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     peak, start = queue.get()
     child.join()
     return peak - start if added else peak
@@ -218,9 +252,30 @@ def head_scores_memory(args) -> tuple[int, int]:
     )
 
 
+def depth_memory(args) -> tuple[int, int]:
+    """Memory a pass adds (every feature that keeps nothing per block: profile, locator, head
+    scores without the internals, outlier statistics, super weights, perplexity) at 2 and at 8
+    blocks (width 256, 8 heads, one window of 2048 tokens): the statistics are reduced inside
+    each block's hook, so it should not grow with depth, where keeping every block output
+    would add 2 MiB per block."""
+    one = argparse.Namespace(**{**vars(args), "batch_size": 1})
+    window = torch.randint(0, 1024, (1, 2048))
+    peaks = []
+    for n_layer in (2, 8):
+        config = GPT2Config(n_layer=n_layer, n_embd=256, n_head=8, n_positions=2048, vocab_size=1024)
+        model_dir = tempfile.mkdtemp(prefix=f"bench_depth{n_layer}_")
+        GPT2LMHeadModel(config).save_pretrained(model_dir)
+        kwargs = {"head_scores": True, "head_internals": False, "outlier_stats": True, "super_weights": True}
+        # freed blocks go back to the system (as in --sharded), so the resident set is what is in use
+        env = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
+        peaks.append(peak_memory(model_dir, window, one, perplexity=True, added=True, env=env, **kwargs))
+    return peaks[0], peaks[1]
+
+
 def host_syncs_per_step(model_dir: str, windows, args) -> float:
     """Host reads per validation step, every feature on: profile, locator, head scores,
-    perplexity, components, a pruned variant, zero and mean edits and the random control."""
+    perplexity, components, a pruned variant, zero and mean edits, the random control and
+    zeroed weights."""
     counts: list[int] = []
     step = MassiveActivations.validation_step
 
@@ -239,6 +294,8 @@ def host_syncs_per_step(model_dir: str, windows, args) -> float:
         "zero": {"set_massive": {"layer": 1, "to": "zero"}},
         "mean": {"set_massive": {"layer": 1, "to": "mean"}},
         "control": {"set_random": {"layer": 1, "seed": 0}},
+        "weights": {"zero_weights": [[1, 5, 7]]},
+        "random_weights": {"zero_random_weights": {"layer": 1, "count": 100}},
     }
     MassiveActivations.validation_step = recorded
     try:
@@ -385,6 +442,7 @@ def main() -> None:
     syncs = host_syncs_per_step(model_dir, small[: 2 * args.batch_size], args)
     ppl_ratio = ppl_memory_ratio(args)
     heads_t, heads_4t = head_scores_memory(args)
+    depth_1, depth_4 = depth_memory(args)
 
     bare, bare_lm = rows["bare backbone (blocks + ln_f)"], rows["bare LM (with logits)"]
     print(f"\n{'measurement':30s} {'seconds':>8s} {'tokens/s':>9s} {'vs bare backbone':>17s} {'vs bare LM':>11s}")
@@ -399,6 +457,10 @@ def main() -> None:
         f"memory a head-scores pass adds (2 blocks, width 256, 32 heads, one window): "
         f"{heads_t / 2**20:.0f} MiB at T=2048, {heads_4t / 2**20:.0f} MiB at T=8192"
     )
+    print(
+        f"memory a pass adds (width 256, 2048 tokens, flat features on): "
+        f"{depth_1 / 2**20:.0f} MiB at 2 blocks, {depth_4 / 2**20:.0f} MiB at 8 blocks"
+    )
     result = {
         "profile_vs_bare": bare / rows["profile"],
         "heads_vs_bare": bare / rows["profile + heads"],
@@ -410,6 +472,7 @@ def main() -> None:
         "ppl_memory_ratio": ppl_ratio,
         "outlier_stats_cost": rows["profile + outlier stats"] / rows["profile"],
         "head_scores_memory_growth": heads_4t / heads_t,
+        "depth_memory_growth": depth_4 / depth_1,
     }
     print("RESULT " + json.dumps({k: round(v, 3) for k, v in result.items()}))
 

@@ -8,7 +8,7 @@ It names no analysis: the enabled ones come from the registry (`lit_massive.anal
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import lightning as L
@@ -31,6 +31,7 @@ from lit_massive.variants import BASELINE, Sweep, VariantPlan, VariantSpec, desc
 from lit_massive.variants.weights import down_shapes
 
 __all__ = ["FeatureView", "MassiveActivations", "describe_model"]
+STATS = "block_stats"  # the reducer every pass runs: each block output's `BlockStats`
 
 
 class MassiveActivations(L.LightningModule):
@@ -176,10 +177,15 @@ class MassiveActivations(L.LightningModule):
         self.head_masks.copy_(self.plan.head_masks())
         self.pruned_layers = pruned_layers(self.plan.head_masks())
 
-    def forward_pass(self, batch: dict[str, Any], v: int, needs: Needs) -> Forward:
-        """Variant number `v` of the plan on `batch`, under the probes `needs` asks for."""
+    def forward_pass(
+        self, batch: dict[str, Any], v: int, needs: Needs, analyses: Iterable[Analysis] | None = None
+    ) -> Forward:
+        """Variant number `v` of the plan on `batch`, under the probes `needs` asks for, with
+        each block output reduced in its hook for `analyses` (default: this run's)."""
         name, input_ids = self.plan.names[v], batch["input_ids"]
         h = self.hparams
+        # one top-k, median and candidate set per block output, shared by every analysis
+        reducers = {STATS: self.stats_of, **reducers_of(self.analyses if analyses is None else analyses)}
         with probes(
             self.layout,
             needs,
@@ -188,10 +194,10 @@ class MassiveActivations(L.LightningModule):
             edits=self.plan.block_edits(name, batch["index"], h.massive_threshold, h.massive_ratio),
             attention_tile=h.attention_tile,
             zeroed=self.plan.zeroed_weights(name),
+            reducers=reducers,
         ) as probed:
             output = self.layout.backbone(input_ids=input_ids, use_cache=False)
-        # one top-k, median and candidate set per block output, shared by every analysis
-        stats = [self.stats_of(x) for x in probed.block_out]
+        stats = probed.reduced[STATS]
         return Forward(input_ids, batch["score_from"], probed, stats, output.last_hidden_state, self.layout,
                        batch.get("scored_bytes"), batch.get("scored_words"))  # fmt: skip
 
@@ -214,6 +220,7 @@ class MassiveActivations(L.LightningModule):
             forward = self.forward_pass(batch, v, self.needs)
             for analysis in self.analyses:
                 analysis.update(name, forward)
+            del forward  # before the next pass: what this one recorded is not kept through it
 
     def on_validation_epoch_end(self) -> None:
         computed = {a.name: a.compute() for a in self.analyses}  # a collective: every rank computes
@@ -257,9 +264,10 @@ def first_pass(module: MassiveActivations, keys: set[str]) -> dict[str, Any]:
                 continue
             batch = {**batch, "input_ids": batch["input_ids"].to(module.device)}
             batch["score_from"] = batch["score_from"].to(module.device)
-            forward = module.forward_pass(batch, 0, needs)
+            forward = module.forward_pass(batch, 0, needs, analyses)
             for analysis in analyses:
                 analysis.update(BASELINE, forward)
+            del forward  # before the next pass
     computed = {a.name: a.compute()[BASELINE] for a in analyses}  # a collective: every rank
     return variant_entry({}, computed, analyses, module.decode)
 
@@ -291,6 +299,11 @@ def needs_of(analyses: Iterable[Analysis]) -> Needs:
     for analysis in analyses:
         needs = needs | analysis.needs
     return needs
+
+
+def reducers_of(analyses: Iterable[Analysis]) -> dict[str, Callable[[Tensor], Any]]:
+    """What these analyses keep of each block output, computed in the block's hook."""
+    return {a.name: a.reduce_block for a in analyses if a.reduces_blocks}
 
 
 def keys_providers(keys: set[str]) -> list[type[Analysis]]:

@@ -27,8 +27,8 @@ class MeanAbs(SumStatesMetric):
         self.add_state("count", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, forward: Forward) -> None:
-        for i, x in enumerate(forward.probed.block_out):
-            self.total[i] += x.detach().float().abs().mean(dim=(1, 2)).sum(dtype=torch.float64)
+        for i, per_window in enumerate(forward.probed.reduced["mean_abs"]):  # reduced in each block's hook
+            self.total[i] += per_window.sum(dtype=torch.float64)
         self.count += forward.input_ids.shape[0]
 
     def compute(self) -> dict[str, Tensor]:
@@ -38,9 +38,13 @@ class MeanAbs(SumStatesMetric):
 class MeanAbsAnalysis(Analysis):
     name = "mean_abs"
     keys = ("mean_abs_block_output",)
+    reduces_blocks = True
 
     def new_metric(self, setup: Setup) -> MeanAbs:
         return MeanAbs(setup.layout.n_layer)
+
+    def reduce_block(self, x):
+        return x.detach().float().abs().mean(dim=(1, 2))  # (B,): all this analysis keeps of a block
 
     def section(self, computed, decode):
         return {"mean_abs_block_output": computed["mean_abs"].tolist()}

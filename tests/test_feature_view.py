@@ -13,7 +13,7 @@ from lit_massive.analyses.block_stats import massive_dims
 from lit_massive.analyses.feature_view import FeatureView, choose_heads, measure_feature_view
 from lit_massive.models.families import decoder_layout
 from lit_massive.models.toy import ToyConfig, build_toy_model, build_toy_tokenizer
-from lit_massive.probes.hooks import probes
+from lit_massive.probes.hooks import Needs, probes
 from lit_massive.report.figures import NAN, attention_view_figure, feature_view_figure
 
 TRUTH = ToyConfig()
@@ -27,7 +27,7 @@ def test_feature_view_labels_the_detected_dims(massive_run):
     assert (run_dir / "figures" / f"feature_view_layer{TRUTH.massive_layer}.png").stat().st_size > 0
     layout = decoder_layout(build_toy_model())
     ids = build_toy_tokenizer()(view["text"], add_special_tokens=False, return_tensors="pt")["input_ids"]
-    with torch.no_grad(), probes(layout) as probed:
+    with torch.no_grad(), probes(layout, Needs(block_out=True)) as probed:
         layout.backbone(input_ids=ids)
     x = probed.block_out[TRUTH.massive_layer][0].abs()
     dims = massive_dims(x, 100.0, 1000.0)

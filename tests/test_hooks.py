@@ -19,7 +19,7 @@ def test_probes_are_removed_on_exit_and_on_error():
     mask = torch.ones(layout.n_layer, layout.n_head)
     mask[2, 7] = mask[5, 1] = 0.0
     ids = torch.arange(10)[None]
-    with probes(layout, Needs(attention=True), head_mask=mask) as probed:
+    with probes(layout, Needs(block_out=True, attention=True), head_mask=mask) as probed:
         # one per block output, one per block with a pruned head; head scores wrap the
         # model's attention function instead
         assert _count(model) == layout.n_layer + 2

@@ -43,7 +43,7 @@ def test_components_attribute_it_to_the_planted_mlp_and_add_up(massive_run):
 def test_components_add_up_to_the_hooked_block_output():
     layout = decoder_layout(build_toy_model())
     ids = torch.arange(2, 50).view(2, 24)
-    with torch.no_grad(), probes(layout, Needs(sublayers=True)) as probed:
+    with torch.no_grad(), probes(layout, Needs(block_out=True, sublayers=True)) as probed:
         layout.backbone(input_ids=ids)
     for i, out in enumerate(probed.block_out):
         parts = probed.block_in[i] + probed.attn_out[i] + probed.mlp_out[i]

@@ -10,8 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import AutoModelForCausalLM
 
 from helpers import reference_windows, run_validate, tiny_run_args
-from lit_massive.analyses import outliers
-from lit_massive.analyses.outliers import OutlierStats
+from lit_massive.analyses.outliers import OutlierStats, block_outliers
 
 KEYS = ("kurtosis", "top_direction_share", "matrix_entropy")
 
@@ -97,7 +96,7 @@ def test_planted_massive_activation_dominates_one_direction():
     x = torch.randn(3, 20, 12, generator=g)
     x[:, 0, 5] = 2000.0
     metric = OutlierStats(n_layer=1)
-    metric.update([x])
+    metric.update([block_outliers(x)])
     got = metric.compute()
     expected = by_hand(x)
     for key in KEYS:
@@ -114,7 +113,7 @@ def test_nonfinite_and_zero_windows_are_left_out_and_counted():
     a[3] = 0.0
     b[4, 0, 0] = float("nan")
     metric = OutlierStats(n_layer=2)
-    metric.update([a, b])
+    metric.update([block_outliers(a), block_outliers(b)])
     got = metric.compute()
     assert got["left_out"].tolist() == [2, 1]
     assert got["windows"].tolist() == [3, 4]
@@ -123,36 +122,22 @@ def test_nonfinite_and_zero_windows_are_left_out_and_counted():
         for key in KEYS:
             assert float(got[key][i]) == pytest.approx(expected[key], rel=1e-5)
     none = OutlierStats(n_layer=1)
-    none.update([torch.full((2, 4, 3), float("nan"))])
+    none.update([block_outliers(torch.full((2, 4, 3), float("nan")))])
     assert torch.isnan(none.compute()["kurtosis"]).all()  # no window kept: NaN, null in results.json
-
-
-def test_layers_batched_into_chunks_give_the_same_numbers(monkeypatch):
-    g = torch.Generator().manual_seed(2)
-    blocks = [torch.randn(4, 6, 10, generator=g) * (i + 1) for i in range(5)]
-    one = OutlierStats(n_layer=5)
-    one.update(blocks)
-    assert len(outliers.layer_chunks(5, blocks[0])) == 1
-    monkeypatch.setattr(outliers, "GRAM_BUDGET", 4 * 6 * 6 * 8 * 2)  # two layers' Grams per call
-    assert [list(c) for c in outliers.layer_chunks(5, blocks[0])] == [[0, 1], [2, 3], [4]]
-    chunked = OutlierStats(n_layer=5)
-    chunked.update(blocks)
-    for key, value in one.compute().items():
-        torch.testing.assert_close(chunked.compute()[key], value, rtol=1e-12, atol=0)
 
 
 def test_merged_halves_equal_one_pass_and_half_input_is_measured_in_float64():
     g = torch.Generator().manual_seed(3)
     blocks = [torch.randn(6, 8, 5, generator=g) for _ in range(2)]
     whole, first, second = OutlierStats(2), OutlierStats(2), OutlierStats(2)
-    whole.update(blocks)
-    first.update([x[:2] for x in blocks])
-    second.update([x[2:] for x in blocks])
+    whole.update([block_outliers(x) for x in blocks])
+    first.update([block_outliers(x[:2]) for x in blocks])
+    second.update([block_outliers(x[2:]) for x in blocks])
     first.merge_state(second)
     for key, value in whole.compute().items():
         torch.testing.assert_close(first.compute()[key], value, rtol=1e-12, atol=0)
     half = OutlierStats(2)
-    half.update([x.half() for x in blocks])
+    half.update([block_outliers(x.half()) for x in blocks])
     for i, x in enumerate(blocks):
         expected = by_hand(x.half().float())
         assert float(half.compute()["matrix_entropy"][i]) == pytest.approx(expected["matrix_entropy"], rel=1e-6)

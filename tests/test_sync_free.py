@@ -35,6 +35,8 @@ def test_validation_step_with_every_feature_reads_nothing_back(tmp_path):
         "mean": {"set_massive": {"layer": layer, "to": "mean"}},
         "control": {"set_random": {"layer": layer, "seed": 1}},
         "low": {"select": "bottom", "k": 2},
+        "weights": {"zero_weights": [[layer, TRUTH.massive_dim, 0]]},
+        "random_weights": {"zero_random_weights": {"layer": layer, "count": 10}},
     }
     recorded: list[HostReads] = []
     step = MassiveActivations.validation_step

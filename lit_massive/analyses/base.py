@@ -117,6 +117,9 @@ class Analysis(nn.Module):
     # its keys of each `layers` row (a section returning `layers` adds them to the layer
     # profile's rows); null when it is off
     layer_keys: ClassVar[tuple[str, ...]] = ()
+    # in each block's hook, `reduce_block(output)` is kept in `forward.probed.reduced[name]`
+    # instead of the output itself, so memory stays flat in depth
+    reduces_blocks: ClassVar[bool] = False
 
     def __init__(self, setup: Setup) -> None:
         super().__init__()
@@ -131,6 +134,11 @@ class Analysis(nn.Module):
     def new_metric(self, setup: Setup) -> Metric | None:
         """A new, empty state for one variant (None: the analysis measures after the pass)."""
         return None
+
+    def reduce_block(self, x: Tensor) -> Any:
+        """With `reduces_blocks`: what this analysis keeps of one block output x (B, T, D),
+        computed inside that block's hook; fixed-size, so nothing of T x D outlives the block."""
+        raise NotImplementedError
 
     def update(self, variant: str, forward: Forward) -> None:
         """Add one forward pass of `variant` (default: the metric reads the `Forward`)."""

@@ -17,7 +17,7 @@ from lit_massive.analyses.block_stats import massive_dims
 from lit_massive.analyses.registry import register_analysis
 from lit_massive.errors import InputError
 from lit_massive.models.families import DecoderLayout
-from lit_massive.probes import probes
+from lit_massive.probes import Needs, probes
 from lit_massive.probes.attention import AttentionCall, attention_probe, masked_softmax_, received_attention
 from lit_massive.report import figures
 from lit_massive.variants.specs import BASELINE
@@ -121,7 +121,7 @@ def measure_feature_view(
         blank = logits.masked_fill_(~call.allowed(), float("nan"))[0, index]
         kept[i] = heads, first[index].tolist(), blank.cpu(), probs[0, index].cpu()
 
-    with forward_context, probes(layout) as probed, attention_probe(layout, keep):
+    with forward_context, probes(layout, Needs(block_out=True)) as probed, attention_probe(layout, keep):
         layout.backbone(input_ids=ids[None].to(device), use_cache=False)
     missing = [layer for layer in layers if layer not in kept]
     if missing:  # like `probes`: say so rather than show nothing for them

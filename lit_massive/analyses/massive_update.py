@@ -3,8 +3,10 @@ the part that comes from the window's massive tokens, u_i = sum_{j in C} p_ij v_
 rest. The paper finds u_i nearly the same for every query: an implicit attention bias.
 
 The massive tokens C of a window are known only once every block has run (a position is
-massive if some block output is massive there), so each block keeps its attention call and
-row log-sum-exps (`probes.attention.HeadRecord`); here the probabilities on C are recomputed
+massive if some block output is massive there), so each block keeps its attention call,
+row log-sum-exps and head outputs (`probes.attention.HeadRecord`, `Needs.head_update`)
+until the pass ends: about 4 x T x D values per block, the one per-block T x D cost of head
+scores (`model.head_internals: false` drops it). Here the probabilities on C are recomputed
 from their logits, exactly: p_ij = exp(s_ij - lse_i) where query i may attend to key j."""
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import Tensor
 from lit_massive.analyses.base import Forward, Setup
 from lit_massive.analyses.head_means import HeadFiguresAnalysis
 from lit_massive.analyses.registry import register_analysis
+from lit_massive.probes import Needs
 from lit_massive.probes.attention import HeadRecord
 from lit_massive.report import head_figures
 
@@ -57,6 +60,7 @@ class MassiveUpdate(HeadFiguresAnalysis):
     attend to a massive token has no cosine, and a head with no such window is null."""
 
     name = "massive_update"
+    needs = Needs(heads=True, head_update=True)
     keys = ("massive_update_norm", "other_update_norm", "massive_update_cosine")
 
     def __init__(self, setup: Setup) -> None:

@@ -12,13 +12,13 @@ and sigma_k its singular values (X itself, not centred):
 
 Each is a mean over windows, per variant and layer, as keys of the `layers` rows. The
 squared singular values are the eigenvalues of the smaller Gram matrix (X X^T if T < D, else
-X^T X) in float64, by `torch.linalg.eigvalsh`, negatives (rounding) clamped to 0. Fixed
-shapes, and no host read of ours: a window whose block output holds inf/NaN (its Gram is
-zeroed, since eigvalsh must not see inf/NaN) or is all zero (its statistics are 0 / 0) is
-masked out arithmetically and counted (`outlier_left_out`). But on a GPU torch's
-eigendecompositions check their cuSOLVER status on the host, inside the op, so each
-`eigvalsh` call waits for the device: layers are batched into as few calls as `GRAM_BUDGET`
-allows (one per pass for GPT-2 small at 1024 tokens, batch size 4)."""
+X^T X) in float64, by `torch.linalg.eigvalsh`, negatives (rounding) clamped to 0. They are
+computed inside each block's hook (`reduce_block`), so only (B,) numbers per block outlive
+it. Fixed shapes, and no host read of ours: a window whose block output holds inf/NaN (its
+Gram is zeroed, since eigvalsh must not see inf/NaN) or is all zero (its statistics are
+0 / 0) is masked out arithmetically and counted (`outlier_left_out`). But on a GPU torch's
+eigendecompositions check their cuSOLVER status on the host, inside the op, so each block's
+`eigvalsh` waits for the device: one wait per block and pass."""
 
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ from lit_massive.analyses.registry import register_analysis
 from lit_massive.report import outlier_figures
 
 STATISTICS = ("kurtosis", "top_direction_share", "matrix_entropy")
-GRAM_BUDGET = 1 << 28  # bytes of float64 Gram matrices per eigvalsh call (layers are stacked up to it)
 
 
 def gram(x: Tensor) -> Tensor:
@@ -57,13 +56,18 @@ def window_statistics(s2: Tensor, spectrum: Tensor) -> tuple[Tensor, Tensor, Ten
     return kurtosis, share, entropy
 
 
-def layer_chunks(n_layer: int, x: Tensor, budget: int | None = None) -> list[range]:
-    """Consecutive layers whose float64 Grams together stay within `budget` bytes (default
-    `GRAM_BUDGET`; at least one layer each), from the shapes alone."""
-    batch, t, d = x.shape
-    per_layer = batch * min(t, d) ** 2 * 8
-    step = max(1, (budget or GRAM_BUDGET) // per_layer)
-    return [range(start, min(start + step, n_layer)) for start in range(0, n_layer, step)]
+def block_outliers(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per window of one block output x (B, T, D), any float dtype: (kurtosis, top-direction
+    share, matrix entropy, kept), float64 and bool (B,); a window that is not kept (inf/NaN
+    somewhere, or all zero) has 0 statistics. Inf/NaN anywhere in a window makes its sum of
+    squares non-finite: that Gram is zeroed, since eigvalsh must not see inf/NaN."""
+    x = x.detach().double()
+    s2 = x.square().mean(dim=1)  # (B, D): s_d^2
+    ok = torch.isfinite(s2.sum(dim=1))
+    spectrum = torch.linalg.eigvalsh(torch.where(ok[:, None, None], gram(x), 0.0)).clamp_min(0.0)
+    keep = ok & (spectrum.sum(dim=1) > 0)
+    values = [torch.where(keep, value, 0.0) for value in window_statistics(s2, spectrum)]
+    return (*values, keep)
 
 
 class OutlierStats(SumStatesMetric):
@@ -83,26 +87,13 @@ class OutlierStats(SumStatesMetric):
         for name in ("windows", "left_out"):
             self.add_state(name, torch.zeros(n_layer, dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(self, blocks: list[Tensor]) -> None:
-        """Add one batch: `blocks[i]` is layer i's block output (B, T, D), any float dtype."""
-        for chunk in layer_chunks(len(blocks), blocks[0]):
-            mean_squares, grams = [], []
-            for i in chunk:
-                x = blocks[i].detach().double()
-                mean_squares.append(x.square().mean(dim=1))  # (B, D): s_d^2
-                grams.append(gram(x))
-            # one eigvalsh over the chunk's stacked Grams (on a GPU each call waits for the device);
-            # inf/NaN anywhere in a window makes its sum of squares non-finite: that Gram is zeroed,
-            # since eigvalsh must not see inf/NaN, and the window is left out
-            finite = [torch.isfinite(s2.sum(dim=1)) for s2 in mean_squares]
-            stacked = torch.stack([torch.where(ok[:, None, None], g, 0.0) for ok, g in zip(finite, grams, strict=True)])
-            spectra = torch.linalg.eigvalsh(stacked).clamp_min(0.0)
-            for i, s2, ok, spectrum in zip(chunk, mean_squares, finite, spectra, strict=True):
-                keep = ok & (spectrum.sum(dim=1) > 0)
-                for name, value in zip(STATISTICS, window_statistics(s2, spectrum), strict=True):
-                    getattr(self, name)[i] += torch.where(keep, value, 0.0).sum()
-                self.windows[i] += keep.sum()
-                self.left_out[i] += (~keep).sum()
+    def update(self, blocks: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> None:
+        """Add one batch: `blocks[i]` is layer i's `block_outliers`."""
+        for i, (*values, keep) in enumerate(blocks):
+            for name, value in zip(STATISTICS, values, strict=True):
+                getattr(self, name)[i] += value.sum()
+            self.windows[i] += keep.sum()
+            self.left_out[i] += (~keep).sum()
 
     def compute(self) -> dict[str, Tensor]:
         """Means over each layer's windows (NaN where none was kept) and the counts."""
@@ -132,12 +123,16 @@ class OutlierAnalysis(Analysis):
     name = "outliers"
     option = "outlier_stats"
     layer_keys = (*STATISTICS, "outlier_left_out")
+    reduces_blocks = True
 
     def new_metric(self, setup: Setup) -> OutlierStats:
         return OutlierStats(setup.layout.n_layer)
 
+    def reduce_block(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return block_outliers(x)
+
     def update(self, variant: str, forward: Forward) -> None:
-        self.metrics[variant].update(forward.probed.block_out)
+        self.metrics[variant].update(forward.probed.reduced[self.name])
 
     def section(self, computed: dict[str, Tensor], decode: Callable[[int], str]) -> dict[str, Any]:
         return {"layers": outlier_rows(computed)}  # merged into the layer profile's rows

@@ -144,18 +144,19 @@ def per_query_head(x: Tensor, group: int) -> Tensor:
 @dataclass
 class HeadRecord:
     """One block's attention, reduced inside its attention function, per window and query
-    head (B, H) unless noted. Keeps what a decomposition by the window's massive tokens
-    needs (they are known only once every block has run): the call and each row's
-    log-sum-exp, from which the probabilities on any keys are recomputed, and the outputs."""
+    head (B, H) unless noted. With `keep_call`, also what a decomposition by the window's
+    massive tokens needs (they are known only once every block has run): the call and each
+    row's log-sum-exp, from which the probabilities on any keys are recomputed, and the
+    outputs; without, nothing of size T x D is kept past the block."""
 
     received: Tensor  # (B, H, T): what each key receives, mean over queries
     value_norm_first: Tensor  # ||v_0||
     value_norm_rest: Tensor  # mean over j >= 1 of ||v_j|| (NaN for a 1-token window)
     output_norm: Tensor  # mean over queries i of ||o_i||, o_i = sum_j p_ij v_j
     logit_gap: Tensor  # mean over queries i >= 1 that may attend to key 0 of s_i0 - mean_j s_ij
-    call: AttentionCall
-    lse: Tensor  # (B, H, T) float32
-    output: Tensor  # (B, H, T, hd) float32: o_i, before the output projection
+    call: AttentionCall | None = None
+    lse: Tensor | None = None  # (B, H, T) float32
+    output: Tensor | None = None  # (B, H, T, hd) float32: o_i, before the output projection
 
 
 def first_token_logit_gap_(scores: Tensor, allowed: Tensor, first_row: int = 0) -> tuple[Tensor, Tensor]:
@@ -173,11 +174,12 @@ def first_token_logit_gap_(scores: Tensor, allowed: Tensor, first_row: int = 0) 
     return gap.sum(-1), seen.sum(-1)  # (B, H), (B or 1, 1 or H)
 
 
-def head_record(call: AttentionCall, tile: int | None = None) -> HeadRecord:
+def head_record(call: AttentionCall, tile: int | None = None, keep_call: bool = True) -> HeadRecord:
     """Everything per head of one block, `tile` query rows at a time (None: all at once):
     their float32 scores give the logit gap, then the probabilities in place, then the rows'
     outputs and log-sum-exps and their part of what each key receives. Exact; at most
-    (B, H, tile, T) scores alive."""
+    (B, H, tile, T) scores alive. `keep_call`: the record keeps the call, outputs and
+    log-sum-exps (`HeadRecord`)."""
     b, h, t, hd = call.query.shape
     value = call.value.float()
     h_kv, device = value.shape[1], value.device
@@ -201,9 +203,7 @@ def head_record(call: AttentionCall, tile: int | None = None) -> HeadRecord:
         value_norm_rest=value_norm[..., 1:].mean(-1),
         output_norm=output.norm(dim=-1).mean(-1),
         logit_gap=(gap_sum / gap_queries).expand(b, h),
-        call=call,
-        lse=lse,
-        output=output,
+        **({"call": call, "lse": lse, "output": output} if keep_call else {}),
     )
 
 

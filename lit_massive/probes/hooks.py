@@ -6,9 +6,10 @@ later forward pass. This module is the only place that registers them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -26,6 +27,8 @@ from lit_massive.probes.weights import ZeroedWeights, zeroing_hooks
 
 Hook = tuple[nn.Module, Callable]
 BlockEdit = tuple[int, Callable[[Tensor], Tensor]]  # (layer, fn): that block output becomes fn(output)
+# name -> fn: in each block's hook, fn(block output) is kept (fixed-size: statistics), not the output
+Reducers = Mapping[str, Callable[[Tensor], Any]]
 
 
 @contextmanager
@@ -45,12 +48,17 @@ def hooks(forward: Iterable[Hook] = (), forward_pre: Iterable[Hook] = ()) -> Ite
 
 @dataclass(frozen=True)
 class Needs:
-    """What an analysis reads from a forward pass beyond the block outputs (always kept), so
-    the probes record only what the enabled analyses use."""
+    """What an analysis reads from a forward pass beyond the reductions of each block output
+    made in its hook (`Reducers`), so the probes record only what the enabled analyses use.
+    Each flag but `heads` keeps tensors of T x D (or more) per block until the pass ends."""
 
+    block_out: bool = False  # every block output (B, T, D) itself (feature_view's one text)
     attention: bool = False  # per layer: what each key position receives from each head
     sublayers: bool = False  # per layer: the block input and what attention and the MLP add
     heads: bool = False  # per layer: each head's value norms, outputs, logit gap (`HeadRecord`)
+    # with heads: each block's attention call, row log-sum-exps and head outputs too (the
+    # decomposition by the window's massive tokens, known only once every block has run)
+    head_update: bool = False
     mlp_down: bool = False  # per layer: the MLP output projection's largest input and output (`DownRecord`)
 
     def __or__(self, other: Needs) -> Needs:
@@ -62,7 +70,10 @@ class Probed:
     """What one forward pass under `probes` recorded, per layer. With every sublayer:
     block_in + attn_out + mlp_out = block_out."""
 
-    block_out: list[Tensor | None]  # (B, T, D): the residual stream leaving the block
+    block_out: list[Tensor | None]  # with Needs.block_out, (B, T, D): the residual stream leaving the block
+    # per reducer name, per layer: what it made of that block output, inside the block's hook
+    reduced: dict[str, list[Any]] = field(default_factory=dict)
+    blocks_run: int = 0  # block outputs seen (0: no forward pass ran under the probes)
     # with Needs.attention, (B, H, T) each: what each key position receives, mean over
     # queries (column 0: the first-token score)
     received: list[Tensor | None] = field(default_factory=list)
@@ -90,9 +101,17 @@ def _edited(fn: Callable[[Tensor], Tensor]) -> Callable:
     return hook
 
 
-def _keep(store: list, i: int) -> Callable:
+def _block_hook(probed: Probed, i: int, keep: bool, reducers: Reducers) -> Callable:
+    """Block i's output hook: each reducer's result (fixed-size), and the output only if `keep`,
+    so nothing of size T x D outlives the block unless an analysis asks for it."""
+
     def hook(module: nn.Module, args: tuple, output: Tensor | tuple) -> None:
-        store[i] = block_output(output)
+        x = block_output(output)
+        for name, fn in reducers.items():
+            probed.reduced[name][i] = fn(x)
+        if keep:
+            probed.block_out[i] = x
+        probed.blocks_run += 1
 
     return hook
 
@@ -130,17 +149,20 @@ def probes(
     edits: Iterable[BlockEdit] = (),
     attention_tile: int | None = None,
     zeroed: Iterable[ZeroedWeights] = (),
+    reducers: Reducers | None = None,
 ) -> Iterator[Probed]:
     """Everything one measured forward pass needs, registered together and removed together.
 
-    * block outputs, always;
+    * with `reducers`, each block output reduced inside the block's hook (`probed.reduced`);
+      with `needs.block_out`, the block outputs themselves;
     * with `needs.attention`, the attention each key position receives from each head (mean
       over queries; its first column is the first-token score), computed inside the model's
       attention function (`attention_probe`) so no (B, H, T, T) map outlives its layer, in
       tiles of `attention_tile` query rows (None: one tile), so at most (B, H, tile, T)
       scores exist at once;
     * with `needs.heads`, each block's `HeadRecord` too (value norms, head outputs, the
-      first-token logit gap, and what a decomposition by the massive tokens needs);
+      first-token logit gap; with `needs.head_update`, what a decomposition by the massive
+      tokens needs);
     * with `needs.sublayers`, each block's input and what its attention and MLP add to the
       residual stream (block output = input + attention + MLP);
     * with `needs.mlp_down`, each block's `DownRecord`: where the MLP output projection's
@@ -154,10 +176,11 @@ def probes(
       restored after it (`probes.weights`), also when the pass stops in between.
     """
     n = layout.n_layer
-    probed = Probed([None] * n)
+    reducers = dict(reducers or {})
+    probed = Probed([None] * n, {name: [None] * n for name in reducers})
     # the edits first, so the probes see the edited outputs
     forward, forward_pre = [(layout.blocks[layer], _edited(fn)) for layer, fn in edits], []
-    forward += [(block, _keep(probed.block_out, i)) for i, block in enumerate(layout.blocks)]
+    forward += [(block, _block_hook(probed, i, needs.block_out, reducers)) for i, block in enumerate(layout.blocks)]
     attention = needs.attention or needs.heads
     if attention:
         probed.received = [None] * n
@@ -166,7 +189,7 @@ def probes(
 
         def score_heads(i: int, call: AttentionCall) -> None:
             if needs.heads:  # the same score tiles give the head scores and everything else
-                probed.heads[i] = record = head_record(call, attention_tile)
+                probed.heads[i] = record = head_record(call, attention_tile, keep_call=needs.head_update)
                 probed.received[i] = record.received
             else:
                 probed.received[i] = received_in_tiles(call, attention_tile)
@@ -205,5 +228,5 @@ def probes(
     missing = [i for i, s in enumerate(probed.received) if s is None]
     # after a forward pass, a layer without scores bypassed the registry (GPT-2's eager
     # `reorder_and_upcast_attn` path does): say so rather than report nothing for it
-    if missing and probed.block_out[0] is not None:
+    if missing and probed.blocks_run:
         raise RuntimeError(f"layers {missing}: attention did not go through the attention-function registry")
