@@ -130,5 +130,6 @@ def measure(
     if hasattr(datamodule, "setup") and isinstance(datamodule, WindowsDataModule):
         datamodule.setup("validate")
         module.check_windows(datamodule.windows.shape[1])
+        module.measure_corpora(datamodule.corpus_names)
     runner.validate(module, datamodule=datamodule, verbose=False)
     return module.results

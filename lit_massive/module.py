@@ -1,6 +1,7 @@
 """The LightningModule: one validation pass measures every variant on the same batches under
-the probes the enabled analyses ask for, and leaves what they measured in `results` (a
-`RunResults`); writing it is the report callback's job.
+the probes the enabled analyses ask for, on every corpus the data module serves (one
+validation loader each), and leaves what they measured in `results` (a `RunResults`);
+writing it is the report callback's job.
 
 It names no analysis: the enabled ones come from the registry (`lit_massive.analyses`).
 """
@@ -126,9 +127,8 @@ class MassiveActivations(L.LightningModule):
         self.register_buffer("head_masks", self.plan.head_masks(), persistent=False)
         self.pruned_layers = pruned_layers(self.plan.head_masks())
         options = {**self.hparams, "feature_view": feature_view}
-        self.analysis_setup = Setup(lay, options, tuple(self.plan.names))
-        self.analyses = nn.ModuleList([cls(self.analysis_setup) for cls in enabled_analyses(options)])
-        self.needs = needs_of(self.analyses)
+        self.analysis_setup = Setup(lay, options, ())
+        self.measure_corpora([None])  # the data module's corpora, once known (`setup`)
         self.stats_of = stats_of(options)
         self.tokens = TokenCount()
         self.results: RunResults | None = None
@@ -170,12 +170,32 @@ class MassiveActivations(L.LightningModule):
                 f"{self.layout.n_embd} dims = {size} values); use top_k <= {size}"
             )
 
+    def measure_corpora(self, corpora: list[str | None]) -> None:
+        """Measure every variant on each of `corpora` (names, the default first). The analyses
+        keep one metric per measurement, named by `measured_names`, so they never learn about
+        corpora; with one corpus those are the variant names."""
+        measured = measured_names(corpora, self.plan.names)
+        self.corpora = corpora
+        if getattr(self, "measured", None) == measured:
+            return
+        self.measured = measured
+        setup = self.analysis_setup
+        self.analysis_setup = Setup(setup.layout, setup.options, tuple(key for keys in measured for key in keys))
+        self.analyses = nn.ModuleList([cls(self.analysis_setup) for cls in enabled_analyses(setup.options)])
+        self.needs = needs_of(self.analyses)
+
+    def setup(self, stage: str) -> None:
+        """Lightning calls this once the data module is set up: measure each of its corpora."""
+        self.measure_corpora(getattr(self.trainer.datamodule, "corpus_names", None) or [None])
+
     def on_validation_start(self) -> None:
         self._start = time.perf_counter()
         keys = self.plan.baseline_keys()
         self.plan.prepare(first_pass(self, keys) if keys else None, self.device)
         self.head_masks.copy_(self.plan.head_masks())
         self.pruned_layers = pruned_layers(self.plan.head_masks())
+        # each corpus counts what the edits change in its own windows
+        self.edit_counts = [self.plan.counts, *(self.plan.new_counts() for _ in self.corpora[1:])]
 
     def forward_pass(
         self, batch: dict[str, Any], v: int, needs: Needs, analyses: Iterable[Analysis] | None = None
@@ -206,20 +226,22 @@ class MassiveActivations(L.LightningModule):
         collectives (sharded layers) and is counted nowhere."""
         self.layout.backbone(input_ids=torch.zeros(1, 1, dtype=torch.long, device=self.device), use_cache=False)
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """Every variant on this batch, each analysis fed from the same forward pass. Nothing
-        here reads a value back to the host (a test checks the ops), so on a GPU the step
-        never waits for the device."""
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Every variant on this batch of corpus number `dataloader_idx`, each analysis fed
+        from the same forward pass. Nothing here reads a value back to the host (a test checks
+        the ops), so on a GPU the step never waits for the device."""
         batch = without_fillers(batch)
         if batch is None:  # this rank is out of windows: join the others' collectives
             for _ in self.plan.names:
                 self.filler_pass()
             return
         self.tokens.update(batch["input_ids"])
-        for v, name in enumerate(self.plan.names):
+        self.plan.count_into(self.edit_counts[dataloader_idx])
+        measured = self.measured[dataloader_idx]
+        for v in range(len(self.plan.names)):
             forward = self.forward_pass(batch, v, self.needs)
             for analysis in self.analyses:
-                analysis.update(name, forward)
+                analysis.update(measured[v], forward)
             del forward  # before the next pass: what this one recorded is not kept through it
 
     def on_validation_epoch_end(self) -> None:
@@ -233,12 +255,16 @@ class MassiveActivations(L.LightningModule):
             "tokens_per_s": tokens / wall,
             "forward_passes_per_window": len(self.plan.names),
         }
-        variants: dict[str, dict] = {}
-        for name in self.plan.names:  # baseline first: the others' changes are against it
-            this = {analysis: by_variant[name] for analysis, by_variant in computed.items() if name in by_variant}
-            head = self.plan.describe(name)
-            variants[name] = variant_entry(head, this, self.analyses, self.decode, variants.get(BASELINE))
-        self.results = run_results(self, variants, timing)
+        by_corpus = []
+        for measured, counts in zip(self.measured, self.edit_counts, strict=True):
+            self.plan.count_into(counts)
+            variants: dict[str, dict] = {}
+            for name, key in zip(self.plan.names, measured, strict=True):  # baseline first: changes are against it
+                this = {analysis: by_key[key] for analysis, by_key in computed.items() if key in by_key}
+                head = self.plan.describe(name)
+                variants[name] = variant_entry(head, this, self.analyses, self.decode, variants.get(BASELINE))
+            by_corpus.append(variants)
+        self.results = run_results(self, by_corpus, timing)
 
     def decode(self, token_id: int) -> str:
         """A token id as text (its id as text without a tokenizer)."""
@@ -252,12 +278,13 @@ def first_pass(module: MassiveActivations, keys: set[str]) -> dict[str, Any]:
     run's windows before the measured pass: some variants are defined by this run's own
     baseline (a selection without ``scores``, a ``mean`` edit without ``from``), and every
     variant runs on every batch, so it must be known before the first. Runs only the
-    analyses that give `keys`, synced over all ranks."""
+    analyses that give `keys`, synced over all ranks, on the default corpus only: a variant
+    is one model, defined once, and measured as it is on every corpus."""
     first = Setup(module.analysis_setup.layout, module.analysis_setup.options, (BASELINE,))
     analyses = [cls(first).to(module.device) for cls in keys_providers(keys)]
     needs = needs_of(analyses)
     with module.trainer.precision_plugin.forward_context():
-        for batch in module.trainer.val_dataloaders:
+        for batch in default_loader(module.trainer.val_dataloaders):
             batch = without_fillers(batch)
             if batch is None:  # this rank is out of windows: join the others' collectives
                 module.filler_pass()
@@ -272,11 +299,14 @@ def first_pass(module: MassiveActivations, keys: set[str]) -> dict[str, Any]:
     return variant_entry({}, computed, analyses, module.decode)
 
 
-def run_results(module: MassiveActivations, variants: dict[str, dict], timing: dict[str, float]) -> RunResults:
-    """The run's `RunResults`: what was measured on what, and each analysis's results."""
+def run_results(module: MassiveActivations, by_corpus: list[dict[str, dict]], timing: dict[str, float]) -> RunResults:
+    """The run's `RunResults`: what was measured on what, and each analysis's results, per
+    corpus (`by_corpus`: each corpus's variant entries, the default corpus's first)."""
     datamodule, h = module.trainer.datamodule, module.hparams
+    (corpus, *others), (variants, *measured) = module.corpora, by_corpus
     return RunResults(
         model=describe_model(module.model, module.layout, h),
+        corpus=corpus,
         data=datamodule.describe() if hasattr(datamodule, "describe") else None,
         precision=str(module.trainer.precision),
         world_size=module.trainer.world_size,
@@ -284,6 +314,10 @@ def run_results(module: MassiveActivations, variants: dict[str, dict], timing: d
         timing=timing,
         sweep=describe_sweep(module.sweep),
         variants=variants,
+        corpora={
+            name: {"data": datamodule.describe(name), "variants": entries}
+            for name, entries in zip(others, measured, strict=True)
+        },
         # rank 0 writes results.json: only it hashes the weights files
         provenance=run_provenance(h.model_name_or_path, module.model, getattr(datamodule, "fingerprint", None))
         if module.trainer.is_global_zero
@@ -291,6 +325,26 @@ def run_results(module: MassiveActivations, variants: dict[str, dict], timing: d
         sections={a.name: a.finish(module, variants) for a in module.analyses},
         analyses=[a.name for a in module.analyses],
     )
+
+
+def measured_names(corpora: list[str | None], variants: list[str]) -> list[list[str]]:
+    """Per corpus, per variant, the name the analyses measure it under: the variant's own on
+    the default corpus, ``CORPUS/VARIANT`` on the others (as their TensorBoard tags). A
+    variant named like another corpus's measurement (``c4/baseline``) is refused."""
+    measured = [list(variants), *([f"{corpus}/{name}" for name in variants] for corpus in corpora[1:])]
+    clash = sorted(set(variants) & {key for keys in measured[1:] for key in keys})
+    if clash:
+        corpus, _, variant = clash[0].partition("/")
+        raise InputError(
+            f"variant name {clash[0]!r} is how variant {variant!r} on corpus {corpus!r} is named (its "
+            f"measurements, TensorBoard tags and figures); rename the variant"
+        )
+    return measured
+
+
+def default_loader(loaders: Any) -> Any:
+    """The default corpus's validation loader (the first of several)."""
+    return loaders[0] if isinstance(loaders, (list, tuple)) else loaders
 
 
 def needs_of(analyses: Iterable[Analysis]) -> Needs:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import difflib
 import logging
 import re
@@ -83,6 +84,23 @@ def _shown(forms: dict[str, str]) -> str:
     return ", ".join(["[[layer, head], ...]", *forms.values()])
 
 
+def _corpus_error(key: str, leaves: list[str]) -> str | None:
+    """A `data.corpora` entry that is no `Corpus`: its missing or unknown key, and the keys a corpus has."""
+    from lit_massive.data.corpora import Corpus  # validate's parser, which makes these errors, has imported it
+
+    fields = [f.name for f in dataclasses.fields(Corpus)]
+    for leaf in leaves:
+        required = re.match(r"the following arguments are required: (.+)$", leaf)
+        unknown = re.match(r"Option '([^']*)' is not accepted", leaf)
+        if required:
+            return f"{key}: a corpus needs {required.group(1)}; a corpus has {', '.join(fields)}"
+        if unknown:
+            close = difflib.get_close_matches(unknown.group(1), fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return f"{key}: unknown key {unknown.group(1)!r}{hint}; a corpus has {', '.join(fields)}"
+    return None
+
+
 def _union_error(key: str, message: str) -> str | None:
     """A value no member of a Union takes (a variant spec: `[[l, h], ...]`, `{select: ...}`,
     ...) as the one error that matters: the member whose keys the value has, or the closest
@@ -90,6 +108,8 @@ def _union_error(key: str, message: str) -> str | None:
     if "Does not validate against any of the Union subtypes" not in message:
         return None
     leaves = [m.strip() for m in re.findall(r"^\s*- (.+)$", message, re.M)]
+    if key.endswith("corpora") and (corpus := _corpus_error(key, leaves)) is not None:
+        return corpus
     useful = [leaf for leaf in leaves if not _NOT_THIS_ONE.match(leaf)]
     givens = [g.strip() for g in re.findall(r"^\s*Given value: (.*)$", message, re.M)]
     inner, outer = (givens[0], givens[-1]) if givens else ("", "")

@@ -109,7 +109,7 @@ class MassiveCLI(LightningCLI):
             torch.distributed.destroy_process_group()
         if self.trainer.is_global_zero:
             if self.model.results is not None:
-                print(terminal_summary(self.model.results.variants, columns_of))
+                print(terminal_summary(self.model.results.by_corpus(), columns_of))
             print(f"Run directory: {run_dir}")
             if any(isinstance(lg, TensorBoardLogger) for lg in self.trainer.loggers):
                 # every model's runs under one logdir, so TensorBoard overlays them (runs named model/version_N)
@@ -144,6 +144,7 @@ def check_before_run(trainer, model: MassiveActivations, datamodule: WindowsData
     datamodule.setup("validate")  # idempotent: Lightning's own call reuses the windows
     datamodule.check_processes(trainer.num_nodes * trainer.num_devices)
     model.check_windows(datamodule.windows.shape[1])
+    model.measure_corpora(datamodule.corpus_names)
     for logger in trainer.loggers:  # no stray `hp_metric = -1` card: nothing here is a training metric
         if isinstance(logger, TensorBoardLogger):
             logger._default_hp_metric = False

@@ -1,37 +1,47 @@
 """The DataModule: fixed-length token windows of WikiText-2 (or any hub dataset, local files,
-or the toy corpus; see `data.text`) for validation, with the sampler that never repeats a window."""
+or the toy corpus; see `data.text`), or of several named corpora (`data.corpora`), for
+validation, with the sampler that never repeats a window."""
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+import inspect
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import lightning as L
-from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lit_massive.data.text import TextSource
-from lit_massive.data.windows import (
-    Windows,
-    check_processes,
-    cut_windows,
-    tokenizer_bos,
-    window_loader,
+from lit_massive.data.corpora import (
+    CONFIG_NAME,
+    DATASET,
+    SPLIT,
+    Corpus,
+    CorpusWindows,
+    as_corpus,
+    check_corpora,
+    derived_name,
 )
+from lit_massive.data.windows import Windows, check_processes, tokenizer_bos, window_loader
 from lit_massive.errors import InputError
 from lit_massive.models import toy
 from lit_massive.models.loading import load_tokenizer
 from lit_massive.options import NonNegativeInt, PositiveInt, check_options
 
+# the options a `data.corpora` entry gives per corpus, instead of the top-level ones
+PER_CORPUS = ("dataset", "config_name", "split", "data_files", "streaming")
+
 
 class WindowsDataModule(L.LightningDataModule):
-    """Fixed-length token windows of one text (`TextSource`) for validation. Every option is
-    checked on construction, so a bad one stops the run before any download or tokenisation."""
+    """Fixed-length token windows of one text (`TextSource`), or of each corpus of `corpora`
+    (one validation loader each), for validation. Every option is checked on construction,
+    so a bad one stops the run before any download or tokenisation."""
 
     def __init__(
         self,
-        dataset: str = "Salesforce/wikitext",
-        config_name: str | None = "wikitext-2-raw-v1",
-        split: str = "test",
+        dataset: str = DATASET,
+        config_name: str | None = CONFIG_NAME,
+        split: str = SPLIT,
         data_files: str | list[str] | None = None,
         seq_len: PositiveInt = 1024,
         stride: PositiveInt | None = None,
@@ -44,6 +54,7 @@ class WindowsDataModule(L.LightningDataModule):
         model_name_or_path: str = "gpt2",
         context_length: int | None = None,
         trust_remote_code: bool = False,
+        corpora: list[Corpus] | None = None,
     ) -> None:
         """
         Args:
@@ -66,6 +77,11 @@ class WindowsDataModule(L.LightningDataModule):
             model_name_or_path: set from ``model.model_name_or_path`` by the CLI.
             context_length: the model's maximum positions, set by the CLI from the model.
             trust_remote_code: set from ``model.trust_remote_code`` by the CLI.
+            corpora: several named corpora, each measured with every variant: a list of
+                ``{name, dataset, config_name, split, data_files, streaming}`` (a field left
+                out takes the default of the top-level option of that name); the first is the
+                default corpus (results.json's ``variants``). The window options above are
+                shared. Null: one corpus, from the top-level options.
         """
         check_options(WindowsDataModule.__init__, locals())  # Python callers: LightningCLI checked already
         super().__init__()
@@ -82,20 +98,38 @@ class WindowsDataModule(L.LightningDataModule):
                 f"seq_len={seq_len} is above the model's context of {context_length} tokens; "
                 f"use seq_len <= {context_length}"
             )
-        self.text = TextSource(dataset, config_name, split, data_files, streaming)
-        self.data_files = self.text.data_files
+        if corpora is None:
+            corpora = [Corpus(derived_name(dataset, data_files), dataset, config_name, split, data_files, streaming)]
+        else:
+            corpora = [as_corpus(entry, i) for i, entry in enumerate(corpora)]
+            check_corpora(corpora)
+            check_no_top_level_source(locals())
+        self.sources: list[CorpusWindows] = []  # the default corpus first
+        for corpus in corpora:
+            with self._naming(corpus.name):
+                self.sources.append(CorpusWindows(corpus))
         self.stride: int | None = stride  # the default depends on BOS: set in setup()
         self.bos_token_id: int | None = None
         self.tokenizer_name = tokenizer or model_name_or_path
         self.tokenizer = None
-        self.windows: Tensor | None = None
-        self.counts: tuple[list[int], list[int]] | None = None  # per window (scored bytes, scored words)
-        self.fingerprint: str | None = None  # the loaded split's datasets fingerprint (None when streaming)
+
+    # the default corpus's text and windows, as with one corpus
+    text = property(lambda self: self.sources[0].text)
+    data_files = property(lambda self: self.sources[0].text.data_files)
+    windows = property(lambda self: self.sources[0].windows)
+    counts = property(lambda self: self.sources[0].counts)  # per window (scored bytes, scored words)
+    fingerprint = property(lambda self: self.sources[0].fingerprint)  # None when streaming
+
+    @property
+    def corpus_names(self) -> list[str]:
+        """Every corpus's name, the default first; one per validation loader."""
+        return [source.name for source in self.sources]
 
     def prepare_data(self) -> None:
         """Download once per node (nothing to do when streaming)."""
-        if not self.hparams.streaming:
-            self.text.load()
+        for source in self.sources:
+            if not source.text.streaming:
+                source.text.load()
 
     def setup(self, stage: str | None = None) -> None:
         """Tokenise and cut the windows, once: the CLI calls this before Lightning does, so that
@@ -114,11 +148,9 @@ class WindowsDataModule(L.LightningDataModule):
                 f"stride={self.stride} is above the {h.seq_len - 1} text tokens of a BOS window (seq_len="
                 f"{h.seq_len}): windows would skip tokens; use stride <= {h.seq_len - 1}"
             )
-        n = h.num_sequences  # streaming reads only the tokens of the first n windows
-        needed = None if n is None else (n - 1) * self.stride + h.seq_len - self.uses_bos
-        tokens = self.text.tokens(self.tokenizer, needed, margin=h.seq_len)
-        self.fingerprint = self.text.fingerprint
-        self.windows, self.counts = cut_windows(tokens, h.seq_len, self.stride, h.num_sequences, self.bos_token_id)
+        for source in self.sources:
+            with self._naming(source.name):
+                source.cut(self.tokenizer, h.seq_len, self.stride, h.num_sequences, self.bos_token_id)
 
     @property
     def uses_bos(self) -> bool:
@@ -133,23 +165,43 @@ class WindowsDataModule(L.LightningDataModule):
             raise InputError(f"bos=true but tokenizer {self.tokenizer_name!r} has no BOS token; use bos: false")
         return self.tokenizer.bos_token_id if bos else None
 
-    def val_dataloader(self) -> DataLoader:
-        dataset = Windows(self.windows, self.stride, self.uses_bos, self.counts)
-        return window_loader(dataset, self.trainer, self.hparams.batch_size, self.hparams.num_workers)
+    @contextlib.contextmanager
+    def _naming(self, corpus: str) -> Iterator[None]:
+        """Input errors of a `data.corpora` entry say which corpus."""
+        try:
+            yield
+        except InputError as err:
+            if self.hparams.corpora is None:
+                raise
+            raise InputError(f"data.corpora {corpus!r}: {err}") from err
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """One loader per corpus (Lightning's `dataloader_idx` is the corpus's index); one corpus: its loader."""
+        loaders = []
+        for source in self.sources:
+            dataset = Windows(source.windows, self.stride, self.uses_bos, source.counts)
+            with self._naming(source.name):
+                loaders.append(window_loader(dataset, self.trainer, self.hparams.batch_size, self.hparams.num_workers))
+        return loaders if len(loaders) > 1 else loaders[0]
 
     def check_processes(self, world: int) -> None:
-        """Every process needs at least one window (after `setup`)."""
-        check_processes(self.windows.shape[0], world)
+        """Every process needs at least one window of every corpus (after `setup`)."""
+        for source in self.sources:
+            with self._naming(source.name):
+                check_processes(source.windows.shape[0], world)
 
-    def describe(self) -> dict:
-        """What was evaluated, for results.json."""
+    def describe(self, corpus: str | None = None) -> dict:
+        """What was evaluated, for results.json: on the default corpus, or on `corpus`."""
         h = self.hparams
+        source = self.sources[0] if corpus is None else next(s for s in self.sources if s.name == corpus)
+        text = source.text
+        files = text.data_files
         return {
-            "dataset": None if self.data_files else h.dataset,
-            "config_name": None if self.data_files or h.dataset == toy.TOY else h.config_name,
-            "split": None if self.data_files or h.dataset == toy.TOY else h.split,
-            "data_files": self.data_files,
-            "streaming": h.streaming,
+            "dataset": None if files else text.dataset,
+            "config_name": None if files or text.dataset == toy.TOY else text.config_name,
+            "split": None if files or text.dataset == toy.TOY else text.split,
+            "data_files": files,
+            "streaming": text.streaming,
             "tokenizer": self.tokenizer_name,
             "seq_len": h.seq_len,
             "stride": self.stride,
@@ -157,7 +209,18 @@ class WindowsDataModule(L.LightningDataModule):
             "bos_token_id": self.bos_token_id,
             "uses_bos": self.uses_bos,
             "num_sequences": h.num_sequences,
-            "num_windows": None if self.windows is None else int(self.windows.shape[0]),
+            "num_windows": None if source.windows is None else int(source.windows.shape[0]),
             "batch_size": h.batch_size,
-            "fingerprint": self.fingerprint,
+            "fingerprint": source.fingerprint,
         }
+
+
+def check_no_top_level_source(options: dict[str, Any]) -> None:
+    """With `data.corpora`, the top-level dataset options would be ignored: refuse any that is set."""
+    defaults = inspect.signature(WindowsDataModule.__init__).parameters
+    given = [f"data.{key}={options[key]!r}" for key in PER_CORPUS if options[key] != defaults[key].default]
+    if given:
+        raise InputError(
+            f"{', '.join(given)} with data.corpora: each corpus names its own {', '.join(PER_CORPUS)}; "
+            f"set them in its entry of data.corpora, or drop data.corpora"
+        )

@@ -17,6 +17,7 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -134,16 +135,23 @@ def _logger_dir(trainer: L.Trainer) -> Path | None:
 
 
 def publish(results: RunResults, run_dir: Path, writer=None) -> None:
-    """What every analysis that ran publishes, per variant and for the run, and the summary table."""
-    out = Publisher(run_dir, writer)
+    """What every analysis that ran publishes, per variant and for the run, and the summary
+    table: for the default corpus as for a run over one, then for each other corpus under its
+    name (`Publisher`), with the run-level sections (feature_view) the default corpus's alone."""
     model = results.model["name_or_path"]
     ran = [ANALYSES[name] for name in results.analyses]
-    for name, entry in results.variants.items():
+    runs = [(None, results)] + [
+        (name, replace(results, data=corpus["data"], variants=corpus["variants"], sections={}, corpora={}))
+        for name, corpus in results.corpora.items()
+    ]
+    for corpus, run in runs:
+        out = Publisher(run_dir, writer, corpus)
+        for name, entry in run.variants.items():
+            for cls in ran:
+                cls.publish(out, model, name, entry)
+        out.text("summary/table", summary_table(run.variants, summary_columns_of))
         for cls in ran:
-            cls.publish(out, model, name, entry)
-    out.text("summary/table", summary_table(results.variants, summary_columns_of))
-    for cls in ran:
-        cls.publish_run(out, model, results)
+            cls.publish_run(out, model, run)
 
 
 class RunReport(Callback):
@@ -218,10 +226,12 @@ class RunReport(Callback):
 
     def write(self, results: RunResults, writer=None) -> None:
         """results.json, then TensorBoard (`writer`, if any) and PNG figures and tables."""
-        for name, entry in results.variants.items():
-            for cls in ANALYSES.values():
-                for message in cls.warnings(name, entry):
-                    warnings.warn(message, stacklevel=2)
+        for corpus, variants in results.by_corpus().items():
+            for name, entry in variants.items():
+                shown_name = name if corpus == results.corpus else f"{corpus}/{name}"
+                for cls in ANALYSES.values():
+                    for message in cls.warnings(shown_name, entry):
+                        warnings.warn(message, stacklevel=2)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / RESULTS, results.to_json())
         publish(results, self.run_dir, writer)

@@ -74,11 +74,11 @@ def _results_path(given: str) -> Path:
 
 def _check_layers(path: Path, results: dict) -> None:
     """What `compare` reads beyond what `read_results` checks: the model and every variant's
-    layer profile; a one-line error naming the file otherwise."""
+    layer profile, on every corpus; a one-line error naming the file otherwise."""
     model = results.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("name_or_path"), str):
         raise InputError(f"run {str(path)!r} has no 'model' section; give the {RESULTS} of a lit_massive run")
-    for name, entry in results["variants"].items():
+    for name, entry in (item for _, _, variants in corpora(results) for item in variants.items()):
         layers = entry.get("layers")
         if not isinstance(layers, list) or not layers or not all(isinstance(r, dict) and "top" in r for r in layers):
             raise InputError(
@@ -149,10 +149,15 @@ def corpus_name(data: dict[str, Any] | None) -> str:
 
 
 def corpora(results: ResultsFile) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, dict]]]:
-    """(corpus name, its `data` record, its variants) for each corpus a run evaluated. A
-    results.json has one corpus today (`data`, `variants`); a run over several corpora adds
-    its own case here, and every row, table and figure follows."""
-    yield corpus_name(results.get("data")), results.get("data"), results["variants"]
+    """(corpus name, its `data` record, its variants) for each corpus a run evaluated: the
+    default corpus (`data`, `variants`), then each of `corpora` (a run over several); every
+    row, table and figure follows. A run over several names each corpus as its config did
+    (`c4: allenai/c4:en:validation (10 x 1024)`)."""
+    others = results.get("corpora") or {}
+    every = [(results.get("corpus"), results.get("data"), results["variants"])]
+    every += [(name, corpus["data"], corpus["variants"]) for name, corpus in others.items()]
+    for name, data, variants in every:
+        yield (f"{name}: {corpus_name(data)}" if others else corpus_name(data)), data, variants
 
 
 def parameter_count(results: ResultsFile) -> int | None:

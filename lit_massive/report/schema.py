@@ -145,10 +145,19 @@ class VariantEntry(TypedDict):
     change_vs_baseline: NotRequired[dict[str, Any]]
 
 
+class CorpusResults(TypedDict):
+    """One corpus of `corpora` (every corpus but the default): what it evaluated and its variants."""
+
+    data: dict[str, Any]
+    variants: dict[str, VariantEntry]
+
+
 class ResultsFile(TypedDict):
-    """The whole of results.json."""
+    """The whole of results.json. `data` and `variants` are the default corpus's (`corpus`);
+    `corpora` holds the other corpora of a run over several (`data.corpora`), {} otherwise."""
 
     model: dict[str, Any]
+    corpus: NotRequired[str | None]  # absent in older files
     data: dict[str, Any] | None
     precision: str
     world_size: int
@@ -156,6 +165,7 @@ class ResultsFile(TypedDict):
     timing: dict[str, float]
     sweep: dict[str, Any] | None
     variants: dict[str, VariantEntry]
+    corpora: NotRequired[dict[str, CorpusResults]]  # absent in older files
     provenance: NotRequired[dict[str, Any]]
     feature_view: NotRequired[dict[str, Any]]
 
@@ -179,11 +189,19 @@ class RunResults:
     # top-level sections of analyses that measure after the pass (feature_view), by analysis name
     sections: dict[str, Any] = field(default_factory=dict)
     analyses: list[str] = field(default_factory=list)  # the analyses that ran, registry order
+    # the default corpus's name (`data` and `variants` are its); None for windows given in memory
+    corpus: str | None = None
+    corpora: dict[str, CorpusResults] = field(default_factory=dict)  # every other corpus, by name
+
+    def by_corpus(self) -> dict[str | None, dict[str, VariantEntry]]:
+        """Every corpus's variant entries by corpus name, the default corpus first."""
+        return {self.corpus: self.variants, **{name: c["variants"] for name, c in self.corpora.items()}}
 
     def to_json(self) -> ResultsFile:
         """The content of results.json."""
         out: dict[str, Any] = {
             "model": self.model,
+            "corpus": self.corpus,
             "data": self.data,
             "precision": self.precision,
             "world_size": self.world_size,
@@ -191,6 +209,7 @@ class RunResults:
             "timing": self.timing,
             "sweep": self.sweep,
             "variants": self.variants,
+            "corpora": self.corpora,
         }
         if self.provenance is not None:
             out["provenance"] = self.provenance
@@ -233,7 +252,7 @@ class RunResults:
 def read_results(path: str | Path, what: str = "results file") -> ResultsFile:
     """A results.json, or a one-line error saying why it cannot be read: missing, empty,
     truncated or otherwise not JSON, or JSON that is not a lit_massive results.json (no
-    variants, or a variant whose head scores or located entries have the wrong shape)."""
+    variants, or a variant of any corpus whose head scores or located entries have the wrong shape)."""
     file = Path(path).expanduser()
     if file.is_dir():
         file = file / RESULTS
@@ -256,7 +275,13 @@ def read_results(path: str | Path, what: str = "results file") -> ResultsFile:
         ) from err
     if not isinstance(data, dict) or not isinstance(data.get("variants"), dict) or not data["variants"]:
         raise InputError(f"{what} {str(file)!r} has no 'variants'; give the {RESULTS} of a lit_massive run")
-    for name, entry in data["variants"].items():
+    corpora = data.get("corpora") or {}
+    if not isinstance(corpora, dict) or not all(
+        isinstance(c, dict) and isinstance(c.get("variants"), dict) and c["variants"] for c in corpora.values()
+    ):
+        raise InputError(f"{what} {str(file)!r} has a malformed 'corpora'; give the {RESULTS} of a lit_massive run")
+    variants = {**data["variants"], **{f"{c}/{n}": e for c, v in corpora.items() for n, e in v["variants"].items()}}
+    for name, entry in variants.items():
         problem = _entry_problem(entry)
         if problem is not None:
             raise InputError(

@@ -37,9 +37,14 @@ def summary_table(variants: dict[str, dict], columns_of) -> str:
     return markdown_table(head, rows)
 
 
-def terminal_summary(variants: dict[str, dict], columns_of) -> str:
-    """The end-of-run table for the terminal, one row per variant, columns from the analyses."""
-    head, rows = _rows(variants, columns_of, [("variant", lambda n, v: n)])
+def terminal_summary(corpora: dict[str | None, dict[str, dict]], columns_of) -> str:
+    """The end-of-run table for the terminal, one row per variant, columns from the analyses;
+    with several corpora (`RunResults.by_corpus`), one row per corpus x variant, the corpus first."""
+    head, rows = [], []
+    for corpus, variants in corpora.items():
+        first = [("corpus", lambda n, v, corpus=corpus: corpus)] if len(corpora) > 1 else []
+        head, more = _rows(variants, columns_of, [*first, ("variant", lambda n, v: n)])
+        rows += more
     widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
     lines = ["  ".join(text.ljust(w) for text, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
     note = "%: change vs baseline (top-1: mean over layers; largest: of any statistic at any layer)"

@@ -160,6 +160,15 @@ class VariantPlan:
             f"nothing and changes nothing (lower model.massive_threshold / massive_ratio to edit smaller values)"
         )
 
+    def new_counts(self) -> dict[str, Tensor]:
+        """Zero (2, L) counts for every block edit, on this run's device (another corpus's own)."""
+        return {name: torch.zeros_like(c) for name, c in self.counts.items()}
+
+    def count_into(self, counts: dict[str, Tensor]) -> None:
+        """From now on, the block edits count what they change into `counts` (from `prepare`
+        or `new_counts`) and `describe` reports those: one set of counts per corpus."""
+        self.counts, self._counted = counts, None
+
     def _edit_counts(self) -> dict[str, list[list[int]]]:
         """Each edit's (2, L) counts summed over all processes, read on the host once. The
         first call is a collective where several processes run: `describe` makes it, and
