@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from helpers import DEMO, assert_same_numbers, run_validate, run_validate_ddp, tiny_run_args
+from lit_massive.analyses.massive_update import TOKEN_SLOTS
 from lit_massive.cli import rank_heads as rank_heads_cli
 from lit_massive.models.toy import ToyConfig
 from lit_massive.probes.attention import AttentionCall, first_token_logit_gap_, head_record, received_in_tiles
@@ -28,6 +29,7 @@ def test_toy_sink_head_is_a_constant_bias_with_the_largest_logit_gap(toy_run):
     baseline = results["variants"]["baseline"]
     layer, head = TRUTH.sink_head
     assert baseline["massive_update_cosine"][layer][head] == pytest.approx(1.0, abs=1e-5)
+    assert baseline["massive_update_overflow"] == 0  # one massive token per window
     gaps = baseline["first_token_logit_gap"][layer]
     assert max(range(len(gaps)), key=gaps.__getitem__) == head
     assert gaps[head] > 10 and max(abs(g) for h, g in enumerate(gaps) if h != head) < 1
@@ -129,3 +131,18 @@ def test_two_processes_equal_one_inside_the_heads(tmp_path, tiny_gpt2_dir, corpu
     double = run_validate_ddp(tmp_path / "two", *args)
     assert not math.isnan(single["variants"]["baseline"]["massive_update_norm"][0][0])
     assert_same_numbers(double["variants"], single["variants"])
+
+
+def test_windows_with_more_massive_tokens_than_slots_are_left_out_and_counted(tmp_path):
+    """With the criterion at 0, every token of the toy's 128-token windows is massive: more
+    than the decomposition follows (TOKEN_SLOTS), so both windows are left out of it and
+    counted, and its figures are null; the other internals are measured as ever."""
+    _, results = run_validate(
+        tmp_path, "--config", DEMO, "--data.num_sequences", "2",
+        "--model.massive_threshold", "0", "--model.massive_ratio", "0",
+    )  # fmt: skip
+    baseline = results["variants"]["baseline"]
+    assert TOKEN_SLOTS < 128 and baseline["massive_update_overflow"] == 2
+    for key in ("massive_update_norm", "other_update_norm", "massive_update_cosine"):
+        assert all(v is None for row in baseline[key] for v in row)
+    assert all(v is not None for row in baseline["head_output_norm"] for v in row)

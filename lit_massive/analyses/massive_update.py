@@ -11,25 +11,33 @@ from their logits, exactly: p_ij = exp(s_ij - lse_i) where query i may attend to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from lit_massive.analyses.base import Forward, Setup
-from lit_massive.analyses.head_means import HeadFiguresAnalysis
+from lit_massive.analyses.head_means import HeadFiguresAnalysis, HeadMeans
+from lit_massive.analyses.head_scores import matrix
 from lit_massive.analyses.registry import register_analysis
 from lit_massive.probes import Needs
 from lit_massive.probes.attention import HeadRecord
 from lit_massive.report import head_figures
+
+# massive tokens per window the decomposition follows (at most `model.massive_candidates`): a
+# window has a few (BOS, delimiters), and every slot costs a (B, H, T) column of logits per
+# block, so 256 slots were a second attention pass at T = 256; a window with more is left
+# out of the means and counted (`massive_update_overflow`)
+TOKEN_SLOTS = 32
 
 
 def massive_update(record: HeadRecord, massive: Tensor, slots: int) -> dict[str, Tensor]:
     """Per window and head (B, H) of one block: the mean over queries of ||u_i|| and of
     ||o_i - u_i||, and the mean, over the queries that may attend to a massive token, of the
     cosine between u_i and the mean of u over those queries (NaN where there is none).
-    `massive` (B, T) bool marks each window's massive tokens; the first `slots` of them
-    count (the locator's overflow flag says when a window has more)."""
+    `massive` (B, T) bool marks each window's massive tokens; a window with more than
+    `slots` of them gets NaN (it is left out of the means and counted by the caller)."""
     call = record.call
     b, h, t, hd = call.query.shape
     h_kv = call.key.shape[1]
@@ -45,11 +53,37 @@ def massive_update(record: HeadRecord, massive: Tensor, slots: int) -> dict[str,
     n = sees.sum(-1)  # (B, H)
     mean_u = torch.where(sees[..., None], u, 0.0).sum(-2) / n.clamp(min=1)[..., None]  # (B, H, hd)
     cosine = torch.nn.functional.cosine_similarity(u, mean_u[:, :, None], dim=-1)  # (B, H, T)
-    return {
+    over = (massive.sum(dim=1) > m)[:, None]  # (B, 1): more massive tokens than slots
+    values = {
         "massive_update_norm": u.norm(dim=-1).mean(-1),
         "other_update_norm": (record.output - u).norm(dim=-1).mean(-1),
         "massive_update_cosine": torch.where(sees, cosine, 0.0).sum(-1) / n,  # NaN: no such query
     }
+    return {key: value.masked_fill(over, float("nan")) for key, value in values.items()}
+
+
+def token_slots(setup: Setup) -> int:
+    """The massive tokens per window the decomposition follows."""
+    return min(setup.options["massive_candidates"], TOKEN_SLOTS)
+
+
+class UpdateMeans(HeadMeans):
+    """`HeadMeans` of the decomposition, and the windows left out of it for having more
+    massive tokens than the slots followed."""
+
+    overflow: Tensor  # () int64
+
+    def __init__(self, figures: tuple[str, ...], n_layer: int, n_head: int, slots: int, **kwargs) -> None:
+        super().__init__(figures, n_layer, n_head, **kwargs)
+        self.slots = slots
+        self.add_state("overflow", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, values: dict[str, list[Tensor]], massive: Tensor) -> None:
+        super().update(values)
+        self.overflow += (massive.sum(dim=1) > self.slots).sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        return {**super().compute(), "overflow": self.overflow}
 
 
 @register_analysis
@@ -61,15 +95,28 @@ class MassiveUpdate(HeadFiguresAnalysis):
 
     name = "massive_update"
     needs = Needs(heads=True, head_update=True)
-    keys = ("massive_update_norm", "other_update_norm", "massive_update_cosine")
+    figures = ("massive_update_norm", "other_update_norm", "massive_update_cosine")
+    keys = (*figures, "massive_update_overflow")
 
     def __init__(self, setup: Setup) -> None:
         super().__init__(setup)
-        self.slots = setup.options["massive_candidates"]
+        self.slots = token_slots(setup)
+
+    def new_metric(self, setup: Setup) -> UpdateMeans:
+        return UpdateMeans(self.figures, setup.layout.n_layer, setup.layout.n_head, token_slots(setup))
 
     def values(self, forward: Forward) -> dict[str, list[Tensor]]:
         parts = [massive_update(r, forward.massive_tokens, self.slots) for r in forward.probed.heads]
-        return {key: [part[key] for part in parts] for key in self.keys}
+        return {key: [part[key] for part in parts] for key in self.figures}
+
+    def update(self, variant: str, forward: Forward) -> None:
+        if variant in self.metrics:
+            self.metrics[variant].update(self.values(forward), forward.massive_tokens)
+
+    def section(self, computed: dict[str, Tensor], decode: Callable[[int], str]) -> dict[str, Any]:
+        figures = {key: matrix(computed[key]) for key in self.figures}
+        # windows with more massive tokens than the slots followed: left out of the figures
+        return {**figures, "massive_update_overflow": int(computed["overflow"])}
 
     @classmethod
     def publish(cls, out, model: str, name: str, entry: dict[str, Any]) -> None:
