@@ -36,8 +36,8 @@ def massive_update(record: HeadRecord, massive: Tensor, slots: int) -> dict[str,
     """Per window and head (B, H) of one block: the mean over queries of ||u_i|| and of
     ||o_i - u_i||, and the mean, over the queries that may attend to a massive token, of the
     cosine between u_i and the mean of u over those queries (NaN where there is none).
-    `massive` (B, T) bool marks each window's massive tokens; a window with more than
-    `slots` of them gets NaN (it is left out of the means and counted by the caller)."""
+    `massive` (B, T) bool marks each window's massive tokens; the first `slots` of them
+    count (the caller leaves out a window with more: `overflowing`)."""
     call = record.call
     b, h, t, hd = call.query.shape
     h_kv = call.key.shape[1]
@@ -53,18 +53,16 @@ def massive_update(record: HeadRecord, massive: Tensor, slots: int) -> dict[str,
     n = sees.sum(-1)  # (B, H)
     mean_u = torch.where(sees[..., None], u, 0.0).sum(-2) / n.clamp(min=1)[..., None]  # (B, H, hd)
     cosine = torch.nn.functional.cosine_similarity(u, mean_u[:, :, None], dim=-1)  # (B, H, T)
-    over = (massive.sum(dim=1) > m)[:, None]  # (B, 1): more massive tokens than slots
-    values = {
+    return {
         "massive_update_norm": u.norm(dim=-1).mean(-1),
         "other_update_norm": (record.output - u).norm(dim=-1).mean(-1),
         "massive_update_cosine": torch.where(sees, cosine, 0.0).sum(-1) / n,  # NaN: no such query
     }
-    return {key: value.masked_fill(over, float("nan")) for key, value in values.items()}
 
 
-def token_slots(setup: Setup) -> int:
-    """The massive tokens per window the decomposition follows."""
-    return min(setup.options["massive_candidates"], TOKEN_SLOTS)
+def overflowing(massive: Tensor, slots: int) -> Tensor:
+    """(B,) bool: the windows of `massive` (B, T) with more massive tokens than `slots`."""
+    return massive.sum(dim=1) > slots
 
 
 class UpdateMeans(HeadMeans):
@@ -73,14 +71,14 @@ class UpdateMeans(HeadMeans):
 
     overflow: Tensor  # () int64
 
-    def __init__(self, figures: tuple[str, ...], n_layer: int, n_head: int, slots: int, **kwargs) -> None:
+    def __init__(self, figures: tuple[str, ...], n_layer: int, n_head: int, **kwargs) -> None:
         super().__init__(figures, n_layer, n_head, **kwargs)
-        self.slots = slots
         self.add_state("overflow", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(self, values: dict[str, list[Tensor]], massive: Tensor) -> None:
+    def update(self, values: dict[str, list[Tensor]], over: Tensor) -> None:
+        """`values` as `HeadMeans` takes them, NaN (left out) in the windows `over` (B,) marks."""
         super().update(values)
-        self.overflow += (massive.sum(dim=1) > self.slots).sum()
+        self.overflow += over.sum()
 
     def compute(self) -> dict[str, Tensor]:
         return {**super().compute(), "overflow": self.overflow}
@@ -100,10 +98,10 @@ class MassiveUpdate(HeadFiguresAnalysis):
 
     def __init__(self, setup: Setup) -> None:
         super().__init__(setup)
-        self.slots = token_slots(setup)
+        self.slots = min(setup.options["massive_candidates"], TOKEN_SLOTS)
 
     def new_metric(self, setup: Setup) -> UpdateMeans:
-        return UpdateMeans(self.figures, setup.layout.n_layer, setup.layout.n_head, token_slots(setup))
+        return UpdateMeans(self.figures, setup.layout.n_layer, setup.layout.n_head)
 
     def values(self, forward: Forward) -> dict[str, list[Tensor]]:
         parts = [massive_update(r, forward.massive_tokens, self.slots) for r in forward.probed.heads]
@@ -111,7 +109,11 @@ class MassiveUpdate(HeadFiguresAnalysis):
 
     def update(self, variant: str, forward: Forward) -> None:
         if variant in self.metrics:
-            self.metrics[variant].update(self.values(forward), forward.massive_tokens)
+            over = overflowing(forward.massive_tokens, self.slots)  # (B,), the same in every block
+            left_out = {
+                k: [v.masked_fill(over[:, None], float("nan")) for v in vs] for k, vs in self.values(forward).items()
+            }
+            self.metrics[variant].update(left_out, over)
 
     def section(self, computed: dict[str, Tensor], decode: Callable[[int], str]) -> dict[str, Any]:
         figures = {key: matrix(computed[key]) for key in self.figures}
