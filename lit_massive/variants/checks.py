@@ -23,6 +23,7 @@ from lit_massive.variants.specs import (
     Select,
     SetMassive,
     SetRandom,
+    Shape,
     Sweep,
     WeightEditSpec,
     ZeroRandomWeights,
@@ -32,7 +33,11 @@ from lit_massive.variants.specs import (
 )
 
 EDIT_FORMS = ("set_massive", "set_random", "zero_weights", "zero_random_weights")
-Shape = tuple[int, int]  # (rows, cols) of a block's MLP output projection W[j, i]
+
+
+def _int(value: Any) -> bool:
+    """An integer, not a bool (YAML's true/false are ints to Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_heads(name: str, heads: Any, n_layer: int, n_head: int) -> list[Head]:
@@ -78,8 +83,8 @@ def _check_layer(where: str, layer: Any, n_layer: int) -> int | list[int] | str:
     valid = f"valid: 0..{n_layer - 1}, a list of them, or all"
     if layer == "all":
         return layer
-    single = isinstance(layer, int) and not isinstance(layer, bool)
-    many = isinstance(layer, list | tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in layer)
+    single = _int(layer)
+    many = isinstance(layer, list | tuple) and all(_int(v) for v in layer)
     if not (single or many) or (many and not layer):
         raise InputError(f"{where}={layer!r}: not a layer; {valid}")
     layers = [layer] if single else list(layer)
@@ -114,10 +119,6 @@ def _check_edit(name: str, spec: dict, n_layer: int) -> BlockEditSpec:
     if kind == "set_massive":
         return SetMassive({"layer": layer, "to": to, "positions": positions, "from": source})
     return SetRandom({"layer": layer, "seed": int(edit.get("seed", 0)), "positions": positions})
-
-
-def _int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_weight(where: str, weight: Any, shapes: list[Shape]) -> tuple[int, int, int]:

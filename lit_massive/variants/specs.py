@@ -210,6 +210,7 @@ class PruneHeads:
 
 
 Weight = tuple[int, int, int]  # (layer, row j, col i): W[j, i] of that block's MLP output projection
+Shape = tuple[int, int]  # (rows, cols) of a block's W[j, i]: output channels, input channels
 SUPER = "super"  # `zero_weights: super`: this run's own super-weight candidates
 
 

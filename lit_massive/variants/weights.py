@@ -14,9 +14,9 @@ from torch import nn
 
 from lit_massive.models.families import DecoderLayout
 from lit_massive.probes.weights import ZeroedWeights
-from lit_massive.variants.specs import SUPER, Weight, WeightEditSpec, ZeroRandomWeights
+from lit_massive.variants.specs import SUPER, Shape, Weight, WeightEditSpec, ZeroRandomWeights
 
-Shape = tuple[int, int]  # (rows, cols) of W[j, i]: output channels, input channels
+NOTHING_ZEROED = "this run's baseline has no super-weight candidate: nothing was zeroed"
 
 
 @dataclass(frozen=True)
@@ -89,5 +89,5 @@ def weight_record(spec: WeightEditSpec, zeroed: list[ZeroedWeights]) -> WeightEd
                           args.get("seed", 0))  # fmt: skip
     if spec.zero_weights != SUPER:
         return WeightEdit("zero_weights", "given", layers, weights)
-    note = None if weights else "this run's baseline has no super-weight candidate: nothing was zeroed"
+    note = None if weights else NOTHING_ZEROED
     return WeightEdit("zero_weights", SUPER, layers, weights, note=note)
