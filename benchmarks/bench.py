@@ -1,6 +1,6 @@
 """Throughput and memory of lit_massive against a bare forward pass and the paper-style loop.
 
-    python benchmarks/bench.py                     # 2 CPU cores: about 3 minutes
+    python benchmarks/bench.py                     # 2 CPU cores: about 5 minutes
     python benchmarks/bench.py --full --device cuda --precision bf16-mixed
     python benchmarks/bench.py --sharded           # sharded vs whole-model processes (below)
 
