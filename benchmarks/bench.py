@@ -36,8 +36,7 @@ profile + perplexity run over a profile-only run for a 128k vocabulary (Llama 3'
 `outlier_stats_cost` is the time of a profile run with `model.outlier_stats` (one float64
 Gram and eigendecomposition of min(T, D)^2 per window and block) over one without (lower is
 better; 1.0 means free); `depth_memory_growth` is the memory a pass adds at 8 blocks over
-that at 2 (width 256, 2048 tokens, every feature that keeps nothing per block; target <= 1.1:
-flat in depth).
+that at 2 (width 256, 2048 tokens, every feature on; target <= 1.1: flat in depth).
 
 `--sharded` runs the CLI three times on the same windows of a Llama-shaped checkpoint whose
 decoder layers hold 99% of its parameters (random weights, `--layers` of width 2048: 7.7 GB
@@ -253,11 +252,12 @@ def head_scores_memory(args) -> tuple[int, int]:
 
 
 def depth_memory(args) -> tuple[int, int]:
-    """Memory a pass adds (every feature that keeps nothing per block: profile, locator, head
-    scores without the internals, outlier statistics, super weights, perplexity) at 2 and at 8
-    blocks (width 256, 8 heads, one window of 2048 tokens): the statistics are reduced inside
-    each block's hook, so it should not grow with depth, where keeping every block output
-    would add 2 MiB per block."""
+    """Memory a pass adds with every feature on (profile, locator, head scores and the
+    attention internals, components, outlier statistics, super weights, perplexity) at 2 and
+    at 8 blocks (width 256, 8 heads, one window of 2048 tokens): the statistics are reduced
+    inside each block's hook and what the internals and components read there is released,
+    so it should not grow with depth, where keeping every block output would add 2 MiB per
+    block, and the internals' records (q, k, v, o) and the components' sublayers 14 MiB more."""
     one = argparse.Namespace(**{**vars(args), "batch_size": 1})
     window = torch.randint(0, 1024, (1, 2048))
     peaks = []
@@ -265,7 +265,7 @@ def depth_memory(args) -> tuple[int, int]:
         config = GPT2Config(n_layer=n_layer, n_embd=256, n_head=8, n_positions=2048, vocab_size=1024)
         model_dir = tempfile.mkdtemp(prefix=f"bench_depth{n_layer}_")
         GPT2LMHeadModel(config).save_pretrained(model_dir)
-        kwargs = {"head_scores": True, "head_internals": False, "outlier_stats": True, "super_weights": True}
+        kwargs = {"head_scores": True, "components": True, "outlier_stats": True, "super_weights": True}
         # freed blocks go back to the system at once, so the resident set is what is in use (with
         # glibc's defaults, heap fragmentation adds up to 15 MiB of noise here)
         env = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
@@ -459,7 +459,7 @@ def main() -> None:
         f"{heads_t / 2**20:.0f} MiB at T=2048, {heads_4t / 2**20:.0f} MiB at T=8192"
     )
     print(
-        f"memory a pass adds (width 256, 2048 tokens, flat features on): "
+        f"memory a pass adds (width 256, 2048 tokens, every feature on): "
         f"{depth_1 / 2**20:.0f} MiB at 2 blocks, {depth_4 / 2**20:.0f} MiB at 8 blocks"
     )
     result = {

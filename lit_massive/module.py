@@ -17,15 +17,16 @@ import torch
 from torch import Tensor, nn
 
 from lit_massive.analyses import ANALYSES, Analysis, FeatureView, Forward, Setup, enabled_analyses, variant_entry
-from lit_massive.analyses.base import TokenCount
-from lit_massive.analyses.block_stats import stats_of
+from lit_massive.analyses.base import Block, TokenCount
+from lit_massive.analyses.block_stats import BlockStats, stats_of
 from lit_massive.data.windows import FILLER
 from lit_massive.errors import InputError
 from lit_massive.models.families import DecoderLayout, decoder_layout
 from lit_massive.models.loading import build_structure, load_causal_lm, load_config, weights_dtype
 from lit_massive.models.sharding import is_sharded, parallel_record, sharded_causal_lm
 from lit_massive.options import NonNegativeFloat, PositiveInt, check_options
-from lit_massive.probes import Needs, probes
+from lit_massive.probes import Needs, Probed, probes
+from lit_massive.probes.hooks import Reducers
 from lit_massive.report.provenance import run_provenance
 from lit_massive.report.schema import RunResults
 from lit_massive.variants import BASELINE, Sweep, VariantPlan, VariantSpec, describe_sweep
@@ -205,7 +206,7 @@ class MassiveActivations(L.LightningModule):
         name, input_ids = self.plan.names[v], batch["input_ids"]
         h = self.hparams
         # one top-k, median and candidate set per block output, shared by every analysis
-        reducers = {STATS: self.stats_of, **reducers_of(self.analyses if analyses is None else analyses)}
+        reducers = reducers_of(self.analyses if analyses is None else analyses, self.stats_of)
         with probes(
             self.layout,
             needs,
@@ -355,9 +356,21 @@ def needs_of(analyses: Iterable[Analysis]) -> Needs:
     return needs
 
 
-def reducers_of(analyses: Iterable[Analysis]) -> dict[str, Callable[[Tensor], Any]]:
-    """What these analyses keep of each block output, computed in the block's hook."""
-    return {a.name: a.reduce_block for a in analyses if a.reduces_blocks}
+def reducers_of(analyses: Iterable[Analysis], stats_of: Callable[[Tensor], BlockStats]) -> Reducers:
+    """What these analyses keep of each block, computed in the block's hook: the block output's
+    `BlockStats` first (`STATS`), then each analysis's `reduce_block`, which sees them (`Block`)."""
+
+    def block(x: Tensor, i: int, probed: Probed) -> Block:
+        stats = probed.reduced[STATS]
+        return Block(i, x, stats[i], stats[i - 1] if i else None, probed)
+
+    def reducer(analysis: Analysis) -> Callable[[Tensor, int, Probed], Any]:
+        return lambda x, i, probed: analysis.reduce_block(block(x, i, probed))
+
+    return {
+        STATS: lambda x, i, probed: stats_of(x),
+        **{a.name: reducer(a) for a in analyses if a.reduces_blocks},
+    }
 
 
 def keys_providers(keys: set[str]) -> list[type[Analysis]]:

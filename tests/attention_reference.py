@@ -99,8 +99,9 @@ def internals(call, massive):
 
 def run_means(calls, massive):
     """Every figure as (L, H) means over windows (NaN windows left out), from one eager
-    forward pass over all windows (`calls`: one per layer, in order)."""
-    per_layer = [internals(call, massive) for call in calls]
+    forward pass over all windows (`calls`: one per layer, in order; `massive[i]` (B, T):
+    the massive tokens layer i's attention reads)."""
+    per_layer = [internals(call, m) for call, m in zip(calls, massive, strict=True)]
     means = {}
     for key in per_layer[0]:
         x = torch.stack([layer[key] for layer in per_layer])  # (L, B, H)
@@ -108,13 +109,15 @@ def run_means(calls, massive):
     return means
 
 
-def massive_tokens(block_outputs, threshold=100.0, ratio=1000.0):
-    """(B, T) bool: positions where some block output (B, T, D) meets the paper's criterion
+def massive_tokens(x, threshold=100.0, ratio=1000.0):
+    """(B, T) bool: positions where the block output x (B, T, D) meets the paper's criterion
     against its window's median."""
-    hit = None
-    for x in block_outputs:
-        a = x.double().abs()
-        flat = a.flatten(1)
-        m = (a > threshold) & (a > ratio * flat.median(dim=1).values[:, None, None])
-        hit = m.any(-1) if hit is None else hit | m.any(-1)
-    return hit
+    a = x.double().abs()
+    return ((a > threshold) & (a > ratio * a.flatten(1).median(dim=1).values[:, None, None])).any(-1)
+
+
+def entering_massive_tokens(block_outputs):
+    """Per layer, (B, T) bool: the massive tokens of the stream that layer reads, the previous
+    block's output (none for layer 0, which reads the embeddings)."""
+    none = torch.zeros(block_outputs[0].shape[:2], dtype=torch.bool)
+    return [none] + [massive_tokens(x) for x in block_outputs[:-1]]

@@ -43,8 +43,8 @@ class MeanAbsAnalysis(Analysis):
     def new_metric(self, setup: Setup) -> MeanAbs:
         return MeanAbs(setup.layout.n_layer)
 
-    def reduce_block(self, x):
-        return x.detach().float().abs().mean(dim=(1, 2))  # (B,): all this analysis keeps of a block
+    def reduce_block(self, block):
+        return block.output.detach().float().abs().mean(dim=(1, 2))  # (B,): all this analysis keeps of a block
 
     def section(self, computed, decode):
         return {"mean_abs_block_output": computed["mean_abs"].tolist()}

@@ -134,9 +134,11 @@ def test_two_processes_equal_one_inside_the_heads(tmp_path, tiny_gpt2_dir, corpu
 
 
 def test_windows_with_more_massive_tokens_than_slots_are_left_out_and_counted(tmp_path):
-    """With the criterion at 0, every token of the toy's 128-token windows is massive: more
-    than the decomposition follows (TOKEN_SLOTS), so both windows are left out of it and
-    counted, and its figures are null; the other internals are measured as ever."""
+    """With the criterion at 0, every token of the toy's 128-token windows is massive from
+    block 0's output on: more than the decomposition follows (TOKEN_SLOTS), so from block 1
+    on both windows are left out of it and counted, and its figures are null; block 0 reads
+    the embeddings, with no massive token (no update, the whole output is the rest); the
+    other internals are measured as ever."""
     _, results = run_validate(
         tmp_path, "--config", DEMO, "--data.num_sequences", "2",
         "--model.massive_threshold", "0", "--model.massive_ratio", "0",
@@ -144,5 +146,8 @@ def test_windows_with_more_massive_tokens_than_slots_are_left_out_and_counted(tm
     baseline = results["variants"]["baseline"]
     assert TOKEN_SLOTS < 128 and baseline["massive_update_overflow"] == 2
     for key in ("massive_update_norm", "other_update_norm", "massive_update_cosine"):
-        assert all(v is None for row in baseline[key] for v in row)
+        assert all(v is None for row in baseline[key][1:] for v in row)
+    assert baseline["massive_update_norm"][0] == [0.0] * TRUTH.n_head
+    assert baseline["other_update_norm"][0] == pytest.approx(baseline["head_output_norm"][0], rel=1e-6)
+    assert baseline["massive_update_cosine"][0] == [None] * TRUTH.n_head
     assert all(v is not None for row in baseline["head_output_norm"] for v in row)

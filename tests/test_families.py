@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from attention_reference import eager_calls, massive_tokens, run_means
+from attention_reference import eager_calls, entering_massive_tokens, run_means
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import read_texts, reference_profile, run_validate, tiny_run_args
@@ -113,7 +113,7 @@ def test_family_matches_plain_transformers(tmp_path, family_dir, corpus_jsonl, m
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
     # inside every head: each figure from the eager call's own value, logits and weights
     assert len(calls) == len(block_outputs)
-    reference = run_means(calls, massive_tokens(block_outputs))
+    reference = run_means(calls, entering_massive_tokens(block_outputs))
     for key, want in reference.items():
         measured = torch.tensor([[math.nan if v is None else v for v in row] for row in baseline[key]])
         torch.testing.assert_close(measured.double(), want, rtol=1e-5, atol=1e-5, equal_nan=True, msg=key)
@@ -135,13 +135,17 @@ def test_family_matches_plain_transformers(tmp_path, family_dir, corpus_jsonl, m
     located = {(e["dim"], e["token"]) for e in baseline["massive"]}
     assert (DOT_DIM, ".") in located
     assert ((BOS_DIM, "<|endoftext|>") in located) is bos
-    # components: resid_in + attn + mlp = block output, averaged over the same windows
+    # components: at each block, the entries massive at its input or output; resid_in + attn
+    # + mlp = block output, averaged over the windows where the entry is massive there
     x = torch.stack(block_outputs).double()  # (L, N, T, D)
     flat = x.abs().flatten(2)
     massive = (flat > 100) & (flat > 1000 * flat.median(dim=2, keepdim=True).values)  # (L, N, T*D)
-    assert baseline["components"]
+    entering = torch.cat([torch.zeros_like(massive[:1]), massive[:-1]])  # block i reads block i - 1's output
+    followed = massive | entering
+    got = {(e["layer"], e["position"] * x.shape[-1] + e["dim"]) for e in baseline["components"]}
+    assert got and got == {(layer, j) for layer, j in followed.any(1).nonzero().tolist()}
     for e in baseline["components"]:
-        hit = massive[:, :, e["position"] * x.shape[-1] + e["dim"]].any(0)  # windows where it is massive
+        hit = followed[e["layer"], :, e["position"] * x.shape[-1] + e["dim"]]  # windows followed there
         assert int(hit.sum()) == e["sequences"]
         out = float(x[e["layer"], hit, e["position"], e["dim"]].mean())
         assert e["resid_in"] + e["attn"] + e["mlp"] == pytest.approx(out, rel=1e-5, abs=1e-4)

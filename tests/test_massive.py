@@ -28,7 +28,8 @@ def test_components_attribute_it_to_the_planted_mlp_and_add_up(massive_run):
     _, results = massive_run
     baseline = results["variants"]["baseline"]
     entries = {e["layer"]: e for e in baseline["components"] if (e["dim"], e["position"]) == (17, 0)}
-    assert sorted(entries) == list(range(TRUTH.n_layer))
+    # followed from the block that writes it (massive out, not in) to the last, which it leaves massive
+    assert sorted(entries) == list(range(TRUTH.massive_layer, TRUTH.n_layer))
     creator = entries[TRUTH.massive_layer]
     total = creator["resid_in"] + creator["attn"] + creator["mlp"]
     assert creator["mlp"] > 0.95 * total
@@ -41,15 +42,22 @@ def test_components_attribute_it_to_the_planted_mlp_and_add_up(massive_run):
 
 
 def test_components_add_up_to_the_hooked_block_output():
+    """In each block's hook, its input plus what attention and the MLP add is its output; the
+    input is the previous block's output; and the three are released once the hook is done."""
     layout = decoder_layout(build_toy_model())
     ids = torch.arange(2, 50).view(2, 24)
-    with torch.no_grad(), probes(layout, Needs(block_out=True, sublayers=True)) as probed:
+
+    def parts(x, i, probed):  # a reducer: it runs inside block i's hook
+        return probed.block_in[i], probed.block_in[i] + probed.attn_out[i] + probed.mlp_out[i]
+
+    with torch.no_grad(), probes(layout, Needs(block_out=True, sublayers=True), reducers={"parts": parts}) as probed:
         layout.backbone(input_ids=ids)
     for i, out in enumerate(probed.block_out):
-        parts = probed.block_in[i] + probed.attn_out[i] + probed.mlp_out[i]
-        torch.testing.assert_close(parts, out, rtol=1e-5, atol=1e-5)
+        block_in, added_up = probed.reduced["parts"][i]
+        torch.testing.assert_close(added_up, out, rtol=1e-5, atol=1e-5)
         if i:
-            assert probed.block_in[i] is probed.block_out[i - 1]
+            assert block_in is probed.block_out[i - 1]
+    assert probed.block_in == probed.attn_out == probed.mlp_out == [None] * TRUTH.n_layer
 
 
 def test_more_massive_entries_than_candidates_are_counted_not_hidden(tmp_path, massive_run):

@@ -1,33 +1,38 @@
 """Memory flat in depth: during a measured pass, nothing of size T x D per block outlives its
-block (the statistics are reduced inside each block's hook), with every feature on except the
-two documented to keep per-block tensors (the massive tokens' value update, part of
-`head_internals`, and `components`). The probe: at each block's hook, the live tensors of at
-least T x D elements that are not the model's own, found through the garbage collector."""
+block, with every feature on: the statistics are reduced inside each block's hook, and what
+the attention internals and the components read there (the block's attention record and
+sublayers) is released when the hook is done. The probe: at each block's hook, the live
+tensors of at least T x D elements that are not the model's own, found through the garbage
+collector."""
 
 import gc
 import json
 from contextlib import contextmanager
 
-import pytest
 import torch
 
 from helpers import DEMO, run_validate
 from lit_massive import module as module_code
-from lit_massive.probes import hooks
+from lit_massive.probes import Probed, hooks
 
 SEQ, BATCH = 128, 2
-TOY_WIDTH = 96  # the toy's hidden size (D)
+TOY_WIDTH, TOY_HEADS = 96, 12  # the toy's hidden size (D) and heads (H)
+LARGEST: list[int] = []  # the largest live tensor (elements) at each block's hook, of the last run
 
 
 def _big_live_tensors(exclude: set[int], size: int) -> int:
-    """How many tensors of at least `size` elements are alive, not counting `exclude` (ids)."""
+    """How many tensors of at least `size` elements are alive, not counting `exclude` (ids);
+    the largest of them goes to `LARGEST`."""
     tensors = (obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
-    return sum(1 for t in tensors if id(t) not in exclude and t.numel() >= size)
+    sizes = [t.numel() for t in tensors if id(t) not in exclude and t.numel() >= size]
+    LARGEST.append(max(sizes, default=0))
+    return len(sizes)
 
 
 def _live_by_block(monkeypatch, tmp_path, *args: str) -> dict[int, list[int]]:
     """Per block, the big live tensors seen at its hook in every measured pass of a toy run."""
     seen: dict[int, list[int]] = {}
+    LARGEST.clear()
     real = module_code.probes
 
     @contextmanager
@@ -49,25 +54,28 @@ def _live_by_block(monkeypatch, tmp_path, *args: str) -> dict[int, list[int]]:
     return seen
 
 
+EVERY_FEATURE = (
+    "--model.head_scores", "true", "--model.head_internals", "true", "--model.components", "true",
+    "--model.outlier_stats", "true", "--model.super_weights", "true",
+)  # fmt: skip
+
+
 def test_nothing_of_t_by_d_per_block_outlives_its_block(monkeypatch, tmp_path):
     variants = {"cut": [[5, 1]], "zero": {"set_massive": {"layer": "all", "to": "zero"}},
                 "weights": {"zero_weights": "super"}}  # fmt: skip
-    seen = _live_by_block(
-        monkeypatch, tmp_path,
-        "--model.head_scores", "true", "--model.head_internals", "false",
-        "--model.outlier_stats", "true", "--model.super_weights", "true",
-        "--model.variants", json.dumps(variants),
-    )  # fmt: skip
+    seen = _live_by_block(monkeypatch, tmp_path, *EVERY_FEATURE, "--model.variants", json.dumps(variants))
     first, last = seen[0], seen[max(seen)]
-    assert len(first) == len(last) > 0
+    assert len(first) == len(last) == 5  # the first pass (super weights), then 4 variants
     # as many big tensors at the last of the 12 blocks as at the first: none is kept per block
     assert last == first
+    # and no (B, H, T, T) attention map is alive at any block's hook: scores live in their tile
+    assert 0 < max(LARGEST) < BATCH * TOY_HEADS * SEQ * SEQ
 
 
-@pytest.mark.parametrize("option", ["head_internals", "components"])
-def test_the_documented_exceptions_keep_tensors_per_block(monkeypatch, tmp_path, option):
-    """The probe sees what the two exceptions keep: more big tensors at each later block."""
-    extra = ["--model.head_scores", "true"] if option == "head_internals" else ["--model.components", "true"]
-    seen = _live_by_block(monkeypatch, tmp_path, *extra)
+def test_the_probe_sees_records_that_are_not_released(monkeypatch, tmp_path):
+    """Without `Probed.release`, each block's sublayers and attention record stay alive: the
+    probe counts more big tensors at every later block."""
+    monkeypatch.setattr(Probed, "release", lambda self, i: None)
+    seen = _live_by_block(monkeypatch, tmp_path, *EVERY_FEATURE)
     first, last = seen[0], seen[max(seen)]
     assert all(b > a for a, b in zip(first, last, strict=True))

@@ -5,7 +5,7 @@ A new analysis is one file holding a subclass of `Analysis` decorated with
 `@register_analysis`, plus its import line below (or any import before the run starts).
 """
 
-from lit_massive.analyses.base import Analysis, Column, Forward, Setup, SumStatesMetric
+from lit_massive.analyses.base import Analysis, Block, Column, Forward, Setup, SumStatesMetric
 from lit_massive.analyses.registry import (
     ANALYSES,
     analysis_class,
@@ -37,6 +37,7 @@ from lit_massive.analyses.feature_view import FeatureView
 __all__ = [
     "ANALYSES",
     "Analysis",
+    "Block",
     "Column",
     "FeatureView",
     "Forward",

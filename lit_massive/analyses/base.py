@@ -24,6 +24,7 @@ from torchmetrics import Metric
 from lit_massive.analyses.block_stats import BlockStats, massive_positions
 from lit_massive.models.families import DecoderLayout
 from lit_massive.probes import Needs, Probed
+from lit_massive.probes.attention import HeadRecord
 
 if TYPE_CHECKING:
     from lit_massive.report.publisher import Publisher
@@ -86,6 +87,38 @@ class Forward:
         return massive_positions(self.stats, self.input_ids.shape[1])
 
 
+@dataclass
+class Block:
+    """One block as its output hook sees it, for `Analysis.reduce_block`: its output, the
+    statistics of that output and of the stream it read, and (with `Needs.sublayers` /
+    `Needs.head_update`) its records of T x D, which are released when the hook returns."""
+
+    index: int
+    output: Tensor  # (B, T, D)
+    stats: BlockStats  # of `output`
+    entering: BlockStats | None  # of the previous block's output, the stream this block read (None: block 0)
+    probed: Probed
+
+    @property
+    def head(self) -> HeadRecord | None:
+        """This block's attention record (`Needs.heads`)."""
+        return self.probed.heads[self.index] if self.probed.heads else None
+
+    @property
+    def sublayers(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(block input, what attention adds, what the MLP adds), each (B, T, D) (`Needs.sublayers`)."""
+        p, i = self.probed, self.index
+        return p.block_in[i], p.attn_out[i], p.mlp_out[i]
+
+    def entering_tokens(self) -> Tensor:
+        """(B, T) bool: the massive tokens of the stream this block reads, the positions where
+        the previous block's output meets the massive criterion (none for block 0: the
+        embeddings are not measured, as everywhere in the project)."""
+        if self.entering is None:
+            return torch.zeros(self.output.shape[:2], dtype=torch.bool, device=self.output.device)
+        return massive_positions([self.entering], self.output.shape[1])
+
+
 @dataclass(frozen=True)
 class Setup:
     """What an analysis is built from: the model's layout, the run's options (the module's
@@ -117,8 +150,8 @@ class Analysis(nn.Module):
     # its keys of each `layers` row (a section returning `layers` adds them to the layer
     # profile's rows); null when it is off
     layer_keys: ClassVar[tuple[str, ...]] = ()
-    # in each block's hook, `reduce_block(output)` is kept in `forward.probed.reduced[name]`
-    # instead of the output itself, so memory stays flat in depth
+    # in each block's hook, `reduce_block(block)` is kept in `forward.probed.reduced[name]`
+    # instead of the output or the sublayers themselves, so memory stays flat in depth
     reduces_blocks: ClassVar[bool] = False
 
     def __init__(self, setup: Setup) -> None:
@@ -135,9 +168,10 @@ class Analysis(nn.Module):
         """A new, empty state for one variant (None: the analysis measures after the pass)."""
         return None
 
-    def reduce_block(self, x: Tensor) -> Any:
-        """With `reduces_blocks`: what this analysis keeps of one block output x (B, T, D),
-        computed inside that block's hook; fixed-size, so nothing of T x D outlives the block."""
+    def reduce_block(self, block: Block) -> Any:
+        """With `reduces_blocks`: what this analysis keeps of one block (`Block`: its output,
+        statistics and records), computed inside that block's hook; fixed-size, so nothing of
+        T x D outlives the block."""
         raise NotImplementedError
 
     def update(self, variant: str, forward: Forward) -> None:

@@ -1,5 +1,12 @@
 """Components: for every massive (dim, position), what enters each block there and what its
-attention and MLP add (they sum to the block output): who writes massive activations."""
+attention and MLP add (they sum to the block output): who writes massive activations, and
+who removes them.
+
+A block follows the entries that are massive in its input (the previous block's output) or
+in its output: the block that writes one (massive out, not in), the blocks that carry it,
+and the block that removes it (massive in, not out). Both sets are known in the block's
+hook, so the three sublayer tensors are reduced there to those entries and released:
+nothing of T x D per block outlives its block."""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_massive.analyses.base import Analysis, Forward, Setup, SumStatesMetric, cat_rows, valid_rows
+from lit_massive.analyses.base import Analysis, Block, Forward, Setup, SumStatesMetric, cat_rows, valid_rows
 from lit_massive.analyses.block_stats import flat_location, massive_union
 from lit_massive.analyses.registry import register_analysis
 from lit_massive.errors import InputError
@@ -21,9 +28,10 @@ COMPONENT_FIGURES = 3  # (dim, position) pairs with the largest value get a comp
 
 
 class Components(SumStatesMetric):
-    """For each massive (dim, position) of a sequence, what enters every block there and
-    what its attention and MLP add: rows of (dim, position, layer, resid_in, attn, mlp),
-    kept as fixed-shape candidate rows with a validity column until `compute`."""
+    """For each (dim, position) of a sequence massive at a block's input or output, what
+    enters that block there and what its attention and MLP add: rows of (dim, position,
+    layer, resid_in, attn, mlp), kept as fixed-shape candidate rows with a validity column
+    until `compute`."""
 
     rows: list[Tensor]  # (n, 7) float32 each: dim, position, layer, resid_in, attn, mlp, valid
     overflow: Tensor  # () int64, sequences with more massive entries than candidates
@@ -33,32 +41,31 @@ class Components(SumStatesMetric):
         self.add_state("rows", [], dist_reduce_fx="cat")
         self.add_state("overflow", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(
-        self,
-        block_in: list[Tensor],
-        attn_out: list[Tensor],
-        mlp_out: list[Tensor],
-        entries: tuple[Tensor, Tensor, Tensor],
-    ) -> None:
-        """`entries` = `massive_union(...)`: flat indices (B, K) to follow through every
-        layer, their validity (B, K), and which sequences overflowed K (B,)."""
-        index, valid, overflow = entries
-        dim, position = flat_location(index, block_in[0].shape[-1])
-        rows = []
-        for i, parts in enumerate(zip(block_in, attn_out, mlp_out, strict=True)):
-            values = [t.detach().flatten(1).gather(1, index).float() for t in parts]
-            columns = [dim.float(), position.float(), torch.full_like(values[0], i), *values, valid.float()]
-            rows.append(torch.stack(columns, dim=-1).flatten(0, 1))
-        self.rows.append(torch.cat(rows))
-        self.overflow += overflow.sum()
+    def update(self, blocks: list[tuple[Tensor, Tensor]]) -> None:
+        """Per block, `block_rows`: its (B * K, 7) rows and which sequences overflowed (B,)."""
+        self.rows.append(torch.cat([rows for rows, _ in blocks]))
+        # a sequence counts once, however many blocks it overflowed in
+        self.overflow += torch.stack([over for _, over in blocks]).any(dim=0).sum()
 
     def compute(self) -> dict[str, Tensor]:
         return {"rows": valid_rows(cat_rows(self.rows, 7)), "overflow": self.overflow}
 
 
+def block_rows(block: Block, candidates: int) -> tuple[Tensor, Tensor]:
+    """The entries massive in the block's input or output, `massive_union`'d into K =
+    `candidates` slots, and the block input, attention and MLP there: rows (B * K, 7) of
+    (dim, position, layer, resid_in, attn, mlp, valid), and which sequences had more (B,)."""
+    seen = [s for s in (block.entering, block.stats) if s is not None]
+    index, valid, overflow = massive_union(seen, candidates)
+    dim, position = flat_location(index, block.output.shape[-1])
+    values = [t.detach().flatten(1).gather(1, index).float() for t in block.sublayers]
+    columns = [dim.float(), position.float(), torch.full_like(values[0], block.index), *values, valid.float()]
+    return torch.stack(columns, dim=-1).flatten(0, 1), overflow
+
+
 def component_entries(rows: Tensor) -> list[dict]:
-    """Per massive (dim, position) and layer: mean input, attention and MLP contributions,
-    over the sequences where that (dim, position) is massive in some block output."""
+    """Per (dim, position) and layer: mean input, attention and MLP contributions, over the
+    sequences where that (dim, position) is massive at that block's input or output."""
     sums: dict[tuple[int, int, int], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0])
     for dim, position, layer, resid_in, attn, mlp in rows.tolist():
         acc = sums[(int(dim), int(position), int(layer))]
@@ -75,11 +82,13 @@ def component_entries(rows: Tensor) -> list[dict]:
 
 @register_analysis
 class ComponentsAnalysis(Analysis):
-    """Follows each window's massive entries through every block's input, attention and MLP."""
+    """Follows each window's massive entries through the input, attention and MLP of every
+    block they enter or leave massive."""
 
     name = "components"
     option = "components"
     needs = Needs(sublayers=True)
+    reduces_blocks = True
     keys = ("components", "components_overflow")
 
     def __init__(self, setup: Setup) -> None:
@@ -94,14 +103,17 @@ class ComponentsAnalysis(Analysis):
     def new_metric(self, setup: Setup) -> Components:
         return Components()
 
+    def reduce_block(self, block: Block) -> tuple[Tensor, Tensor]:
+        return block_rows(block, self.candidates)
+
     def update(self, variant: str, forward: Forward) -> None:
-        p = forward.probed
-        self.metrics[variant].update(p.block_in, p.attn_out, p.mlp_out, massive_union(forward.stats, self.candidates))
+        self.metrics[variant].update(forward.probed.reduced[self.name])
 
     def section(self, computed: dict[str, Tensor], decode: Callable[[int], str]) -> dict[str, Any]:
         return {
             "components": component_entries(computed["rows"]),
-            # sequences with more massive entries than model.massive_candidates: some were not followed
+            # sequences with more massive entries than model.massive_candidates at some block's
+            # input and output together: some were not followed there
             "components_overflow": int(computed["overflow"]),
         }
 
@@ -128,6 +140,6 @@ class ComponentsAnalysis(Analysis):
             return []
         return [
             f"{name}: more massive entries per sequence than model.massive_candidates in "
-            f"{entry['components_overflow']} sequences; the components kept the largest ones only. "
+            f"{entry['components_overflow']} sequences; the components followed that many of them only. "
             f"Raise model.massive_candidates to record them all"
         ]

@@ -1,13 +1,15 @@
 """The paper's value-update decomposition (section 4.2): each head's output o_i splits into
-the part that comes from the window's massive tokens, u_i = sum_{j in C} p_ij v_j, and the
-rest. The paper finds u_i nearly the same for every query: an implicit attention bias.
+the part that comes from the massive tokens C, u_i = sum_{j in C} p_ij v_j, and the rest.
+The paper finds u_i nearly the same for every query: an implicit attention bias.
 
-The massive tokens C of a window are known only once every block has run (a position is
-massive if some block output is massive there), so each block keeps its attention call,
-row log-sum-exps and head outputs (`probes.attention.HeadRecord`, `Needs.head_update`)
-until the pass ends: about 4 x T x D values per block, the one per-block T x D cost of head
-scores (`model.head_internals: false` drops it). Here the probabilities on C are recomputed
-from their logits, exactly: p_ij = exp(s_ij - lse_i) where query i may attend to key j."""
+At each block, C is the set of massive tokens of the stream that block's attention reads:
+the positions where the previous block's output meets the massive criterion (none at
+block 0, and none before the massive activations appear: there the update is 0 and the
+cosine null). C is thus known when the block runs, and the decomposition is computed in
+the block's hook from its attention record (`probes.attention.HeadRecord`: the call, row
+log-sum-exps and head outputs, `Needs.head_update`), which is released right after, so
+nothing of T x D per block outlives its block. The probabilities on C are recomputed from
+their logits, exactly: p_ij = exp(s_ij - lse_i) where query i may attend to key j."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_massive.analyses.base import Forward, Setup
+from lit_massive.analyses.base import Block, Forward, Setup
 from lit_massive.analyses.head_means import HeadFiguresAnalysis, HeadMeans
 from lit_massive.analyses.head_scores import matrix
 from lit_massive.analyses.registry import register_analysis
@@ -93,6 +95,7 @@ class MassiveUpdate(HeadFiguresAnalysis):
 
     name = "massive_update"
     needs = Needs(heads=True, head_update=True)
+    reduces_blocks = True
     figures = ("massive_update_norm", "other_update_norm", "massive_update_cosine")
     keys = (*figures, "massive_update_overflow")
 
@@ -103,21 +106,24 @@ class MassiveUpdate(HeadFiguresAnalysis):
     def new_metric(self, setup: Setup) -> UpdateMeans:
         return UpdateMeans(self.figures, setup.layout.n_layer, setup.layout.n_head)
 
-    def values(self, forward: Forward) -> dict[str, list[Tensor]]:
-        parts = [massive_update(r, forward.massive_tokens, self.slots) for r in forward.probed.heads]
-        return {key: [part[key] for part in parts] for key in self.figures}
+    def reduce_block(self, block: Block) -> tuple[dict[str, Tensor], Tensor]:
+        """The block's (B, H) figures by the massive tokens it reads, NaN (left out) in the
+        windows with more of them than the slots, and those windows (B,)."""
+        massive = block.entering_tokens()
+        over = overflowing(massive, self.slots)
+        parts = massive_update(block.head, massive, self.slots)
+        return {k: v.masked_fill(over[:, None], float("nan")) for k, v in parts.items()}, over
 
     def update(self, variant: str, forward: Forward) -> None:
         if variant in self.metrics:
-            over = overflowing(forward.massive_tokens, self.slots)  # (B,), the same in every block
-            left_out = {
-                k: [v.masked_fill(over[:, None], float("nan")) for v in vs] for k, vs in self.values(forward).items()
-            }
-            self.metrics[variant].update(left_out, over)
+            blocks = forward.probed.reduced[self.name]
+            values = {key: [parts[key] for parts, _ in blocks] for key in self.figures}
+            # a window counts once, however many blocks it overflowed in
+            self.metrics[variant].update(values, torch.stack([over for _, over in blocks]).any(dim=0))
 
     def section(self, computed: dict[str, Tensor], decode: Callable[[int], str]) -> dict[str, Any]:
         figures = {key: matrix(computed[key]) for key in self.figures}
-        # windows with more massive tokens than the slots followed: left out of the figures
+        # windows with more massive tokens than the slots followed in some block: left out of its figures
         return {**figures, "massive_update_overflow": int(computed["overflow"])}
 
     @classmethod
@@ -128,8 +134,10 @@ class MassiveUpdate(HeadFiguresAnalysis):
         if any(v is not None for row in cosine for v in row):
             fig, _ = head_figures.head_grid(cosine, title, label, diverging=True, pruned=pruned)
             out.figure(f"{name}/figures/massive_update_cosine", fig)
-        label = "mean ||update from massive tokens||"
-        fig, _ = head_figures.head_grid(entry["massive_update_norm"], title, label, pruned=pruned, log=True)
+        norm, label = entry["massive_update_norm"], "mean ||update from massive tokens||"
+        if any(all(v == 0 for v in row) for row in norm):  # blocks before the massive activations appear
+            label += "\nblank rows: no massive token enters the block"
+        fig, _ = head_figures.head_grid(norm, title, label, pruned=pruned, log=True)
         out.figure(f"{name}/figures/massive_update_norm", fig)
         for layer, row in enumerate(cosine):
             out.scalar(f"{name}/massive_update_cosine", head_figures.head_mean(row), layer)

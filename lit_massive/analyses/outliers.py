@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_massive.analyses.base import Analysis, Forward, Setup, SumStatesMetric
+from lit_massive.analyses.base import Analysis, Block, Forward, Setup, SumStatesMetric
 from lit_massive.analyses.layer_profile import finite
 from lit_massive.analyses.registry import register_analysis
 from lit_massive.report import outlier_figures
@@ -128,8 +128,8 @@ class OutlierAnalysis(Analysis):
     def new_metric(self, setup: Setup) -> OutlierStats:
         return OutlierStats(setup.layout.n_layer)
 
-    def reduce_block(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return block_outliers(x)
+    def reduce_block(self, block: Block) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return block_outliers(block.output)
 
     def update(self, variant: str, forward: Forward) -> None:
         self.metrics[variant].update(forward.probed.reduced[self.name])

@@ -144,10 +144,10 @@ def per_query_head(x: Tensor, group: int) -> Tensor:
 @dataclass
 class HeadRecord:
     """One block's attention, reduced inside its attention function, per window and query
-    head (B, H) unless noted. With `keep_call`, also what a decomposition by the window's
-    massive tokens needs (they are known only once every block has run): the call and each
-    row's log-sum-exp, from which the probabilities on any keys are recomputed, and the
-    outputs; without, nothing of size T x D is kept past the block."""
+    head (B, H) unless noted. With `keep_call`, also what a decomposition by the massive
+    tokens needs: the call and each row's log-sum-exp, from which the probabilities on any
+    keys are recomputed, and the outputs; the block's hook releases them once its reducers
+    have run (`Probed.release`), so nothing of size T x D is kept past the block."""
 
     received: Tensor  # (B, H, T): what each key receives, mean over queries
     value_norm_first: Tensor  # ||v_0||

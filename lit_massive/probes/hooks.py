@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from torch import Tensor, nn
@@ -27,8 +27,10 @@ from lit_massive.probes.weights import ZeroedWeights, zeroing_hooks
 
 Hook = tuple[nn.Module, Callable]
 BlockEdit = tuple[int, Callable[[Tensor], Tensor]]  # (layer, fn): that block output becomes fn(output)
-# name -> fn: in each block's hook, fn(block output) is kept (fixed-size: statistics), not the output
-Reducers = Mapping[str, Callable[[Tensor], Any]]
+# name -> fn: in block i's hook, fn(output, i, probed) is kept (fixed-size: statistics), not the
+# output; fn may read that block's records in `probed` (its sublayers, its head record, the
+# earlier reducers' results), which are released once every reducer has run
+Reducers = Mapping[str, Callable[[Tensor, int, "Probed"], Any]]
 
 
 @contextmanager
@@ -50,14 +52,16 @@ def hooks(forward: Iterable[Hook] = (), forward_pre: Iterable[Hook] = ()) -> Ite
 class Needs:
     """What an analysis reads from a forward pass beyond the reductions of each block output
     made in its hook (`Reducers`), so the probes record only what the enabled analyses use.
-    Each flag but `heads` keeps tensors of T x D (or more) per block until the pass ends."""
+    Only `block_out` keeps tensors of T x D per block until the pass ends; `sublayers` and
+    `head_update` keep theirs until the block's reducers have run, then release them."""
 
     block_out: bool = False  # every block output (B, T, D) itself (feature_view's one text)
-    attention: bool = False  # per layer: what each key position receives from each head
-    sublayers: bool = False  # per layer: the block input and what attention and the MLP add
+    attention: bool = False  # per layer: what each key position receives from each head, (B, H, T)
+    # the block input and what attention and the MLP add, for the block's reducers only
+    sublayers: bool = False
     heads: bool = False  # per layer: each head's value norms, outputs, logit gap (`HeadRecord`)
-    # with heads: each block's attention call, row log-sum-exps and head outputs too (the
-    # decomposition by the window's massive tokens, known only once every block has run)
+    # with heads: each block's attention call, row log-sum-exps and head outputs too, for the
+    # block's reducers only (the decomposition by the massive tokens the block reads)
     head_update: bool = False
     mlp_down: bool = False  # per layer: the MLP output projection's largest input and output (`DownRecord`)
 
@@ -68,7 +72,7 @@ class Needs:
 @dataclass
 class Probed:
     """What one forward pass under `probes` recorded, per layer. With every sublayer:
-    block_in + attn_out + mlp_out = block_out."""
+    block_in + attn_out + mlp_out = block_out (seen by the block's reducers: `release`)."""
 
     block_out: list[Tensor | None]  # with Needs.block_out, (B, T, D): the residual stream leaving the block
     # per reducer name, per layer: what it made of that block output, inside the block's hook
@@ -77,11 +81,21 @@ class Probed:
     # with Needs.attention, (B, H, T) each: what each key position receives, mean over
     # queries (column 0: the first-token score)
     received: list[Tensor | None] = field(default_factory=list)
-    block_in: list[Tensor | None] = field(default_factory=list)  # with Needs.sublayers
-    attn_out: list[Tensor | None] = field(default_factory=list)  # with Needs.sublayers
-    mlp_out: list[Tensor | None] = field(default_factory=list)  # with Needs.sublayers
+    # with Needs.sublayers, (B, T, D) each, None again once the block's reducers have run
+    block_in: list[Tensor | None] = field(default_factory=list)
+    attn_out: list[Tensor | None] = field(default_factory=list)
+    mlp_out: list[Tensor | None] = field(default_factory=list)
     heads: list[HeadRecord | None] = field(default_factory=list)  # with Needs.heads
     mlp_down: list[DownRecord | None] = field(default_factory=list)  # with Needs.mlp_down
+
+    def release(self, i: int) -> None:
+        """Drop block i's tensors of T x D that only its reducers read (its sublayers, its
+        head record's call, log-sum-exps and outputs), so memory stays flat in depth."""
+        for kept in (self.block_in, self.attn_out, self.mlp_out):
+            if kept:
+                kept[i] = None
+        if self.heads and self.heads[i] is not None and self.heads[i].call is not None:
+            self.heads[i] = replace(self.heads[i], call=None, lse=None, output=None)
 
 
 def mask_heads(x: Tensor, mask: Tensor) -> Tensor:
@@ -107,8 +121,9 @@ def _block_hook(probed: Probed, i: int, keep: bool, reducers: Reducers) -> Calla
 
     def hook(module: nn.Module, args: tuple, output: Tensor | tuple) -> None:
         x = block_output(output)
-        for name, fn in reducers.items():
-            probed.reduced[name][i] = fn(x)
+        for name, fn in reducers.items():  # in order: a reducer may read the earlier ones' results
+            probed.reduced[name][i] = fn(x, i, probed)
+        probed.release(i)
         if keep:
             probed.block_out[i] = x
         probed.blocks_run += 1
@@ -153,8 +168,9 @@ def probes(
 ) -> Iterator[Probed]:
     """Everything one measured forward pass needs, registered together and removed together.
 
-    * with `reducers`, each block output reduced inside the block's hook (`probed.reduced`);
-      with `needs.block_out`, the block outputs themselves;
+    * with `reducers`, each block output reduced inside the block's hook (`probed.reduced`),
+      where the reducers also see that block's sublayers and head record; with
+      `needs.block_out`, the block outputs themselves;
     * with `needs.attention`, the attention each key position receives from each head (mean
       over queries; its first column is the first-token score), computed inside the model's
       attention function (`attention_probe`) so no (B, H, T, T) map outlives its layer, in
@@ -162,9 +178,10 @@ def probes(
       scores exist at once;
     * with `needs.heads`, each block's `HeadRecord` too (value norms, head outputs, the
       first-token logit gap; with `needs.head_update`, what a decomposition by the massive
-      tokens needs);
+      tokens needs, until the block's reducers have run);
     * with `needs.sublayers`, each block's input and what its attention and MLP add to the
-      residual stream (block output = input + attention + MLP);
+      residual stream (block output = input + attention + MLP), until the block's reducers
+      have run;
     * with `needs.mlp_down`, each block's `DownRecord`: where the MLP output projection's
       input and output are largest, and the weight joining them (super weights);
     * with `head_mask` (L, H), a pre-hook on each attention output projection that zeroes
