@@ -129,7 +129,7 @@ def measure(
     runner = L.Trainer(**settings)
     if hasattr(datamodule, "setup") and isinstance(datamodule, WindowsDataModule):
         datamodule.setup("validate")
-        module.check_windows(datamodule.windows.shape[1])
+        module.check_windows(datamodule.windows.shape[1], datamodule.largest_token_id())
         module.measure_corpora(datamodule.corpus_names)
     runner.validate(module, datamodule=datamodule, verbose=False)
     return module.results

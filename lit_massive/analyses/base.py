@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, wraps
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
+from torchmetrics.utilities.data import apply_to_collection
 
 from lit_massive.analyses.block_stats import BlockStats, massive_positions
 from lit_massive.models.families import DecoderLayout
@@ -31,14 +32,32 @@ if TYPE_CHECKING:
     from lit_massive.report.schema import RunResults
 
 
+class _Unsqueezed:
+    """A `compute` result held where torchmetrics does not look: it squeezes every
+    one-element tensor it returns, so a one-layer model's (1,) per-layer state became a
+    scalar that no per-layer code can iterate."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 class SumStatesMetric(Metric):
     """A metric of sums whose states keep their dtype (float64, int64) when the module is
     cast to half precision (`16-true` / `bf16-true` call `module.to(dtype)`, which would
-    otherwise turn float64 sums into float16 ones)."""
+    otherwise turn float64 sums into float16 ones), and whose `compute` keeps its shapes."""
 
     is_differentiable = False
     higher_is_better = None
     full_state_update = False
+
+    def _wrap_compute(self, compute: Callable) -> Callable:
+        synced = super()._wrap_compute(lambda *args, **kwargs: _Unsqueezed(compute(*args, **kwargs)))
+
+        @wraps(compute)
+        def shaped(*args, **kwargs) -> Any:  # torchmetrics clones what it returns: so do we
+            return apply_to_collection(synced(*args, **kwargs).value, Tensor, lambda x: x.clone())
+
+        return shaped
 
     def add_state(self, name: str, default: Tensor | list, *args, **kwargs) -> None:
         super().add_state(name, default, *args, **kwargs)

@@ -108,11 +108,10 @@ class OutlierStats(SumStatesMetric):
 def outlier_rows(computed: dict[str, Tensor]) -> list[dict[str, Any]]:
     """Per layer, its keys of the `layers` row: the three means (null where no window was
     kept) and the windows left out."""
-    # reshape: torchmetrics squeezes a one-element state (a one-layer model) to a scalar
-    columns = {name: computed[name].reshape(-1).tolist() for name in STATISTICS}
+    columns = {name: computed[name].tolist() for name in STATISTICS}
     return [
         {**{name: finite(columns[name][i]) for name in STATISTICS}, "outlier_left_out": int(left_out)}
-        for i, left_out in enumerate(computed["left_out"].reshape(-1).tolist())
+        for i, left_out in enumerate(computed["left_out"].tolist())
     ]
 
 

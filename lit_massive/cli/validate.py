@@ -143,7 +143,7 @@ def check_before_run(trainer, model: MassiveActivations, datamodule: WindowsData
     check_strategy(trainer, model.hparams.model_name_or_path)
     datamodule.setup("validate")  # idempotent: Lightning's own call reuses the windows
     datamodule.check_processes(trainer.num_nodes * trainer.num_devices)
-    model.check_windows(datamodule.windows.shape[1])
+    model.check_windows(datamodule.windows.shape[1], datamodule.largest_token_id())
     model.measure_corpora(datamodule.corpus_names)
     for logger in trainer.loggers:  # no stray `hp_metric = -1` card: nothing here is a training metric
         if isinstance(logger, TensorBoardLogger):

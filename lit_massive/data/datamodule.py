@@ -125,6 +125,11 @@ class WindowsDataModule(L.LightningDataModule):
         """Every corpus's name, the default first; one per validation loader."""
         return [source.name for source in self.sources]
 
+    def largest_token_id(self) -> int:
+        """The largest token id in any corpus's windows (after `setup`), to check against the
+        model's vocabulary before the run."""
+        return max(int(source.windows.max()) for source in self.sources)
+
     def prepare_data(self) -> None:
         """Download once per node (nothing to do when streaming)."""
         for source in self.sources:

@@ -188,4 +188,11 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     """The tokenizer for `name` (hub id, local directory, or the toy)."""
     if name == toy.TOY:
         return toy.build_toy_tokenizer()
-    return _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer", trust_remote_code=trust_remote_code)
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer", trust_remote_code=trust_remote_code)
+    if getattr(tokenizer, "vocab_size", None) == 0:  # a directory with a model but no tokenizer files
+        raise InputError(
+            f"tokenizer {name!r} has an empty vocabulary (no tokenizer.json, vocab.json or tokenizer.model "
+            f"there): save the model's tokenizer into it with tokenizer.save_pretrained(DIR), or name one "
+            f"with data.tokenizer: NAME_OR_DIR"
+        )
+    return tokenizer
