@@ -3,6 +3,7 @@
     python benchmarks/bench.py                     # 2 CPU cores: about 5 minutes
     python benchmarks/bench.py --full --device cuda --precision bf16-mixed
     python benchmarks/bench.py --sharded           # sharded vs whole-model processes (below)
+    python benchmarks/long_context.py --device cuda  # 7B shape, bf16, 4k/16k/32k tokens (its docstring)
 
 All measurements use the same random windows, batch size and precision, in one run of
 this script. The model is GPT-2-shaped with random weights (no download); the default
