@@ -162,11 +162,11 @@ class MassiveActivations(L.LightningModule):
         self.layout = decoder_layout(self.model)
         self.loaded = True
 
-    def check_windows(self, seq_len: int, largest_id: int | None = None) -> None:
+    def check_windows(self, seq_len: int, largest_id: int) -> None:
         """top_k must fit in one block output of a window: seq_len x hidden size values; and
         every token id (`largest_id`, the largest) must be in the model's vocabulary."""
         vocab = self.layout.vocab_size
-        if largest_id is not None and largest_id >= vocab:
+        if largest_id >= vocab:
             raise InputError(
                 f"the windows hold token id {largest_id}, outside the model's vocabulary of {vocab} "
                 f"tokens: data.tokenizer is not this model's; leave it unset (the model's own) or "

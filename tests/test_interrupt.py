@@ -136,7 +136,7 @@ def test_interrupt_while_writing_figures_keeps_complete_results(tmp_path, capfd)
 
 
 def test_interrupt_before_the_run_writes_nothing(tmp_path, capfd):
-    def check(self, seq_len, largest_id=None):
+    def check(self, seq_len, largest_id):
         raise KeyboardInterrupt
 
     with mock.patch("lit_massive.module.MassiveActivations.check_windows", check):
