@@ -128,6 +128,7 @@ def _two_nodes(root: Path, strategy: str, args: list[str]) -> dict:
     outputs = [node.communicate(timeout=300) for node in nodes]
     for node, (_, err) in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, err[-3000:]
+        assert "terminate called" not in err, err[-3000:]  # a worker's abort at exit
     return only_results(root)
 
 

@@ -99,11 +99,16 @@ class MassiveCLI(LightningCLI):
 
     def before_validate(self) -> None:
         # before SaveConfigCallback writes config.yaml; log_dir is a collective on every rank
-        ensure_new_run_dir(Path(self.trainer.log_dir))
+        self.run_dir = Path(self.trainer.log_dir)
+        ensure_new_run_dir(self.run_dir)
         check_before_run(self.trainer, self.model, self.datamodule)
 
     def after_validate(self) -> None:
-        run_dir = self.trainer.log_dir  # a collective: every rank reads it
+        # No collective after the run (trainer.log_dir is one): a gloo worker thread may still
+        # hold a finished broadcast's tensors when the interpreter exits, and freeing them then
+        # aborts the process ("terminate called without an active exception"). The sharded
+        # strategy's device mesh keeps the group alive past destroy_process_group.
+        run_dir = self.run_dir
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # tear the group down here, together, not in interpreter shutdown
             torch.distributed.destroy_process_group()
