@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -135,6 +136,42 @@ def test_interrupt_while_writing_figures_keeps_complete_results(tmp_path, capfd)
     assert "| 1 |" in capfd.readouterr().out
 
 
+def test_a_ctrl_c_that_c_code_swallowed_still_interrupts_the_writing(tmp_path, capfd):
+    """A real SIGINT while the second PNG is written, whose KeyboardInterrupt the code it
+    lands in catches and drops (as C code that runs Python code and clears its errors does):
+    the press is kept, and the run ends as interrupted at the next analysis, not complete."""
+    real, calls = publisher.imsave, []
+
+    def imsave(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)  # the handler runs here
+            except KeyboardInterrupt:
+                pass  # swallowed
+        return real(path, *args, **kwargs)
+
+    with mock.patch.object(publisher, "imsave", imsave):
+        code, lines = interrupted(tmp_path, capfd, "--model.variants", PRUNED)
+    (run_dir,) = runs(tmp_path)
+    assert code == 1
+    assert lines[-1].startswith("lit_massive: interrupted while writing figures;")
+    assert (run_dir / INTERRUPTED).is_file()
+    written = len(list(run_dir.glob("figures/*.png")))
+    assert 2 <= written < len(calls) + 1 and written < 20  # it stopped after the analysis it was in
+    assert signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_IGN)  # not ours
+    assert_no_spoiled_files(tmp_path)
+
+
+def test_without_a_ctrl_c_the_writing_handler_is_put_back(tmp_path):
+    run_validate(tmp_path, *SMALL)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with callback.kept_ctrl_c() as ctrl_c:
+        assert signal.getsignal(signal.SIGINT) == ctrl_c.handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_interrupt_before_the_run_writes_nothing(tmp_path, capfd):
     def check(self, seq_len, largest_id):
         raise KeyboardInterrupt
@@ -194,9 +231,19 @@ def wait_for(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
         time.sleep(0.005)
 
 
+def _catches_sigint(pid: int) -> bool | None:
+    """Whether the process had a handler for SIGINT (Linux's SigCgt mask), for a failure's message."""
+    try:
+        mask = re.search(r"^SigCgt:\s+([0-9a-f]+)", Path(f"/proc/{pid}/status").read_text(), re.M).group(1)
+    except (OSError, AttributeError):
+        return None
+    return bool(int(mask, 16) >> (signal.SIGINT - 1) & 1)
+
+
 def finish(proc: subprocess.Popen, again_after: float | None = None) -> tuple[int, list[str]]:
     """Send SIGINT (and a second one `again_after` seconds later, while it shuts down); the
     exit status and the non-empty lines printed."""
+    caught = _catches_sigint(proc.pid)
     proc.send_signal(signal.SIGINT)
     if again_after is not None:
         time.sleep(again_after)
@@ -204,6 +251,7 @@ def finish(proc: subprocess.Popen, again_after: float | None = None) -> tuple[in
             proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert "Traceback" not in out and "Exception ignored" not in out, out[-3000:]
+    assert proc.returncode != 0, f"the run ended as if not interrupted (SIGINT caught: {caught}):\n{out[-3000:]}"
     return proc.returncode, [line.strip() for line in out.replace("\r", "\n").splitlines() if line.strip()]
 
 

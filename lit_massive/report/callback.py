@@ -14,9 +14,12 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -134,10 +137,46 @@ def _logger_dir(trainer: L.Trainer) -> Path | None:
     return Path(logger.log_dir) if isinstance(logger, (TensorBoardLogger, CSVLogger)) else None
 
 
-def publish(results: RunResults, run_dir: Path, writer=None) -> None:
+class CtrlC:
+    """A Ctrl-C while results are written, remembered as well as raised. C code that runs
+    Python code and then clears whatever it raised (a dict lookup calling `__eq__`, a C-level
+    hasattr) can swallow the KeyboardInterrupt of Python's default handler, and the run would
+    then end as if no one had pressed it: `check` raises it again."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def handler(self, signum: int, frame) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def kept_ctrl_c():
+    """`CtrlC`'s handler for SIGINT while the block runs, in place of Python's default one
+    (any other handler, or an ignored SIGINT, is left alone), and a last `check` at its end."""
+    ctrl_c = CtrlC()
+    main = threading.current_thread() is threading.main_thread()
+    ours = main and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if ours:
+        signal.signal(signal.SIGINT, ctrl_c.handler)
+    try:
+        yield ctrl_c
+        ctrl_c.check()
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def publish(results: RunResults, run_dir: Path, writer=None, between: Callable[[], None] = lambda: None) -> None:
     """What every analysis that ran publishes, per variant and for the run, and the summary
     table: for the default corpus as for a run over one, then for each other corpus under its
-    name (`Publisher`), with the run-level sections (feature_view) the default corpus's alone."""
+    name (`Publisher`), with the run-level sections (feature_view) the default corpus's alone.
+    `between` runs after each analysis's part (`CtrlC.check`)."""
     model = results.model["name_or_path"]
     ran = [ANALYSES[name] for name in results.analyses]
     runs = [(None, results)] + [
@@ -149,9 +188,11 @@ def publish(results: RunResults, run_dir: Path, writer=None) -> None:
         for name, entry in run.variants.items():
             for cls in ran:
                 cls.publish(out, model, name, entry)
+                between()
         out.text("summary/table", summary_table(run.variants, summary_columns_of))
         for cls in ran:
             cls.publish_run(out, model, run)
+            between()
 
 
 class RunReport(Callback):
@@ -233,10 +274,11 @@ class RunReport(Callback):
                     for message in cls.warnings(shown_name, entry):
                         warnings.warn(message, stacklevel=2)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir / RESULTS, results.to_json())
-        publish(results, self.run_dir, writer)
-        if writer is not None:
-            writer.flush()
+        with kept_ctrl_c() as ctrl_c:
+            write_json(self.run_dir / RESULTS, results.to_json())
+            publish(results, self.run_dir, writer, ctrl_c.check)
+            if writer is not None:
+                writer.flush()
 
 
 def interrupted_line() -> str | int:
