@@ -1,10 +1,12 @@
 """Figures and tables read right: every statistic, symmetric % axes, marked pruned heads."""
 
+import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from lit_massive.analyses import summary_columns_of
 from lit_massive.analyses.locator import locator_table
-from lit_massive.report import figures
+from lit_massive.report import figures, head_figures
 from lit_massive.report.tables import summary_table
 
 
@@ -76,3 +78,23 @@ def test_heatmaps_are_scaled_to_their_values_and_say_so():
     assert "0 to 0.6" in fig.axes[-1].get_ylabel()  # the colorbar
     fig, ax = figures.head_heatmap([[0.0, 0.0], [0.0, 0.0]], "t", label="on massive tokens")  # none in the windows
     assert ax.images[0].get_clim() == (0.0, 1.0) and "every value is 0" in fig.axes[-1].get_ylabel()
+
+
+def test_a_head_grid_shows_a_null_cell_unlike_a_zero_one():
+    """On the diverging scale 0 is white: an unmeasured (null) head is grey, and the colour
+    bar says so."""
+    fig, ax = head_figures.head_grid([[0.0, None], [0.5, -0.5]], "t", "cosine", diverging=True)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3]
+
+    def cell(row: int, col: int) -> tuple[int, ...]:
+        x, y = ax.transData.transform((col, row))
+        return tuple(int(c) for c in pixels[pixels.shape[0] - int(y), int(x)])
+
+    zero, null = cell(0, 0), cell(0, 1)
+    assert zero == (247, 247, 247) or min(zero) > 240  # RdBu_r's white middle
+    assert null == (204, 204, 204)  # UNMEASURED, 0.8 grey
+    assert "grey: not measured" in fig.axes[-1].get_ylabel()
+    fig, _ = head_figures.head_grid([[0.0, 0.1]], "t", "cosine", diverging=True)
+    assert "not measured" not in fig.axes[-1].get_ylabel()

@@ -136,7 +136,7 @@ class MassiveUpdate(HeadFiguresAnalysis):
             out.figure(f"{name}/figures/massive_update_cosine", fig)
         norm, label = entry["massive_update_norm"], "mean ||update from massive tokens||"
         if any(all(v == 0 for v in row) for row in norm):  # blocks before the massive activations appear
-            label += "\nblank rows: no massive token enters the block"
+            label += "\ngrey rows: no massive token enters the block"
         fig, _ = head_figures.head_grid(norm, title, label, pruned=pruned, log=True)
         out.figure(f"{name}/figures/massive_update_norm", fig)
         for layer, row in enumerate(cosine):

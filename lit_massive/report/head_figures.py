@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import math
 
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from lit_massive.report.figures import _values, share_per_layer_figure
+
+UNMEASURED = "0.8"  # light grey: the colour of a head grid's null cells
 
 
 def head_grid(
@@ -23,14 +26,15 @@ def head_grid(
     """Layers x heads grid of a per-head figure on its own scale: 0 to the largest value;
     `diverging`, symmetric around 0 (a cosine, a logit gap); `log`, a log scale over the
     positive values (norms: a dormant head 1000x below the rest stands out). Unmeasured heads
-    blank, pruned ones crossed out."""
+    grey, pruned ones crossed out."""
     n_layer, n_head = len(rows), len(rows[0])
     fig = Figure(figsize=(max(4.5, 1.5 + 0.45 * n_head), max(3.0, 1.2 + 0.4 * n_layer)), layout="constrained")
     ax = fig.subplots()
     values = [_values(row) for row in rows]
     finite = [abs(v) for row in values for v in row if not math.isnan(v)]
     largest = max(finite, default=0.0) or 1.0
-    vmin, cmap = (-largest, "RdBu_r") if diverging else (0.0, "viridis")
+    vmin, name = (-largest, "RdBu_r") if diverging else (0.0, "viridis")
+    cmap = colormaps[name].with_extremes(bad=UNMEASURED)  # not white: a 0 on RdBu_r is white
     positive = [v for v in finite if v > 0]
     if log and positive:
         vmin = min(positive)
@@ -40,7 +44,8 @@ def head_grid(
         image = ax.imshow(values, vmin=vmin, vmax=largest, cmap=cmap, aspect="auto")
     kind = "log scale" if log and positive else "scale"
     scale = f"{kind} {vmin:.3g} to {largest:.3g}" if finite and max(finite) > 0 else "every value is 0"
-    fig.colorbar(image, ax=ax, label=f"{label}\n({scale})")
+    unmeasured = any(math.isnan(v) for row in values for v in row)
+    fig.colorbar(image, ax=ax, label=f"{label}\n({scale}" + ("; grey: not measured)" if unmeasured else ")"))
     if pruned:
         ax.scatter([h for _, h in pruned], [layer for layer, _ in pruned], marker="x", s=90, c="black", lw=2.5)
     ax.set_xticks(range(n_head))
