@@ -479,5 +479,23 @@ def main() -> None:
     print("RESULT " + json.dumps({k: round(v, 3) for k, v in result.items()}))
 
 
+@contextmanager
+def scratch_folder():
+    """Every temporary folder of the benchmark (models, run directories, its child
+    processes' too, through TMPDIR) under one, removed when it ends."""
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="lit_massive_bench_") as root:
+        os.environ["TMPDIR"] = tempfile.tempdir = root
+        try:
+            yield
+        finally:
+            tempfile.tempdir = saved[1]
+            if saved[0] is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = saved[0]
+
+
 if __name__ == "__main__":
-    main()
+    with scratch_folder():
+        main()

@@ -58,7 +58,7 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python benchmarks/long_context.py` from anywhere
 
-from bench import TRUE_DTYPES, _peak_child, _validate, run_module, time_bare  # noqa: E402
+from bench import TRUE_DTYPES, _peak_child, _validate, run_module, scratch_folder, time_bare  # noqa: E402
 
 from lit_massive.module import MassiveActivations  # noqa: E402
 
@@ -263,4 +263,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with scratch_folder():
+        main()
