@@ -102,3 +102,34 @@ def test_config_before_the_command(tmp_path):
                   "--trainer.enable_progress_bar", "false"])  # fmt: skip
     (run_dir,) = tmp_path.glob("lightning_logs/*/version_*")
     assert read_results(run_dir / "results.json")["data"]["num_windows"] == 2
+
+
+def test_a_run_warning_is_one_line(capsys):
+    """The project's warnings (`RunWarning`) as one `lit_massive: warning:` line, not Python's
+    file:line format with a source line under it; any other warning as Python shows it."""
+    import warnings
+
+    from lit_massive.cli.console import one_line_warnings
+    from lit_massive.errors import RunWarning
+
+    passed_on = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, category, *rest: passed_on.append((str(message), category))
+        one_line_warnings("lit_massive")
+        warnings.warn("variant 'p': head (1, 1) listed twice; pruned once", RunWarning, stacklevel=1)
+        warnings.warn("a library's own", DeprecationWarning, stacklevel=1)
+    assert capsys.readouterr().err.splitlines() == [
+        "lit_massive: warning: variant 'p': head (1, 1) listed twice; pruned once"
+    ]
+    assert passed_on == [("a library's own", DeprecationWarning)]  # to the display it replaced
+
+
+@pytest.mark.slow  # the console script in a process
+def test_console_script_shows_a_run_warning_in_one_line(tmp_path):
+    variants = json.dumps({"p": [[1, 1], [1, 1]]})
+    done = _console(tmp_path, "validate", "--config", DEMO, "--data.num_sequences", "2", "--model.variants", variants)
+    assert done.returncode == 0, done.stderr[-2000:]
+    warned = [line for line in done.stderr.splitlines() if "listed twice" in line]
+    assert warned == ["lit_massive: warning: variant 'p': head (1, 1) listed twice; pruned once"]
+    assert "UserWarning" not in done.stderr and "warnings.warn" not in done.stderr

@@ -22,6 +22,7 @@ from torch import Tensor
 from lit_massive.analyses.base import Analysis, Column, Forward, Setup, SumStatesMetric, cat_rows
 from lit_massive.analyses.block_stats import BlockStats, massive_mask
 from lit_massive.analyses.registry import register_analysis
+from lit_massive.errors import RunWarning
 from lit_massive.probes import Needs
 from lit_massive.probes.mlp import DownRecord
 from lit_massive.report import weight_figures
@@ -200,7 +201,7 @@ class SuperWeights(Analysis):
                 f"super_weights: skipped for {setup.options['model_name_or_path']!r}: its mixture-of-experts "
                 f"MLPs hold every expert's output projection in one fused parameter, with no module to probe; "
                 f"mlp_down and super_weights are null (set model.super_weights false to silence this)",
-                stacklevel=2,
+                RunWarning, stacklevel=2,
             )
             self.needs = Needs()  # no probe: nothing is measured
 

@@ -17,10 +17,11 @@ import dataclasses
 import difflib
 import logging
 import re
+import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from lit_massive.errors import InputError
+from lit_massive.errors import InputError, RunWarning
 
 # Lightning's info lines that say nothing about this run: device availability (the
 # accelerator is in results.json), and product tips
@@ -41,6 +42,25 @@ def quiet_lightning() -> None:
         if not any(isinstance(f, _DropChatter) for f in logger.filters):
             logger.addFilter(_DropChatter())
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+def one_line_warnings(prog: str, rank: Callable[[], int] = lambda: 0) -> None:
+    """Show a `RunWarning` as one `PROG: warning: MESSAGE` line, on rank 0 only (every
+    process checks the variants); every other warning as Python does (a library's
+    deprecation names its file and line, which helps its reader)."""
+    python_s = warnings.showwarning
+    if getattr(python_s, "one_line", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, RunWarning):
+            if rank() == 0:
+                print(f"{prog}: warning: {message}", file=file or sys.stderr, flush=True)
+        else:
+            python_s(message, category, filename, lineno, file, line)
+
+    show.one_line = True
+    warnings.showwarning = show
 
 
 def _given(lines: list[str]) -> str | None:

@@ -13,6 +13,7 @@ import difflib
 import sys
 
 from lit_massive.cli import configs
+from lit_massive.cli.console import one_line_warnings
 from lit_massive.errors import InputError
 
 PROG = "lit_massive"
@@ -77,6 +78,8 @@ def cli_main(args: list[str] | None = None) -> None:
     """Entry point for `validate`, `rank-heads`, `compare` and `configs`; bad input ends the program
     with one line naming the value (printed by rank 0 only). Returns None, so the console
     script's `sys.exit(cli_main())` exits with status 0 after a run."""
+    if args is None:  # a program (in-process callers, tests among them, keep their own display)
+        one_line_warnings(PROG, _rank)
     argv = _config_after_command(sys.argv[1:] if args is None else list(args))
     try:
         if argv[:1] == ["rank-heads"]:

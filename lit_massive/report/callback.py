@@ -30,7 +30,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_massive.analyses import ANALYSES, summary_columns_of
-from lit_massive.errors import InputError
+from lit_massive.errors import InputError, RunWarning
 from lit_massive.report.publisher import Publisher, write_atomic
 from lit_massive.report.schema import RESULTS, RunResults
 from lit_massive.report.tables import summary_table
@@ -272,7 +272,7 @@ class RunReport(Callback):
                 shown_name = name if corpus == results.corpus else f"{corpus}/{name}"
                 for cls in ANALYSES.values():
                     for message in cls.warnings(shown_name, entry):
-                        warnings.warn(message, stacklevel=2)
+                        warnings.warn(message, RunWarning, stacklevel=2)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with kept_ctrl_c() as ctrl_c:
             write_json(self.run_dir / RESULTS, results.to_json())

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from lit_massive.errors import InputError
+from lit_massive.errors import InputError, RunWarning
 from lit_massive.report.schema import load_massive, load_scores
 from lit_massive.variants.specs import (
     BASELINE,
@@ -54,7 +54,8 @@ def check_heads(name: str, heads: Any, n_layer: int, n_head: int) -> list[Head]:
         if not 0 <= head < n_head:
             raise InputError(f"variant {name!r}: head {head} out of range; valid heads are 0..{n_head - 1}")
         if (layer, head) in out:
-            warnings.warn(f"variant {name!r}: head ({layer}, {head}) listed twice; pruned once", stacklevel=2)
+            message = f"variant {name!r}: head ({layer}, {head}) listed twice; pruned once"
+            warnings.warn(message, RunWarning, stacklevel=2)
             continue
         out.append((layer, head))
     return out
@@ -93,7 +94,7 @@ def _check_layer(where: str, layer: Any, n_layer: int) -> int | list[int] | str:
         raise InputError(f"{where}={layer!r}: layer {bad} out of range; {valid}")
     twice = sorted({v for v in layers if layers.count(v) > 1})
     if twice:
-        warnings.warn(f"{where}={layer!r}: layers {twice} listed twice; each is edited once", stacklevel=4)
+        warnings.warn(f"{where}={layer!r}: layers {twice} listed twice; each is edited once", RunWarning, stacklevel=4)
     return layer if single else sorted(set(layers))
 
 
@@ -155,9 +156,8 @@ def _check_weights(name: str, spec: dict, shapes: list[Shape] | None) -> WeightE
         weights = [_check_weight(f"{where}: zero_weights", w, shapes) for w in value]
         twice = sorted({w for w in weights if weights.count(w) > 1})
         if twice:
-            warnings.warn(
-                f"{where}: weights {[list(w) for w in twice]} listed twice; each is zeroed once", stacklevel=4
-            )
+            message = f"{where}: weights {[list(w) for w in twice]} listed twice; each is zeroed once"
+            warnings.warn(message, RunWarning, stacklevel=4)
         return ZeroWeights([list(w) for w in dict.fromkeys(weights)])
     keys = {"layer", "count", "seed"}
     if not isinstance(value, dict) or set(value) - keys or not {"layer", "count"} <= set(value):

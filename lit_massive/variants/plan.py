@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from lit_massive.errors import RunWarning
 from lit_massive.probes.hooks import BlockEdit
 from lit_massive.probes.weights import ZeroedWeights
 from lit_massive.report.schema import LocatedEntry, load_massive, load_scores, scores_tensor
@@ -142,13 +143,13 @@ class VariantPlan:
         }
         for name in self.weight_edits:
             if not self.zeroed[name]:  # only `super` can come out empty: the checks refuse an empty list
-                warnings.warn(f"variant {name!r}: {NOTHING_ZEROED}", stacklevel=2)
+                warnings.warn(f"variant {name!r}: {NOTHING_ZEROED}", RunWarning, stacklevel=2)
         for name, edit in self.edits.items():
             if isinstance(edit, SetMassive) and edit.to == "mean":
                 entries = load_massive(edit.source) if edit.source is not None else baseline["massive"]
                 self.means[name] = group_means(entries, edited_layers(edit.layer, self.n_layer), edit.positions, device)
                 if not any(m.width for m in self.means[name].values()):
-                    warnings.warn(f"variant {name!r}: {self._nothing_located(edit)}", stacklevel=2)
+                    warnings.warn(f"variant {name!r}: {self._nothing_located(edit)}", RunWarning, stacklevel=2)
 
     @staticmethod
     def _nothing_located(edit: SetMassive) -> str:
