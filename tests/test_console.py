@@ -133,3 +133,17 @@ def test_console_script_shows_a_run_warning_in_one_line(tmp_path):
     warned = [line for line in done.stderr.splitlines() if "listed twice" in line]
     assert warned == ["lit_massive: warning: variant 'p': head (1, 1) listed twice; pruned once"]
     assert "UserWarning" not in done.stderr and "warnings.warn" not in done.stderr
+
+
+@pytest.mark.slow  # a process whose reader has left
+def test_output_into_a_closed_pipe_ends_without_a_traceback(tmp_path):
+    """`lit-massive configs | head -1`: the reader closes the pipe before the list is written."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CONSOLE_SCRIPT, "configs"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    proc.stdout.close()  # the only reader, gone before the process writes
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1
+    assert err == "", err

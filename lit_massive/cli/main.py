@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 
 from lit_massive.cli import configs
@@ -121,6 +122,10 @@ def cli_main(args: list[str] | None = None) -> None:
         if args is None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise
+    except BrokenPipeError:  # `lit-massive configs | head`: the reader left; no traceback about it
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's own flush at exit fails no more
+        sys.exit(1)
     except Exception as err:  # Lightning's teardown after a Ctrl-C failed (a half-loaded model)
         exit_if_interrupted = getattr(sys.modules.get("lit_massive.report.callback"), "exit_if_interrupted", None)
         if exit_if_interrupted is not None:
