@@ -106,8 +106,8 @@ class MassiveCLI(LightningCLI):
     def after_validate(self) -> None:
         # No collective after the run (trainer.log_dir is one): a gloo worker thread may still
         # hold a finished broadcast's tensors when the interpreter exits, and freeing them then
-        # aborts the process ("terminate called without an active exception"). The sharded
-        # strategy's device mesh keeps the group alive past destroy_process_group.
+        # aborts the process ("terminate called without an active exception"). Seen under the
+        # sharded strategy only, whose groups seem to outlive destroy_process_group.
         run_dir = self.run_dir
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # tear the group down here, together, not in interpreter shutdown
