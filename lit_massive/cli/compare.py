@@ -3,15 +3,19 @@
 Reads two or more runs (run directories or their results.json; any models, corpora,
 variants), prints one table row per run x variant x corpus and writes, into DIR,
 comparison.md (the table and its notes), comparison.json (the rows, every number as the
-runs' results.json has it) and PNG figures that overlay the runs. Bad input (a missing run, a
-file that is not a results.json, a single run, a DIR with files in it) fails in one line
-before anything is written.
+runs' results.json has it) and PNG figures that overlay the runs. Checkpoints of one model
+(revision `stepN`, or `stepN` / `checkpoint-N` folders: `order_by_step`) come in training-step
+order, with a step column and figures of each statistic against the step. Bad input (a
+missing run, a file that is not a results.json, a single run, a DIR with files in it) fails
+in one line before anything is written.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from matplotlib.figure import Figure
 
 from lit_massive.cli.console import OneLineArgumentParser
 from lit_massive.errors import InputError
@@ -21,15 +25,20 @@ from lit_massive.report.comparison import (
     JSON,
     MARKDOWN,
     WRITTEN,
+    Run,
     comparison_figures,
     comparison_markdown,
     comparison_rows,
     load_runs,
     notes,
+    order_by_step,
+    step_model,
     terminal_table,
     tokenizers_differ,
+    training_step,
 )
 from lit_massive.report.publisher import write_atomic
+from lit_massive.report.step_figures import step_figures
 
 # no torch, transformers or lightning on this path (tests/test_startup.py): results.json is
 # read as JSON, the figures are matplotlib's
@@ -65,6 +74,17 @@ def write_comparison(out: Path, markdown: str, content: dict, figures: dict) -> 
     return written
 
 
+def all_figures(runs: list[Run], by_step: bool, relative: bool) -> tuple[dict[str, Figure], list[str]]:
+    """The figures that overlay the runs and, for checkpoints of one model in step order,
+    those against the training step; a line for each figure left out."""
+    figures, skipped = comparison_figures(runs, relative)
+    if by_step:
+        more, more_skipped = step_figures(runs)
+        figures.update(more)
+        skipped += more_skipped
+    return figures, skipped
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineArgumentParser(prog="lit_massive compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="*", metavar="RUN_OR_RESULTS", help="run directories or results.json files")
@@ -87,12 +107,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs = load_runs(args.runs)  # every input error before anything is printed or written
     check_out_dir(args.out, args.force)
+    by_step, no_step_figures = order_by_step(runs)
+    runs = by_step or runs
     rows = comparison_rows(runs)
     lines = notes(runs, rows)
-    figures, skipped = comparison_figures(runs, args.relative_depth)
+    if by_step:
+        lines.append(f"runs in training-step order: checkpoints of {step_model(by_step)}")
+    figures, skipped = all_figures(runs, by_step is not None, args.relative_depth)
+    if no_step_figures:
+        skipped.append(no_step_figures)
     names = [FIGURES[key] for key in figures]
     content = {
-        "runs": [{"label": r.label, "path": str(r.path)} for r in runs],
+        "runs": [{"label": r.label, "path": str(r.path), "training_step": training_step(r.results)} for r in runs],
+        "by_training_step": by_step is not None,
         "rows": rows,
         "tokenizers_differ": tokenizers_differ(runs),
         "notes": lines,

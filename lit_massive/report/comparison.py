@@ -2,14 +2,19 @@
 each run's results.json, as a terminal table, markdown and JSON, and figures that overlay the
 runs (top-1 and median against depth, attention to massive tokens, head-score distributions).
 
+Checkpoints of one model (revision `stepN`, or `stepN` / `checkpoint-N` folders) come in
+training-step order with a step column (`order_by_step`); report/step_figures.py draws their
+statistics against the step.
+
 Plain Python and matplotlib only, no torch: `compare` answers in seconds
 (tests/test_startup.py). `model_run_name` also names a run's TensorBoard directory
-(cli/validate.py), so a run directory and its label here say the same model.
+(cli/validate.py), so a run directory and its label here say the same model (and revision).
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,26 +41,51 @@ FIGURES = {
     "top1_median": "top1_median.png",
     "attention_to_massive": "attention_to_massive.png",
     "head_scores": "head_scores.png",
+    # checkpoints of one model (`order_by_step`): each statistic against the training step (report/step_figures.py)
+    "step_first_massive": "step_first_massive_layer.png",
+    "step_peak": "step_peak_top1_over_median.png",
+    "step_massive_dims": "step_massive_dims.png",
+    "step_sink_rate": "step_model_sink_rate.png",
+    "step_perplexity": "step_perplexity.png",
 }
 WRITTEN = (MARKDOWN, JSON, *FIGURES.values())
 # a horizontal box plot: `orientation` from matplotlib 3.10 on (`vert` is deprecated there), `vert` before
 _HORIZONTAL = {"orientation": "horizontal"} if matplotlib.__version_info__ >= (3, 10) else {"vert": False}
 
 
-def model_run_name(model_name_or_path: str) -> str:
+def _safe(name: str) -> str:
+    """A name as a file name: runs of other characters as `_`, never a hidden file."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).lstrip(".")
+
+
+def _gguf_stem(name: str) -> str | None:
+    """The file name of a `.gguf` path without `.gguf` (a quantization suffix such as `.Q4_1`
+    stays: it tells two files of one model apart); None for another path."""
+    last = PurePosixPath(name.replace("\\", "/").rstrip("/")).name
+    return last[: -len(".gguf")] if last.lower().endswith(".gguf") else None
+
+
+def model_run_name(model_name_or_path: str, revision: str | None = None, gguf_file: str | None = None) -> str:
     """A short, filesystem-safe name of a model for its run directory and labels: the last
     part of a hub id (`meta-llama/Llama-2-7b-hf` -> `Llama-2-7b-hf`) or of a local directory
-    (a hub cache snapshot: its repository's name), `toy` as it is."""
+    (a hub cache snapshot: its repository's name), `toy` as it is; a GGUF model by its file
+    (`gguf_file`, or a path to a `.gguf` file) without `.gguf`, since a repository holds
+    several quantizations; then `@revision` (`pythia-160m@step1000`), so checkpoints of one
+    model get run directories of their own."""
+    gguf = _gguf_stem(gguf_file) if gguf_file else _gguf_stem(model_name_or_path)
     path = Path(model_name_or_path).expanduser()
-    if path.is_dir():
+    if gguf is not None:
+        name = gguf
+    elif path.is_dir():
         path = path.resolve()
         if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
             path = Path(path.parent.parent.name.split("--")[-1])
         name = path.name
     else:
         name = PurePosixPath(model_name_or_path.replace("\\", "/").rstrip("/")).name
-    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).lstrip(".")
-    return name or "model"
+    name = _safe(name) or "model"
+    at = _safe(revision or "")
+    return f"{name}@{at}" if at else name
 
 
 @dataclass
@@ -87,11 +117,13 @@ def _check_layers(path: Path, results: dict) -> None:
             )
 
 
-def run_labels(paths: list[Path], models: list[str]) -> list[str]:
-    """`model/run-dir-name` (`gpt2/version_0`, as TensorBoard names the run); where two runs
-    would share one, their run directories' paths below the runs' common folder instead."""
+def run_labels(paths: list[Path], models: list[str | dict[str, Any]]) -> list[str]:
+    """`model/run-dir-name` (`gpt2/version_0`, `pythia-160m@step1000/version_0`, as
+    TensorBoard names the run; a model as its name_or_path or results.json's `model`
+    section, whose revision and GGUF file the name then says); where two runs would share
+    one, their run directories' paths below the runs' common folder instead."""
     dirs = [p.parent.resolve() for p in paths]
-    names = [model_run_name(m) for m in models]
+    names = [_run_name(m) for m in models]
     labels = [f"{n}/{d.name}" for n, d in zip(names, dirs, strict=True)]
     common = Path(os.path.commonpath([str(d) for d in dirs]))
     shared = {label for label in labels if labels.count(label) > 1}
@@ -102,6 +134,18 @@ def run_labels(paths: list[Path], models: list[str]) -> list[str]:
     if len(set(labels)) < len(labels):  # a contrived tree: the full paths, unique as the runs are
         labels = [d.as_posix() for d in dirs]
     return labels
+
+
+def _run_name(model: str | dict[str, Any]) -> str:
+    """`model_run_name` of a name_or_path, or of a `model` section (with its revision and GGUF file)."""
+    if isinstance(model, str):
+        return model_run_name(model)
+    return model_run_name(model["name_or_path"], _text(model.get("revision")), _text(model.get("gguf_file")))
+
+
+def _text(value: Any) -> str | None:
+    """A string of results.json's `model` section; None for null, a missing key or another type."""
+    return value if isinstance(value, str) else None
 
 
 def load_runs(given: list[str]) -> list[Run]:
@@ -122,8 +166,84 @@ def load_runs(given: list[str]) -> list[Run]:
         _check_layers(path, results)
         paths.append(path)
         loaded.append(results)
-    labels = run_labels(paths, [r["model"]["name_or_path"] for r in loaded])
+    labels = run_labels(paths, [r["model"] for r in loaded])
     return [Run(label, path, results) for label, path, results in zip(labels, paths, loaded, strict=True)]
+
+
+# ---------------------------------------------------------------------------------------
+# training steps
+
+# `step1000`, `step-1000`, `global_step1000`, `checkpoint-500` (HF Trainer), not inside a word (`mystep5`)
+_STEP = re.compile(r"(?<![A-Za-z0-9])(?:step[-_]?|checkpoint-)(\d+)(?!\d)", re.IGNORECASE)
+NO_STEP = "revision stepN, or a stepN / checkpoint-N folder"
+
+
+def _model_of(results: ResultsFile) -> dict[str, Any]:
+    return results.get("model") or {}
+
+
+def _step_and_model(results: ResultsFile) -> tuple[int, str] | None:
+    """(training step, the model it is a checkpoint of) from the revision (`step1000`: the
+    model is `name_or_path`, whatever else the revision says, as OLMo's `step1000-tokens4B`),
+    else from the path's last or next-to-last folder (`.../checkpoint-500`,
+    `.../step3000/model`: the model is the path with that step as `*`). Plain string parsing
+    of what results.json says, so a run reads the same on any machine."""
+    model = _model_of(results)
+    name = posixpath.normpath(str(model.get("name_or_path") or "").replace("\\", "/"))
+    revision, gguf = _text(model.get("revision")), _text(model.get("gguf_file"))
+    suffix = f" [{gguf}]" if gguf else ""
+    found = _STEP.search(revision) if revision else None
+    if found:
+        return int(found[1]), name + suffix
+    parts = name.split("/")
+    for part in parts[-1:-3:-1]:
+        found = _STEP.search(part)
+        if found:
+            step = int(found[1])
+            return step, _starred(name, step) + (f"@{revision}" if revision else "") + suffix
+    return None
+
+
+def _starred(path: str, step: int) -> str:
+    """`path` with each mention of `step` as `*` (`/ckpts/step3000/model-step3000.gguf` ->
+    `/ckpts/step*/model-step*.gguf`): the same for every checkpoint of one training run."""
+
+    def star(found: re.Match) -> str:
+        return found[0][: found.start(1) - found.start()] + "*" if int(found[1]) == step else found[0]
+
+    return _STEP.sub(star, path)
+
+
+def training_step(results: ResultsFile) -> int | None:
+    """The training step a run's checkpoint is from: `model.revision` (`step1000`), else the
+    last folder of `model.name_or_path` (`step3000`, `checkpoint-500`), else the one above
+    it (`.../checkpoint-500/model.gguf`); None when none says one."""
+    found = _step_and_model(results)
+    return None if found is None else found[0]
+
+
+def order_by_step(runs: list[Run]) -> tuple[list[Run] | None, str | None]:
+    """The runs in training-step order (ties as given) when they are checkpoints of one model:
+    each has a step and all name the same model without it (`step_model`); else None and the
+    line that says why there are no step figures (None where no run has a step)."""
+    found = [_step_and_model(r.results) for r in runs]
+    if all(f is None for f in found):
+        return None, None
+    missing = next((r.label for r, f in zip(runs, found, strict=True) if f is None), None)
+    if missing is not None:
+        return None, f"no training-step figures: run {missing} has no training step ({NO_STEP})"
+    models = list(dict.fromkeys(model for _, model in found))
+    if len(models) > 1:
+        return None, f"no training-step figures: the runs are checkpoints of different models ({', '.join(models)})"
+    steps = {r.label: f[0] for r, f in zip(runs, found, strict=True)}
+    return sorted(runs, key=lambda r: steps[r.label]), None
+
+
+def step_model(runs: list[Run]) -> str:
+    """The model runs in step order are checkpoints of (`EleutherAI/pythia-160m`,
+    `/ckpts/run1/checkpoint-*`)."""
+    found = _step_and_model(runs[0].results)
+    return "" if found is None else found[1]
 
 
 # ---------------------------------------------------------------------------------------
@@ -186,7 +306,7 @@ def comparison_rows(runs: list[Run]) -> list[dict[str, Any]]:
     """One row per run x corpus x variant, every number as the run's results.json has it."""
     rows = []
     for run in runs:
-        model, results = run.results["model"], run.results
+        model, results, step = run.results["model"], run.results, training_step(run.results)
         for corpus, _data, variants in corpora(results):
             for variant, entry in variants.items():
                 layers = entry["layers"]
@@ -198,6 +318,9 @@ def comparison_rows(runs: list[Run]) -> list[dict[str, Any]]:
                         "run": run.label,
                         "path": str(run.path),
                         "model": model["name_or_path"],
+                        "revision": _text(model.get("revision")),
+                        "gguf_file": _text(model.get("gguf_file")),
+                        "training_step": step,
                         "family": model.get("model_type"),
                         "parameters": parameter_count(results),
                         "n_layer": model.get("n_layer", len(layers)),
@@ -242,6 +365,22 @@ COLUMNS = (
     "run", "variant", "corpus", "model", "family", "parameters (blocks x width)", "first massive",
     "peak top-1/median (block)", "top-1 dim, token", "perplexity", "bits/byte", "word ppl", "top-1 %", "perplexity %",
 )  # fmt: skip
+
+
+def with_step(rows: list[dict[str, Any]]) -> bool:
+    """Whether the table has a step column: some run is from a known training step."""
+    return any(row["training_step"] is not None for row in rows)
+
+
+def columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The table's head: COLUMNS, with `step` after `run` where a run has one."""
+    return [COLUMNS[0], "step", *COLUMNS[1:]] if with_step(rows) else list(COLUMNS)
+
+
+def table_cells(row: dict[str, Any], step: bool) -> list[str]:
+    """A row's cells in `columns` order (`step`: with the step column)."""
+    cells = row_cells(row)
+    return [cells[0], "-" if row["training_step"] is None else str(row["training_step"]), *cells[1:]] if step else cells
 
 
 def row_cells(row: dict[str, Any]) -> list[str]:
@@ -299,8 +438,9 @@ def notes(runs: list[Run], rows: list[dict[str, Any]]) -> list[str]:
 
 def terminal_table(rows: list[dict[str, Any]], lines: list[str]) -> str:
     """The table as aligned columns for the terminal, then the notes."""
-    table = [list(COLUMNS), *(row_cells(r) for r in rows)]
-    widths = [max(len(r[c]) for r in table) for c in range(len(COLUMNS))]
+    step = with_step(rows)
+    table = [columns(rows), *(table_cells(r, step) for r in rows)]
+    widths = [max(len(r[c]) for r in table) for c in range(len(table[0]))]
     text = ["  ".join(t.ljust(w) for t, w in zip(r, widths, strict=True)).rstrip() for r in table]
     return "\n".join([text[0], "  ".join("-" * w for w in widths), *text[1:], *lines])
 
@@ -311,7 +451,8 @@ def _md(text: str) -> str:
 
 def comparison_markdown(rows: list[dict[str, Any]], lines: list[str], figures: list[str]) -> str:
     """comparison.md: the table, the notes, the figures."""
-    table = markdown_table(list(COLUMNS), [[_md(c) for c in row_cells(r)] for r in rows])
+    step = with_step(rows)
+    table = markdown_table(columns(rows), [[_md(c) for c in table_cells(r, step)] for r in rows])
     runs = "\n".join(f"- `{label}`: {path}" for label, path in dict.fromkeys((r["run"], r["path"]) for r in rows))
     bullets = [f"  - {line.strip()}" if line.startswith("  ") else f"- {line}" for line in lines]
     parts = ["# Comparison of runs", "", table, "", *bullets, "", "Runs:", "", runs]
