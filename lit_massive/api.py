@@ -15,6 +15,7 @@ from lit_massive.analyses import ANALYSES, analysis_class
 from lit_massive.data.datamodule import WindowsDataModule
 from lit_massive.data.given import GivenWindows, text_windows
 from lit_massive.errors import InputError
+from lit_massive.models.loading import ModelSource
 from lit_massive.module import MassiveActivations
 from lit_massive.report.callback import RunReport
 from lit_massive.report.schema import RunResults
@@ -28,6 +29,10 @@ def _module(model: str | nn.Module, options: dict[str, Any]) -> MassiveActivatio
         raise InputError(f"model: a transformers PreTrainedModel or a name/path, got {type(model).__name__}")
 
     class Loaded(MassiveActivations):
+        def resolve_source(self) -> ModelSource:  # only named: its weights are in memory already
+            name = self.hparams.model_name_or_path
+            return ModelSource(name, name, local=Path(name).expanduser().is_dir())
+
         def build_structure(self) -> nn.Module:
             return model
 
@@ -110,7 +115,8 @@ def measure(
     module = _module(model, {**options, **_switches(analyses), "variants": variants})
     if data is not None:
         datamodule = WindowsDataModule(
-            **{"model_name_or_path": module.hparams.model_name_or_path, **data},
+            **{key: module.hparams[key] for key in ("model_name_or_path", "gguf_file", "revision")},
+            **data,
             context_length=module.context_length,
         )
     else:

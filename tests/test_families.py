@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from attention_reference import eager_calls, entering_massive_tokens, run_means
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from attention_reference import eager_calls, entering_massive_tokens, run_means
 from helpers import read_texts, reference_profile, run_validate, tiny_run_args
 from lit_massive.data import WindowsDataModule
 from lit_massive.module import MassiveActivations, describe_model

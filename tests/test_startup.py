@@ -53,12 +53,13 @@ def scores_file(tmp_path):
     [
         (["configs"], 0, "demo"),
         (["configs", "demo"], 0, "model_name_or_path: toy"),
-        (["--help"], 0, "{validate,rank-heads,compare,configs}"),
+        (["--help"], 0, "{validate,rank-heads,compare,configs,fetch}"),
         (["-h"], 0, "rank-heads"),
-        ([], 1, "lit_massive: error: give a command: validate, rank-heads, compare, configs"),
+        ([], 1, "lit_massive: error: give a command: validate, rank-heads, compare, configs, fetch"),
         (["valdate"], 1, "lit_massive: error: unknown command 'valdate'; did you mean validate?"),
         (["validate", "--config", "nope.yaml"], 1, "neither an existing file nor a bundled config"),
         (["configs", "nope"], 1, "lit_massive: error: bundled config 'nope'"),
+        (["fetch", "nope"], 1, "lit_massive: error: no trained model named 'nope' to fetch; valid: smollm2"),
     ],
 )
 def test_light_commands_import_no_torch(tmp_path, args, status, expected):

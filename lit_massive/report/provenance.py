@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from lit_massive.models import toy
-from lit_massive.models.loading import WEIGHT_SUFFIXES
+from lit_massive.models.loading import WEIGHT_SUFFIXES, ModelSource
 
-PACKAGES = ("lit_massive", "torch", "transformers", "lightning", "datasets", "torchmetrics", "jsonargparse")
+PACKAGES = ("lit_massive", "torch", "transformers", "lightning", "datasets", "torchmetrics", "jsonargparse", "gguf")
 # A superset of what loading requires: the hash covers every weight file a checkpoint directory
 # may carry (TF .h5/.ckpt, Flax .msgpack, GGUF too), so two directories that differ in any of them differ here
 HASHED_SUFFIXES = WEIGHT_SUFFIXES + (".ckpt", ".h5", ".msgpack", ".gguf")
@@ -57,16 +57,23 @@ def _sha256_state_dict(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _hub_revision(name: str, model: torch.nn.Module | None, cache_dir: str | Path | None = None) -> str | None:
+def _hub_revision(
+    name: str,
+    model: torch.nn.Module | None,
+    cache_dir: str | Path | None = None,
+    revision: str | None = None,
+    filename: str = "config.json",
+) -> str | None:
     """The commit a hub checkpoint was loaded from: the config's `_commit_hash` (older
-    transformers), else the snapshot directory its cached config.json lies in."""
+    transformers), else the snapshot directory its cached `filename` (config.json, or the
+    GGUF file) lies in, at `revision` (a branch, tag or commit; None: main)."""
     commit = getattr(getattr(model, "config", None), "_commit_hash", None)
     if commit:
         return commit
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(name, "config.json", cache_dir=cache_dir)
+        cached = try_to_load_from_cache(name, filename, cache_dir=cache_dir, revision=revision)
     except Exception:  # an invalid repo id, an unreadable cache: no revision to report
         return None
     if isinstance(cached, str) and Path(cached).parent.parent.name == "snapshots":
@@ -74,15 +81,38 @@ def _hub_revision(name: str, model: torch.nn.Module | None, cache_dir: str | Pat
     return None
 
 
-def model_revision(name_or_path: str, model: torch.nn.Module | None = None) -> dict:
-    """Which weights `name_or_path` resolved to.
+def _sha256_file(path: Path) -> str:
+    """A file's plain sha256, as `sha256sum` prints it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_revision(source: ModelSource | str, model: torch.nn.Module | None = None) -> dict:
+    """Which weights `source` resolved to.
 
     `source` is `toy` (sha256 over a freshly built toy model's state dict: it changes when
     toy.py's weights do), `local` (sha256 over the directory's weight files, names and
-    contents) or `hub` (`revision`: the commit hash).
+    contents; a GGUF file: that file's sha256, as `sha256sum` prints it) or `hub`
+    (`revision`: the commit hash; `requested_revision`: the branch, tag or commit asked for).
     """
-    if name_or_path == toy.TOY:
+    if isinstance(source, str):
+        source = ModelSource(source, source, local=Path(source).expanduser().is_dir())
+    name_or_path = source.location
+    if source.name == toy.TOY:
         return {"source": "toy", "revision": None, "weights_sha256": _sha256_state_dict(toy.build_toy_model())}
+    if source.gguf_file is not None:
+        path = source.gguf_path() if source.local else None
+        commit = None if source.local else _hub_revision(name_or_path, None, None, source.revision, source.gguf_file)
+        return {
+            "source": "local" if source.local else "hub",
+            "revision": commit,
+            "requested_revision": source.revision,
+            "weights_sha256": None if path is None else _sha256_file(path),
+            "weights_files": [source.gguf_file],
+        }
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         weights = [p for p in path.rglob("*") if p.is_file() and p.name.endswith(HASHED_SUFFIXES)]
@@ -92,7 +122,12 @@ def model_revision(name_or_path: str, model: torch.nn.Module | None = None) -> d
             "weights_sha256": _sha256_files(weights, path) if weights else None,
             "weights_files": sorted(str(p.relative_to(path)) for p in weights),
         }
-    return {"source": "hub", "revision": _hub_revision(name_or_path, model), "weights_sha256": None}
+    return {
+        "source": "hub",
+        "revision": _hub_revision(name_or_path, model, revision=source.revision),
+        "requested_revision": source.revision,
+        "weights_sha256": None,
+    }
 
 
 def _git_commit() -> dict | None:
@@ -136,13 +171,14 @@ def _hardware() -> dict:
 
 
 def run_provenance(
-    model_name_or_path: str, model: torch.nn.Module | None = None, data_fingerprint: str | None = None
+    source: ModelSource | str, model: torch.nn.Module | None = None, data_fingerprint: str | None = None
 ) -> dict:
     """Everything two runs' results.json need to say what differed between them:
     `versions`, `model` (see `model_revision`), `data_fingerprint`, `git`, `date`, `hardware`."""
+    name = source if isinstance(source, str) else source.name
     return {
         "versions": {package: _version(package) for package in PACKAGES},
-        "model": {"name_or_path": model_name_or_path, **model_revision(model_name_or_path, model)},
+        "model": {"name_or_path": name, **model_revision(source, model)},
         "data_fingerprint": data_fingerprint,
         "git": _git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
