@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Iterable
+import logging
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
 from lit_massive.analyses import ANALYSES, analysis_class
+from lit_massive.cli.console import quiet_lightning
 from lit_massive.data.datamodule import WindowsDataModule
 from lit_massive.data.given import GivenWindows, text_windows
 from lit_massive.errors import InputError
@@ -57,6 +61,27 @@ def _switches(analyses: Iterable[str] | None) -> dict[str, Any]:
             on = name in wanted or bool(out.get(cls.option))
             out[cls.option] = on if isinstance(defaults[cls.option].default, bool) else ({} if on else None)
     return out
+
+
+def _loggers() -> list[logging.Logger]:
+    return [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Lightning as quiet as in the CLI (`quiet_lightning`: no device-availability lines, no
+    tips, not the deprecation warning Lightning raises itself) for this call only: Lightning
+    runs of a user's own, later in the same notebook, keep their lines. Errors, every other
+    warning and this project's `RunWarning`s show as usual."""
+    before = {id(f) for lg in _loggers() for f in lg.filters}
+    with warnings.catch_warnings():  # restores the warning filters afterwards
+        quiet_lightning()
+        added = [(lg, f) for lg in _loggers() for f in lg.filters if id(f) not in before]
+        try:
+            yield
+        finally:
+            for lg, f in added:
+                lg.removeFilter(f)
 
 
 def measure(
@@ -132,10 +157,11 @@ def measure(
     if run_dir is not None:
         settings["logger"] = TensorBoardLogger(str(run_dir), name="", version="")
         settings["callbacks"] = [*settings.get("callbacks", []), RunReport()]
-    runner = L.Trainer(**settings)
-    if hasattr(datamodule, "setup") and isinstance(datamodule, WindowsDataModule):
-        datamodule.setup("validate")
-        module.check_windows(datamodule.windows.shape[1], datamodule.largest_token_id())
-        module.measure_corpora(datamodule.corpus_names)
-    runner.validate(module, datamodule=datamodule, verbose=False)
+    with _quiet():
+        runner = L.Trainer(**settings)
+        if isinstance(datamodule, WindowsDataModule):
+            datamodule.setup("validate")
+            module.check_windows(datamodule.windows.shape[1], datamodule.largest_token_id())
+            module.measure_corpora(datamodule.corpus_names)
+        runner.validate(module, datamodule=datamodule, verbose=False)
     return module.results

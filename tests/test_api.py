@@ -1,14 +1,18 @@
 """The Python API: `measure` runs the same pass as `validate` and returns its RunResults."""
 
+import logging
+import math
 import re
 from pathlib import Path
 
+import lightning as L
 import pandas as pd
 import pytest
 
 import lit_massive
 from helpers import assert_same_numbers, run_validate
 from lit_massive.data import WindowsDataModule
+from lit_massive.errors import RunWarning
 from lit_massive.models.toy import ToyConfig, build_toy_model, build_toy_tokenizer, corpus_path
 from lit_massive.report.schema import read_results
 
@@ -67,6 +71,108 @@ def test_frames_hold_the_entries(measured):
     heads = measured.head_frame().set_index(["variant", "layer", "head"])
     assert heads.loc[("baseline", 5, 1), "head_score"] == measured.variants["baseline"]["head_scores"][5][1]
     assert len(heads) == 2 * ToyConfig().n_layer * ToyConfig().n_head
+
+
+# every per-head figure of a run with head scores and the attention internals, as the head frame names it
+HEAD_COLUMNS = {
+    "head_scores": "head_score", "massive_token_scores": "massive_token_score",
+    **{key: key for key in ("value_norm_first", "value_norm_rest", "head_output_norm", "massive_update_norm",
+                            "other_update_norm", "massive_update_cosine", "first_token_logit_gap")},
+}  # fmt: skip
+INTERNALS = ["head_scores", "value_norms", "head_output_norm", "massive_update", "first_token_logit_gap"]
+
+
+@pytest.fixture(scope="module")
+def measured_all():
+    """Head scores, every attention internal, the outlier statistics and the super-weight locator on."""
+    analyses = [*INTERNALS, "outliers", "super_weights"]
+    return lit_massive.measure("toy", TOY_DATA, analyses=analyses, variants=VARIANTS)
+
+
+def _nan_as_none(values: list) -> list:
+    return [None if isinstance(v, float) and math.isnan(v) else v for v in values]
+
+
+def test_head_frame_holds_every_per_head_figure(measured_all):
+    frame = measured_all.head_frame()
+    assert list(frame.columns) == ["variant", "layer", "head", *HEAD_COLUMNS.values()]
+    n_layer, n_head = ToyConfig().n_layer, ToyConfig().n_head
+    for name, entry in measured_all.variants.items():
+        # every (L, H) key of the entry is a column; `received` is (L, positions), per layer
+        grids = {k for k, v in entry.items() if isinstance(v, list) and len(v) == n_layer
+                 and all(isinstance(r, list) and len(r) == n_head for r in v)}  # fmt: skip
+        assert grids - {"received"} == set(HEAD_COLUMNS)
+        rows = frame[frame.variant == name].sort_values(["layer", "head"])
+        assert rows[["layer", "head"]].values.tolist() == [[la, h] for la in range(n_layer) for h in range(n_head)]
+        for key, column in HEAD_COLUMNS.items():
+            assert _nan_as_none(rows[column].tolist()) == [v for row in entry[key] for v in row], (name, key)
+    assert frame.set_index(["variant", "layer", "head"]).loc[("baseline", 5, 1), "head_score"] > 0.99  # the sink
+
+
+def test_layer_frame_holds_every_per_layer_figure(measured_all):
+    frame = measured_all.layer_frame()
+    for name, entry in measured_all.variants.items():
+        rows = frame[frame.variant == name].sort_values("layer")
+        assert rows.layer.tolist() == list(range(ToyConfig().n_layer))
+        for key in ("attention_to_massive", "sink_rate"):
+            assert rows[key].tolist() == entry[key], (name, key)
+        for key in ("kurtosis", "top_direction_share", "matrix_entropy", "outlier_left_out", "top1_dim"):
+            assert rows[key].tolist() == [row[key] for row in entry["layers"]], (name, key)
+        for side in ("input", "output"):
+            for key in ("value", "channel", "token"):
+                assert rows[f"mlp_down_{side}_{key}"].tolist() == [r[side][key] for r in entry["mlp_down"]]
+        if name != "baseline":
+            assert rows.median_pct.tolist() == entry["change_vs_baseline"]["median_pct"]
+    base = frame[frame.variant == "baseline"].set_index("layer")
+    assert base.loc[ToyConfig().massive_layer, "mlp_down_output_channel"] == ToyConfig().massive_dim
+
+
+def test_head_frame_without_head_scores_is_empty():
+    frame = lit_massive.measure("toy", {**TOY_DATA, "num_sequences": 2}, analyses=[]).head_frame()
+    assert frame.empty and list(frame.columns) == ["variant", "layer", "head", "head_score", "massive_token_score"]
+
+
+LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+CHATTER = ("GPU available", "TPU available", "Tip:")
+
+
+class Lines(logging.Handler):
+    """What a logger prints, one message per line (its filters applied first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def lightning_lines():
+    """What Lightning's info loggers print, as a fresh process has them: an earlier CLI run in
+    this process (`quiet_lightning`) quietened them for good, which would hide what `measure` prints."""
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+    kept = [lg.filters[:] for lg in loggers]
+    lines = Lines()
+    for lg in loggers:
+        lg.filters.clear()
+        lg.addHandler(lines)
+    yield lines
+    for lg, filters in zip(loggers, kept, strict=True):
+        lg.removeHandler(lines)
+        lg.filters[:] = filters
+
+
+def test_measure_is_as_quiet_as_the_cli(lightning_lines):
+    """No device lines, tips or Lightning's own deprecation warning; the project's warnings
+    still come; and only for the call: a user's own Lightning run afterwards keeps its lines."""
+    twice = {"twice": [[5, 1], [5, 1]]}
+    with pytest.warns(RunWarning, match="variant 'twice': head \\(5, 1\\) listed twice") as caught:  # every warning
+        lit_massive.measure("toy", {**TOY_DATA, "num_sequences": 2}, analyses=[], variants=twice)
+    assert not [w for w in caught if "LeafSpec" in str(w.message)]
+    assert not [line for line in lightning_lines.lines if line.startswith(CHATTER) or "💡" in line]
+    L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    assert any(line.startswith("GPU available") for line in lightning_lines.lines)
 
 
 def test_run_dir_gets_results_and_figures(tmp_path):

@@ -4,6 +4,8 @@ results.json have it (read here with plain json, not the project's reader)."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -171,6 +173,8 @@ def test_one_tokenizer_no_note(runs, tmp_path, capsys):
     _compare(runs["llama_heads"], runs["llama"], "--out", tmp_path / "cmp")
     printed = capsys.readouterr().out
     assert "tokenizers differ" not in printed
+    assert _header(printed) == list(comparison.COLUMNS)  # one precision and dtype: no column says them
+    assert "runs differ in" not in printed and "(interrupted)" not in printed
     assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["tokenizers_differ"] is False
 
 
@@ -188,14 +192,20 @@ def test_force_replaces_an_earlier_comparison(runs, tmp_path, capsys):
     ]
 
 
-@pytest.mark.parametrize("case", ["missing", "config_yaml", "not_results", "single", "none", "twice", "out_exists"])
+@pytest.mark.parametrize(
+    "case", ["missing", "unfinished", "config_yaml", "not_results", "single", "none", "twice", "out_exists"]
+)
 def test_bad_input_is_one_line_before_anything_is_written(runs, tmp_path, capsys, case):
     out = tmp_path / "cmp"
     first = str(runs["llama"])
     not_results = tmp_path / "other.json"
     not_results.write_text(json.dumps({"rows": []}))
+    unfinished = tmp_path / "lightning_logs" / "llama" / "version_3"  # what a failed or stopped run leaves
+    unfinished.mkdir(parents=True)
+    shutil.copy(runs["llama"] / "config.yaml", unfinished)
     args, expected = {
         "missing": ([first, str(tmp_path / "nope")], "run '" + str(tmp_path / "nope") + "' does not exist"),
+        "unfinished": ([first, str(unfinished)], f"run '{unfinished}' has no results.json: the run did not finish"),
         "config_yaml": ([first, str(runs["llama"] / "config.yaml")], "is not valid JSON"),
         "not_results": ([first, str(not_results)], "has no 'variants'; give the results.json of a lit_massive run"),
         "single": ([first], "compare needs two or more runs"),
@@ -234,3 +244,93 @@ def test_labels_say_the_model_and_stay_unique():
         "Llama-2-7b-hf/version_3",
         "toy/elsewhere",
     ]
+
+
+def _header(printed: str) -> list[str]:
+    """The terminal table's column names (separated by two spaces or more)."""
+    return re.split(r"\s{2,}", printed.splitlines()[0].strip())
+
+
+@pytest.fixture(scope="module")
+def precisions(runs, family_dir, corpus_jsonl) -> dict[str, Path]:
+    """The Llama run of `runs` (32-true, float32) again, in bf16-mixed and loaded as bfloat16,
+    under the same root (so their labels are version_N of one model)."""
+    root = runs["llama"].parents[2]
+    args = tiny_run_args(family_dir("llama"), corpus_jsonl, 32, 3)
+    return {
+        "bf16_mixed": run_validate(root, *args, "--trainer.precision", "bf16-mixed")[0],
+        "bfloat16": run_validate(root, *args, "--model.dtype", "bfloat16")[0],
+    }
+
+
+def test_runs_that_differ_in_precision_or_dtype_say_which(runs, precisions, tmp_path, capsys):
+    given = [runs["llama"], precisions["bf16_mixed"], precisions["bfloat16"]]
+    out = tmp_path / "cmp"
+    _compare(*given, "--out", out, "--relative-depth")
+    printed = capsys.readouterr().out
+    results = [_results(r) for r in given]
+    said = [(r["precision"], r["model"]["dtype"]) for r in results]
+    assert said == [("32-true", "float32"), ("bf16-mixed", "float32"), ("32-true", "bfloat16")]
+    # the parameters had the dtype asked for: a parameter-dtype column would repeat the dtype one
+    assert [r["model"]["parameter_dtype"] for r in results] == ["float32", "float32", "bfloat16"]
+    head = _header(printed)
+    assert head[3:6] == ["model", "precision", "dtype"] and "parameter dtype" not in head
+    assert [tuple(cells[4:6]) for cells in _terminal_rows(printed)] == said
+    content = json.loads((out / "comparison.json").read_text())
+    assert [(r["precision"], r["dtype"]) for r in content["rows"]] == said
+    note = "runs differ in precision and dtype: each run's is in the table and in the figure labels"
+    assert note in printed.splitlines() and f"- {note}" in (out / "comparison.md").read_text()
+    # the figures' labels say it too: without it the three lines read as one run three times
+    labels = [r["label"] for r in content["runs"]]
+    tagged = [f"{label} ({p}, dtype {d})" for label, (p, d) in zip(labels, said, strict=True)]
+    figures, _ = comparison.comparison_figures(comparison.load_runs([str(r) for r in given]), relative=True)
+    solid = [line for line in figures["top1_median"].axes[0].get_lines() if line.get_linestyle() == "-"]
+    assert [line.get_label() for line in solid] == tagged
+    depth = figures["top1_median"]
+    assert [t.get_text() for t in (depth.axes[0].get_legend() or depth.legends[0]).texts] == tagged
+
+
+def _off_the_chart(figure) -> bool:
+    """Whether the figure's legend lies outside its chart and inside the figure."""
+    figure.draw_without_rendering()
+    ax = figure.axes[0]
+    legend = (ax.get_legend() or figure.legends[0]).get_window_extent()
+    inside = figure.bbox.x0 <= legend.x0 and legend.x1 <= figure.bbox.x1 and figure.bbox.y0 <= legend.y0
+    return inside and not legend.overlaps(ax.get_window_extent())
+
+
+def test_the_depth_legends_stay_off_the_lines(runs):
+    """With relative depth every line spans the whole x axis: a legend inside would cover one.
+    Short labels go beside the chart, long ones (here: with each run's corpus) under it."""
+    loaded = comparison.load_runs([str(runs["llama_heads"]), str(runs["neox"])])
+    figures, _ = comparison.comparison_figures(loaded, relative=True)
+    for key in ("top1_median", "attention_to_massive"):
+        assert _off_the_chart(figures[key]), key
+        assert figures[key].legends and figures[key].axes[0].get_legend() is None  # long labels: under it
+    entry = _results(runs["llama"])["variants"]["baseline"]
+    short = comparison.depth_figure([("a/version_0", entry), ("b/version_0", entry)], relative=True)
+    assert _off_the_chart(short) and short.axes[0].get_legend() is not None  # beside it
+
+
+def test_an_interrupted_run_is_marked(runs, tmp_path, capsys):
+    """A Ctrl-C while a run wrote its figures leaves its results.json complete and an
+    INTERRUPTED file beside it (report/callback.py): compare reads it, and says so."""
+    from lit_massive.report.callback import RunReport
+
+    stopped = tmp_path / "lightning_logs" / runs["llama"].parent.name / "version_5"
+    shutil.copytree(runs["llama"], stopped)
+    RunReport().after_interrupt(stopped)  # what the interrupt handler leaves
+    assert (stopped / "INTERRUPTED").is_file()
+    out = tmp_path / "cmp"
+    _compare(stopped, runs["neox"], "--out", out)
+    printed = capsys.readouterr().out
+    label, other = f"{runs['llama'].parent.name}/version_5", f"{runs['neox'].parent.name}/version_0"
+    assert [cells[0] for cells in _terminal_rows(printed)] == [f"{label} (interrupted)", other]
+    note = (
+        f"{label} (interrupted): stopped while writing its figures (an INTERRUPTED file beside its results.json); "
+        "the results.json this comparison reads is complete, its figures and TensorBoard data may not be"
+    )
+    assert note in printed.splitlines() and f"- {note}" in (out / "comparison.md").read_text()
+    content = json.loads((out / "comparison.json").read_text())
+    assert [r["interrupted"] for r in content["runs"]] == [True, False]
+    assert [r["interrupted"] for r in content["rows"]] == [True, False]

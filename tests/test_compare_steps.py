@@ -324,3 +324,32 @@ def test_labels_say_the_revision():
     assert comparison.run_labels(paths, models) == ["pythia-160m@step0/version_0", "pythia-160m@step1000/version_0"]
     gguf = {"name_or_path": "org/SmolLM2-GGUF", "gguf_file": "SmolLM2.Q4_1.gguf"}  # no revision key: null
     assert comparison.run_labels([paths[0], Path("/b/x/results.json")], [MODEL, gguf])[1] == "SmolLM2.Q4_1/x"
+
+
+def test_checkpoints_in_two_precisions_are_two_lines(tmp_path, template, capsys):
+    """The same checkpoints in float32 and bf16-mixed: one line per precision in each step
+    figure (one line through both would zigzag between them), named by it, and a precision
+    column in the table."""
+    paths = [
+        write_run(tmp_path, {**template, "precision": precision}, s, {"name_or_path": MODEL, "revision": f"step{s}"},
+                  name=f"pythia-160m@step{s}-{precision}")
+        for precision in ("32-true", "bf16-mixed") for s in (0, 1000)
+    ]  # fmt: skip
+    points = step_figures.step_points(_runs(paths))
+    assert [(p.step, p.tag) for p in points] == [
+        (0, "32-true"),
+        (0, "bf16-mixed"),
+        (1000, "32-true"),
+        (1000, "bf16-mixed"),
+    ]
+    corpus = points[0].corpus
+    expected = {f"{corpus}, {p}": ([0, 1000], [PLANTED[0][4], PLANTED[1000][4]]) for p in ("32-true", "bf16-mixed")}
+    assert step_figures.perplexity_series(points) == expected
+    assert list(step_figures.massive_dim_series(points))[:2] == [
+        f"dim 7, {corpus}, 32-true",
+        f"dim 7, {corpus}, bf16-mixed",
+    ]
+    figures, _ = step_figures.step_figures(_runs(paths))
+    assert [line.get_label() for line in _lines(figures["step_perplexity"])] == list(expected)
+    printed = _compare(capsys, *paths, "--out", tmp_path / "cmp")
+    assert printed.splitlines()[0].split()[:6] == ["run", "step", "variant", "corpus", "model", "precision"]

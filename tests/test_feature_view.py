@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import DEMO, run_validate
 from lit_massive.analyses.block_stats import massive_dims
-from lit_massive.analyses.feature_view import FeatureView, choose_heads, measure_feature_view
+from lit_massive.analyses.feature_view import FeatureView, choose_heads, measure_feature_view, top_heads
 from lit_massive.models.families import decoder_layout
 from lit_massive.models.toy import ToyConfig, build_toy_model, build_toy_tokenizer
 from lit_massive.probes.hooks import Needs, probes
@@ -51,6 +51,28 @@ def _top4(first_token: torch.Tensor) -> list[int]:
     return sorted(range(len(first_token)), key=lambda h: (-float(first_token[h]), h))[:4]
 
 
+def _top4_anywhere(reference: list[torch.Tensor]) -> list[tuple[int, int]]:
+    """(layer, head) of any layer by first-token score, largest first, ties by (layer, head)."""
+    first = torch.stack([r[:, :, 0].mean(-1) for r in reference])  # (L, H)
+    pairs = [(layer, head) for layer in range(first.shape[0]) for head in range(first.shape[1])]
+    return sorted(pairs, key=lambda p: (-float(first[p]), p))[:4]
+
+
+def _assert_maps_are_eager_attention(view, pairs, reference, t: int) -> None:
+    """Each shown head's probabilities are eager attention's; its logits are log p up to a
+    per-row constant where a key is allowed and NaN where it is masked; its first-token score
+    is the mean over queries of p_i0."""
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    for layer, head in pairs:
+        p, s = reference[layer][head], view.logits[layer][head]
+        assert view.probs[layer][head].dtype == s.dtype == torch.float32 and s.shape == (t, t)
+        torch.testing.assert_close(view.probs[layer][head], p, atol=1e-5, rtol=0)
+        assert view.first_token_scores[layer][head] == pytest.approx(float(p[:, 0].mean()), abs=1e-5)
+        assert torch.equal(s.isnan(), ~causal)
+        # softmax is shift-invariant per row: s_ij - s_i0 = log p_ij - log p_i0
+        torch.testing.assert_close((s - s[:, :1])[causal], (p.log() - p[:, :1].log())[causal], atol=1e-4, rtol=0)
+
+
 def _models(name: str, family_dir) -> tuple:
     """(measured model in its default backend, the same weights in eager attention, tokenizer, BOS id)."""
     if name == "toy":
@@ -67,30 +89,22 @@ def _models(name: str, family_dir) -> tuple:
 
 @pytest.mark.parametrize("name, layers", [("toy", [TRUTH.sink_head[0], TRUTH.writer_head[0]]), ("llama", [0, 2])])
 def test_attention_view_is_the_models_attention(name, layers, family_dir):
-    """The view's probabilities are eager attention's; its logits are log p up to a per-row
-    constant where a key is allowed and NaN where it is masked; its default heads are the 4
-    with the largest first-token score, which is the mean over queries of p_i0. The toy
-    measures through sdpa, llama (grouped-query, RoPE, BOS first) too."""
+    """With `layers` set, each shown layer's view holds its 4 heads with the largest
+    first-token score, and their maps are the model's attention (`_assert_maps_are_eager_attention`).
+    The toy measures through sdpa, llama (grouped-query, RoPE, BOS first) too."""
     model, eager, tokenizer, bos = _models(name, family_dir)
     assert model.config._attn_implementation == "sdpa"
     layout, cpu = decoder_layout(model), torch.device("cpu")
-    view = measure_feature_view(layout, tokenizer, FeatureView(TEXT), layers, (100.0, 1000.0), nullcontext(), cpu, bos)
+    shown = FeatureView(TEXT, layers=layers)
+    view = measure_feature_view(layout, tokenizer, shown, layers, (100.0, 1000.0), nullcontext(), cpu, bos)
     ids = tokenizer(TEXT, add_special_tokens=bos is not None, return_tensors="pt")["input_ids"][0]
     reference = _reference(eager, ids)
-    t = len(ids)
-    causal = torch.ones(t, t, dtype=torch.bool).tril()
     assert list(view.attention_heads) == layers
     for layer in layers:
-        first = reference[layer][:, :, 0].mean(-1)  # (H,)
-        assert view.attention_heads[layer] == _top4(first)
-        for head in view.attention_heads[layer]:
-            p, s = reference[layer][head], view.logits[layer][head]
-            assert view.probs[layer][head].dtype == s.dtype == torch.float32 and s.shape == (t, t)
-            torch.testing.assert_close(view.probs[layer][head], p, atol=1e-5, rtol=0)
-            assert view.first_token_scores[layer][head] == pytest.approx(float(first[head]), abs=1e-5)
-            assert torch.equal(s.isnan(), ~causal)
-            # softmax is shift-invariant per row: s_ij - s_i0 = log p_ij - log p_i0
-            torch.testing.assert_close((s - s[:, :1])[causal], (p.log() - p[:, :1].log())[causal], atol=1e-4, rtol=0)
+        assert view.attention_heads[layer] == _top4(reference[layer][:, :, 0].mean(-1))
+        assert view.attention_views[f"layer{layer}_attention"] == [(layer, h) for h in view.attention_heads[layer]]
+    _assert_maps_are_eager_attention(view, [(la, h) for la in layers for h in view.attention_heads[la]], reference,
+                                      len(ids))  # fmt: skip
     if name == "toy":  # the planted sink heads lead their layers' views
         assert view.attention_heads[TRUTH.sink_head[0]][0] == TRUTH.sink_head[1]
         assert view.attention_heads[TRUTH.writer_head[0]][0] == TRUTH.writer_head[1]
@@ -103,22 +117,57 @@ def test_default_heads_rank_by_first_token_score_then_index():
     assert choose_heads([0.2, 0.9, 0.3], [2, 0]) == [2, 0]
 
 
-def test_the_run_shows_the_default_heads_of_the_first_massive_layer(massive_run):
-    """The default view: layer 2 (the first massive one), its 4 top first-token heads, each
-    with its score in results.json, and the attention figure; no (T, T) map in results.json."""
+@pytest.mark.parametrize("name", ["toy", "llama"])
+def test_by_default_the_view_shows_the_heads_that_sink_most_in_any_layer(name, family_dir):
+    """Neither layers nor heads set: one view of the 4 heads of all layers with the largest
+    first-token score in the text, largest first; on the toy, its planted sink heads
+    (5, 1) and (8, 3) lead (at the massive layer 2 every head attends about evenly)."""
+    model, eager, tokenizer, bos = _models(name, family_dir)
+    layout, cpu = decoder_layout(model), torch.device("cpu")
+    massive = [TRUTH.massive_layer]  # the |block output| view's layer
+    view = measure_feature_view(layout, tokenizer, FeatureView(TEXT), massive, (100.0, 1000.0), nullcontext(), cpu, bos)
+    ids = tokenizer(TEXT, add_special_tokens=bos is not None, return_tensors="pt")["input_ids"][0]
+    reference = _reference(eager, ids)
+    expected = _top4_anywhere(reference)
+    assert view.attention_views == {"attention": expected}
+    assert view.attention_heads == {
+        la: [h for la2, h in expected if la2 == la] for la in dict.fromkeys(la for la, _ in expected)
+    }
+    _assert_maps_are_eager_attention(view, expected, reference, len(ids))
+    assert list(view.values) == massive
+    if name == "toy":
+        assert expected[:2] == [TRUTH.sink_head, TRUTH.writer_head]
+        assert max(float(r[:, 0].mean()) for r in reference[TRUTH.massive_layer]) < 0.4
+
+
+def test_heads_without_layers_are_shown_at_the_first_massive_layer():
+    layout, cpu = decoder_layout(build_toy_model()), torch.device("cpu")
+    shown = FeatureView(TEXT, heads=[TRUTH.sink_head[1], 0])
+    view = measure_feature_view(layout, build_toy_tokenizer(), shown, [2], (100.0, 1000.0), nullcontext(), cpu)
+    assert view.attention_heads == {2: [TRUTH.sink_head[1], 0]}
+    assert view.attention_views == {"layer2_attention": [(2, TRUTH.sink_head[1]), (2, 0)]}
+
+
+def test_heads_of_any_layer_rank_by_first_token_score_then_layer_and_head():
+    scores = {(3, 0): 0.5, (1, 2): 0.9, (0, 1): float("nan"), (2, 1): 0.5, (0, 3): 0.2, (5, 5): 0.9}
+    assert top_heads(scores) == [(1, 2), (5, 5), (2, 1), (3, 0)]
+    assert top_heads({(0, 1): float("nan"), (4, 0): 0.1}) == [(4, 0), (0, 1)]
+
+
+def test_the_run_shows_the_heads_that_sink_most(massive_run):
+    """The default view in a run: the 4 heads of any layer with the largest first-token
+    score, each with its score in results.json, in one figure; no (T, T) map in results.json."""
     run_dir, results = massive_run
     view = results["feature_view"]
-    layer = TRUTH.massive_layer
     ids = build_toy_tokenizer()(TEXT, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-    first = _reference(build_toy_model(attn_implementation="eager"), ids)[layer][:, :, 0].mean(-1)
-    heads = _top4(first)
-    assert view["attention_heads"] == {str(layer): heads}
-    assert view["first_token_scores"].keys() == {str(layer)}
-    scores = view["first_token_scores"][str(layer)]
-    assert list(scores) == [str(h) for h in heads]
-    assert [scores[str(h)] for h in heads] == pytest.approx([float(first[h]) for h in heads], abs=1e-5)
+    reference = _reference(build_toy_model(attn_implementation="eager"), ids)
+    expected = _top4_anywhere(reference)
+    assert [(int(la), h) for la, heads in view["attention_heads"].items() for h in heads] == expected
+    scores = [view["first_token_scores"][str(la)][str(h)] for la, h in expected]
+    assert scores == pytest.approx([float(reference[la][h][:, 0].mean()) for la, h in expected], abs=1e-5)
     assert set(view) == {"text", "tokens", "massive_dims", "attention_heads", "first_token_scores"}
-    assert (run_dir / "figures" / f"feature_view_layer{layer}_attention.png").stat().st_size > 0
+    assert (run_dir / "figures" / "feature_view_attention.png").stat().st_size > 0
+    assert not list((run_dir / "figures").glob("feature_view_layer*_attention.png"))
 
 
 def test_configured_heads_are_shown_in_their_order(tmp_path):

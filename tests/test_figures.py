@@ -1,13 +1,15 @@
 """Figures and tables read right: every statistic, symmetric % axes, marked pruned heads."""
 
+import re
+
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from lit_massive.analyses import summary_columns_of
+from lit_massive.analyses import columns_of, summary_columns_of
 from lit_massive.analyses.locator import locator_table
 from lit_massive.report import figures, head_figures
-from lit_massive.report.tables import summary_table
+from lit_massive.report.tables import summary_table, terminal_summary
 
 
 def _layers(tops, medians):
@@ -98,3 +100,64 @@ def test_a_head_grid_shows_a_null_cell_unlike_a_zero_one():
     assert "grey: not measured" in fig.axes[-1].get_ylabel()
     fig, _ = head_figures.head_grid([[0.0, 0.1]], "t", "cosine", diverging=True)
     assert "not measured" not in fig.axes[-1].get_ylabel()
+
+
+@pytest.fixture(scope="module")
+def compared_run():
+    """The toy, baseline and one pruned variant: real entries for the end-of-run tables."""
+    import lit_massive
+
+    data = {"dataset": "toy", "seq_len": 64, "num_sequences": 2, "batch_size": 2}
+    return lit_massive.measure("toy", data, analyses=["perplexity"], variants={"cut": [[5, 1]]})
+
+
+def _cells(line: str) -> list[str]:
+    return re.split(r"\s{2,}", line.strip())
+
+
+def test_the_change_columns_only_when_there_is_a_variant(compared_run):
+    """A baseline alone has nothing to compare: no % columns (they would hold only dashes) and no note on them."""
+    entries = compared_run.variants
+    alone = terminal_summary({None: {"baseline": entries["baseline"]}}, columns_of).splitlines()
+    assert _cells(alone[0]) == ["variant", "first massive", "peak top-1/median (layer)", "perplexity"]
+    assert len(alone) == 3 and "%" not in "\n".join(alone)  # header, rule, the baseline's row
+    both = terminal_summary({None: entries}, columns_of).splitlines()
+    head = _cells(both[0])
+    assert head[4:] == ["top-1 %", "perplexity %", "largest % (stat, layer)"]
+    cut = dict(zip(head, _cells(both[3]), strict=True))
+    change = entries["cut"]["change_vs_baseline"]
+    assert cut["top-1 %"] == format(change["mean_over_layers"]["top1_pct"], "+.2f")
+    assert cut["perplexity %"] == format(change["perplexity_pct"], "+.2f")
+    assert both[-1].startswith("%: change vs baseline")
+    # the same in TensorBoard's summary table
+    assert "change" not in summary_table({"baseline": entries["baseline"]}, summary_columns_of)
+    assert "| mean top-1 change % |" in summary_table(entries, summary_columns_of)
+
+
+def _drawn_labels(fig, ax) -> list:
+    """The token axis's labels as drawn: (text, box in pixels), the blank ones left out."""
+    fig.set_dpi(120)  # the Publisher's
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    ticks = ax.yaxis.get_major_ticks()
+    return [(t.label1.get_text(), t.label1.get_window_extent(renderer)) for t in ticks if t.label1.get_text()]
+
+
+@pytest.mark.parametrize("n", [8, 40])
+def test_the_3d_views_token_labels_do_not_overlap(n):
+    """Eight tokens (the demo's text) are all labelled; forty get a label every k-th token,
+    the first one included; no drawn label overlaps another."""
+    words = ["Summer", "is", "warm", ".", "Winter", "is", "cold", "."]
+    tokens = [words[t % 8] for t in range(n)]
+    values = [[float(t + d) for d in range(96)] for t in range(n)]
+    values[0][17] = 2000.0
+    fig, (ax3, _) = figures.feature_view_figure(values, tokens, [17], "t")
+    drawn = _drawn_labels(fig, ax3)
+    boxes = [box for _, box in drawn]
+    assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :] if a.overlaps(b)]
+    shown = [t.label1.get_text() for t in ax3.yaxis.get_major_ticks()]
+    assert len(shown) == n  # a tick per token
+    step = next(t for t in range(1, n) if shown[t]) if n > 1 else 1
+    assert shown == [tokens[t] if t % step == 0 else "" for t in range(n)]
+    assert (step == 1) == (n == 8)

@@ -5,8 +5,10 @@ variants), prints one table row per run x variant x corpus and writes, into DIR,
 comparison.md (the table and its notes), comparison.json (the rows, every number as the
 runs' results.json has it) and PNG figures that overlay the runs. Checkpoints of one model
 (revision `stepN`, or `stepN` / `checkpoint-N` folders: `order_by_step`) come in training-step
-order, with a step column and figures of each statistic against the step. Bad input (a
-missing run, a file that is not a results.json, a single run, a DIR with files in it) fails
+order, with a step column and figures of each statistic against the step. Runs that differ
+in precision or dtype get a column for each and say it in the figure labels; a run interrupted
+while writing its figures is marked. Bad input (a missing run, a run directory without
+results.json, a file that is not a results.json, a single run, a DIR with files in it) fails
 in one line before anything is written.
 """
 
@@ -118,7 +120,15 @@ def main(argv: list[str] | None = None) -> None:
         skipped.append(no_step_figures)
     names = [FIGURES[key] for key in figures]
     content = {
-        "runs": [{"label": r.label, "path": str(r.path), "training_step": training_step(r.results)} for r in runs],
+        "runs": [
+            {
+                "label": r.label,
+                "path": str(r.path),
+                "training_step": training_step(r.results),
+                "interrupted": r.interrupted,
+            }
+            for r in runs
+        ],
         "by_training_step": by_step is not None,
         "rows": rows,
         "tokenizers_differ": tokenizers_differ(runs),

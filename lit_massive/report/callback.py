@@ -31,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lit_massive.analyses import ANALYSES, summary_columns_of
 from lit_massive.errors import InputError, RunWarning
+from lit_massive.report.comparison import model_run_name
 from lit_massive.report.publisher import Publisher, write_atomic
 from lit_massive.report.schema import RESULTS, RunResults
 from lit_massive.report.tables import summary_table
@@ -172,12 +173,20 @@ def kept_ctrl_c():
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def shown_model(model: dict) -> str:
+    """The model as figures and tables name it: its run directory's name (`model_run_name`:
+    a local folder or .gguf file by its name, not the absolute path, which would fill every
+    title; a revision after `@`), from results.json's `model` section."""
+    return model_run_name(model["name_or_path"], revision=model.get("revision"), gguf_file=model.get("gguf_file"))
+
+
 def publish(results: RunResults, run_dir: Path, writer=None, between: Callable[[], None] = lambda: None) -> None:
     """What every analysis that ran publishes, per variant and for the run, and the summary
     table: for the default corpus as for a run over one, then for each other corpus under its
     name (`Publisher`), with the run-level sections (feature_view) the default corpus's alone.
-    `between` runs after each analysis's part (`CtrlC.check`)."""
-    model = results.model["name_or_path"]
+    `between` runs after each analysis's part (`CtrlC.check`). Figures and tables name the
+    model by `shown_model`; results.json keeps its full path."""
+    model = shown_model(results.model)
     ran = [ANALYSES[name] for name in results.analyses]
     runs = [(None, results)] + [
         (name, replace(results, data=corpus["data"], variants=corpus["variants"], sections={}, corpora={}))

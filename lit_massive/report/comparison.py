@@ -49,6 +49,12 @@ FIGURES = {
     "step_perplexity": "step_perplexity.png",
 }
 WRITTEN = (MARKDOWN, JSON, *FIGURES.values())
+# beside a results.json whose run was interrupted while writing its figures (report/callback.py's
+# INTERRUPTED; not imported from there, which imports lightning): results.json is complete
+INTERRUPTED = "INTERRUPTED"
+# how a run computed, which two runs of one model may differ in -> the column that shows it:
+# results.json's `precision` (32-true, bf16-mixed, ...), `model.dtype` (asked) and `model.parameter_dtype` (held)
+NUMERICS = {"precision": "precision", "dtype": "dtype", "parameter_dtype": "parameter dtype"}
 # a horizontal box plot: `orientation` from matplotlib 3.10 on (`vert` is deprecated there), `vert` before
 _HORIZONTAL = {"orientation": "horizontal"} if matplotlib.__version_info__ >= (3, 10) else {"vert": False}
 
@@ -90,11 +96,13 @@ def model_run_name(model_name_or_path: str, revision: str | None = None, gguf_fi
 
 @dataclass
 class Run:
-    """One run to compare: its label (unique among the runs), results.json path and content."""
+    """One run to compare: its label (unique among the runs), results.json path and content,
+    and whether it was interrupted while writing its figures (an INTERRUPTED file beside)."""
 
     label: str
     path: Path
     results: ResultsFile
+    interrupted: bool = False
 
 
 def _results_path(given: str) -> Path:
@@ -167,7 +175,10 @@ def load_runs(given: list[str]) -> list[Run]:
         paths.append(path)
         loaded.append(results)
     labels = run_labels(paths, [r["model"] for r in loaded])
-    return [Run(label, path, results) for label, path, results in zip(labels, paths, loaded, strict=True)]
+    return [
+        Run(label, path, results, (path.parent / INTERRUPTED).is_file())
+        for label, path, results in zip(labels, paths, loaded, strict=True)
+    ]
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,6 +313,32 @@ def tokenizer_of(results: ResultsFile) -> str:
     return str(data.get("tokenizer") or results["model"]["name_or_path"])
 
 
+def numerics(results: ResultsFile) -> dict[str, str | None]:
+    """How a run computed (NUMERICS keys): its precision and the model's dtypes, as results.json has them."""
+    model = _model_of(results)
+    return {
+        "precision": _text(results.get("precision")),
+        "dtype": _text(model.get("dtype")),
+        "parameter_dtype": _text(model.get("parameter_dtype")),
+    }
+
+
+def numerics_shown(records: list[dict[str, Any]]) -> list[str]:
+    """The NUMERICS keys whose values differ between `records` (rows, or `numerics` of each
+    run): what tells two runs of one model apart; the parameter dtype not where it is the
+    dtype asked for in every record (it would say the same twice)."""
+    keys = [key for key in NUMERICS if len({r.get(key) for r in records}) > 1]
+    if {"dtype", "parameter_dtype"} <= set(keys) and all(r.get("dtype") == r.get("parameter_dtype") for r in records):
+        keys.remove("parameter_dtype")
+    return keys
+
+
+def numerics_tag(record: dict[str, Any], keys: list[str]) -> str:
+    """`keys` of a record as a label's suffix: `bf16-mixed, dtype bfloat16` ('' for no keys)."""
+    parts = {"precision": "{}", "dtype": "dtype {}", "parameter_dtype": "parameters {}"}
+    return ", ".join(parts[key].format(record.get(key) or "-") for key in keys)
+
+
 def comparison_rows(runs: list[Run]) -> list[dict[str, Any]]:
     """One row per run x corpus x variant, every number as the run's results.json has it."""
     rows = []
@@ -327,6 +364,8 @@ def comparison_rows(runs: list[Run]) -> list[dict[str, Any]]:
                         "n_embd": model.get("n_embd"),
                         "vocab_size": model.get("vocab_size"),
                         "tokenizer": tokenizer_of(results),
+                        **numerics(results),
+                        "interrupted": run.interrupted,
                         "variant": variant,
                         "corpus": corpus,
                         "first_massive_layer": entry.get("first_massive_layer"),
@@ -372,15 +411,28 @@ def with_step(rows: list[dict[str, Any]]) -> bool:
     return any(row["training_step"] is not None for row in rows)
 
 
+_AFTER_MODEL = COLUMNS.index("model") + 1  # where the NUMERICS columns go, when the runs differ in them
+
+
 def columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The table's head: COLUMNS, with `step` after `run` where a run has one."""
-    return [COLUMNS[0], "step", *COLUMNS[1:]] if with_step(rows) else list(COLUMNS)
+    """The table's head: COLUMNS, with `step` after `run` where a run has one, and after
+    `model` a column for each of precision and dtype that differs between the rows."""
+    head = list(COLUMNS)
+    head[_AFTER_MODEL:_AFTER_MODEL] = [NUMERICS[key] for key in numerics_shown(rows)]
+    return [head[0], "step", *head[1:]] if with_step(rows) else head
 
 
-def table_cells(row: dict[str, Any], step: bool) -> list[str]:
-    """A row's cells in `columns` order (`step`: with the step column)."""
+def table_cells(row: dict[str, Any], step: bool, shown: list[str] | None = None) -> list[str]:
+    """A row's cells in `columns` order (`step`: with the step column; `shown`: the NUMERICS
+    keys with a column)."""
     cells = row_cells(row)
+    cells[_AFTER_MODEL:_AFTER_MODEL] = [row.get(key) or "-" for key in shown or []]
     return [cells[0], "-" if row["training_step"] is None else str(row["training_step"]), *cells[1:]] if step else cells
+
+
+def run_cell(row: dict[str, Any]) -> str:
+    """The run's label, marked where the run was interrupted (its notes line says what that means)."""
+    return f"{row['run']} (interrupted)" if row.get("interrupted") else row["run"]
 
 
 def row_cells(row: dict[str, Any]) -> list[str]:
@@ -391,7 +443,7 @@ def row_cells(row: dict[str, Any]) -> list[str]:
     where = "-" if row["top1_dim"] is None else f"{row['top1_dim']}" + ("" if token is None else f" {token!r}")
     base = row["variant"] == BASELINE
     return [
-        row["run"],
+        run_cell(row),
         row["variant"],
         row["corpus"],
         _model_shown(row["model"]),
@@ -433,13 +485,26 @@ def notes(runs: list[Run], rows: list[dict[str, Any]]) -> list[str]:
         lines += [f"  tokenizer {key}: {', '.join(labels)}" for key, labels in groups.items()]
     if len({row["corpus"] for row in rows}) > 1:
         lines.append("corpora differ: numbers compare only between rows of the same corpus (and window length)")
+    shown = numerics_shown(rows)
+    if shown:
+        named = " and ".join(NUMERICS[key] for key in shown)
+        lines.append(f"runs differ in {named}: each run's is in the table and in the figure labels")
+    lines += [interrupted_line(r.label) for r in runs if r.interrupted]
     return lines
+
+
+def interrupted_line(label: str) -> str:
+    """The note under the table for a run interrupted while writing its figures."""
+    return (
+        f"{label} (interrupted): stopped while writing its figures (an {INTERRUPTED} file beside its {RESULTS}); "
+        f"the {RESULTS} this comparison reads is complete, its figures and TensorBoard data may not be"
+    )
 
 
 def terminal_table(rows: list[dict[str, Any]], lines: list[str]) -> str:
     """The table as aligned columns for the terminal, then the notes."""
-    step = with_step(rows)
-    table = [columns(rows), *(table_cells(r, step) for r in rows)]
+    step, shown = with_step(rows), numerics_shown(rows)
+    table = [columns(rows), *(table_cells(r, step, shown) for r in rows)]
     widths = [max(len(r[c]) for r in table) for c in range(len(table[0]))]
     text = ["  ".join(t.ljust(w) for t, w in zip(r, widths, strict=True)).rstrip() for r in table]
     return "\n".join([text[0], "  ".join("-" * w for w in widths), *text[1:], *lines])
@@ -451,8 +516,8 @@ def _md(text: str) -> str:
 
 def comparison_markdown(rows: list[dict[str, Any]], lines: list[str], figures: list[str]) -> str:
     """comparison.md: the table, the notes, the figures."""
-    step = with_step(rows)
-    table = markdown_table(columns(rows), [[_md(c) for c in table_cells(r, step)] for r in rows])
+    step, shown = with_step(rows), numerics_shown(rows)
+    table = markdown_table(columns(rows), [[_md(c) for c in table_cells(r, step, shown)] for r in rows])
     runs = "\n".join(f"- `{label}`: {path}" for label, path in dict.fromkeys((r["run"], r["path"]) for r in rows))
     bullets = [f"  - {line.strip()}" if line.startswith("  ") else f"- {line}" for line in lines]
     parts = ["# Comparison of runs", "", table, "", *bullets, "", "Runs:", "", runs]
@@ -470,14 +535,24 @@ def _series_label(row: dict[str, Any], several_corpora: bool) -> str:
     return f"{label}, {row['corpus']}" if several_corpora else label
 
 
+def run_tags(runs: list[Run]) -> list[str]:
+    """Per run, what tells it apart from the others in precision and dtype (`numerics_tag`;
+    '' for every run where they all computed alike)."""
+    records = [numerics(r.results) for r in runs]
+    shown = numerics_shown(records)
+    return [numerics_tag(record, shown) for record in records]
+
+
 def series(runs: list[Run]) -> list[tuple[str, dict]]:
-    """(label, variant entry) per run x corpus x variant, in the table's order."""
+    """(label, variant entry) per run x corpus x variant, in the table's order; a run's
+    precision and dtype in its labels where the runs differ in them."""
     several = len({c for r in runs for c, _, _ in corpora(r.results)}) > 1
     out = []
-    for run in runs:
+    for run, tag in zip(runs, run_tags(runs), strict=True):
+        name = f"{run.label} ({tag})" if tag else run.label
         for corpus, _data, variants in corpora(run.results):
             for variant, entry in variants.items():
-                label = _series_label({"run": run.label, "variant": variant, "corpus": corpus}, several)
+                label = _series_label({"run": name, "variant": variant, "corpus": corpus}, several)
                 out.append((label, entry))
     return out
 
@@ -508,11 +583,25 @@ def _depth_axis(ax: Axes, relative: bool, n_max: int) -> None:
         ax.set_xlabel("block (0-based)")
 
 
+LONG_LABEL = 40  # characters: legends with a longer entry go under the chart, where they take none of its width
+TWO_COLUMNS = 55  # characters: the longest entry that fits twice across the figure's width at small font size
+LEGEND_ROW = 0.22  # inches of figure height per legend row under the chart, so the chart keeps its height
+
+
 def _legend(ax: Axes, n: int) -> None:
-    if n > 8:  # beside the chart, in columns, instead of over the lines
-        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + n // 16)
-    else:
-        ax.legend(fontsize="small")
+    """Off the chart, never over it: the runs' lines span the whole axes (with relative
+    depth, every one from 0 to 1), so no corner inside is free of data. Beside it, or for
+    long labels (paths, corpora) under it, in one or two columns."""
+    small = "x-small" if n > 8 else "small"
+    labels = ax.get_legend_handles_labels()[1]
+    if max(map(len, labels), default=0) <= LONG_LABEL:
+        ax.legend(fontsize=small, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, ncol=1 + n // 16)
+        return
+    fig = ax.get_figure()
+    ncol = 2 if max(map(len, labels)) <= TWO_COLUMNS and n > 1 else 1
+    fig.legend(fontsize=small, loc="outside lower center", ncol=ncol)
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + LEGEND_ROW * -(-n // ncol))
 
 
 def _values(values: list[float | None]) -> list[float]:
@@ -522,7 +611,7 @@ def _values(values: list[float | None]) -> list[float]:
 def depth_figure(shown: list[tuple[str, dict]], relative: bool = False) -> Figure:
     """Top-1 (solid) and median (dashed) of |block output| against depth, one color per
     run x variant, log y: where each model's massive activations appear and how large."""
-    fig = Figure(figsize=(9.5, 4.8), layout="constrained")
+    fig = Figure(figsize=(10.5, 4.8), layout="constrained")  # wide: the legend may be beside the chart
     ax = fig.subplots()
     n_max = max(len(entry["layers"]) for _, entry in shown)
     for i, ((label, entry), color) in enumerate(zip(shown, _colors(len(shown)), strict=True)):
@@ -542,7 +631,7 @@ def depth_figure(shown: list[tuple[str, dict]], relative: bool = False) -> Figur
 def attention_figure(shown: list[tuple[str, dict]], relative: bool = False) -> Figure:
     """Per block, the share of attention on each window's massive tokens, one line per run x
     variant with head scores."""
-    fig = Figure(figsize=(9.5, 4.2), layout="constrained")
+    fig = Figure(figsize=(10.5, 4.2), layout="constrained")
     ax = fig.subplots()
     n_max = max(len(entry["attention_to_massive"]) for _, entry in shown)
     for i, ((label, entry), color) in enumerate(zip(shown, _colors(len(shown)), strict=True)):

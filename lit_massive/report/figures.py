@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from mpl_toolkits.mplot3d import proj3d
 
 NAN = float("nan")
 
@@ -240,12 +244,11 @@ def feature_view_figure(
         ax2.plot(range(n_dim), row, lw=0.8, color=colors(t % 10), label=repr(tokens[t]))
     ax3.set_xlim(0, n_dim - 1)
     ax3.set_xticks(ticks, [str(d) for d in ticks], fontsize="small")
-    ax3.set_yticks(range(len(tokens)), tokens, fontsize="small")
     ax3.set_zlim(0, None)
-    ax3.set_box_aspect((2.0, 1.2, 1.0), zoom=1.15)
+    ax3.set_box_aspect((1.8, 1.8, 1.0), zoom=1.15)  # a deep token axis: about 16 pixels a token at 8 tokens
     ax3.set_xlabel("feature dim")
     ax3.set_title("3D view (token x dim x |value|)", fontsize="small")
-    ax3.view_init(elev=20, azim=-65)
+    ax3.view_init(elev=22, azim=-58)
     kind = "massive dim" if dims else "largest dim"
     for k, d in enumerate(labelled):
         t = peaks[d]
@@ -270,7 +273,29 @@ def feature_view_figure(
         ax2.legend(fontsize="x-small", title="token", title_fontsize="x-small", loc="upper left",
                    bbox_to_anchor=(1.01, 1.0))  # fmt: skip
     fig.suptitle(title if note is None else f"{title}\n{note}", fontsize="medium")
+    _token_axis(fig, ax3, tokens)
     return fig, [ax3, ax2]
+
+
+def _token_axis(fig: Figure, ax3: Axes, tokens: list[str]) -> None:
+    """The 3D view's token axis: a tick per token, a label every k-th, k the smallest step
+    at which neighbouring labels clear each other on screen. The axis runs at a slant, so
+    the labels of a long text would stack into one another; the side view's legend (up to
+    16 tokens) and the labelled peaks name the tokens in between."""
+    labels = [_token_label(token) for token in tokens]
+    ax3.set_yticks(range(len(tokens)), labels, fontsize="small")
+    fig.draw_without_rendering()  # lays the figure out: where the axis lands and how big a label is
+    xs, ys, _ = proj3d.proj_transform(np.zeros(2), np.array([0.0, 1.0]), np.zeros(2), ax3.get_proj())
+    (x0, y0), (x1, y1) = ax3.transData.transform(np.column_stack([xs, ys]))  # one token's step, in pixels
+    boxes = [text.get_window_extent() for text in ax3.get_yticklabels()]
+    # centred labels a step (dx, dy) apart clear each other when dy passes their height or dx their width
+    step = min(
+        math.ceil(max(b.height for b in boxes) / max(abs(y1 - y0), 1e-9)),
+        math.ceil(max(b.width for b in boxes) / max(abs(x1 - x0), 1e-9)),
+    )
+    if step > 1:
+        ax3.set_yticks(range(len(tokens)), [label if t % step == 0 else "" for t, label in enumerate(labels)],
+                       fontsize="small")  # fmt: skip
 
 
 def components_figure(entries: list[dict], title: str) -> tuple[Figure, Axes]:
@@ -329,17 +354,25 @@ def _token_label(token: str) -> str:
     return repr(token)[1:-1].replace("$", r"\$")
 
 
+def _head_title(head: int | tuple[int, int]) -> str:
+    return f"head {head}" if isinstance(head, int) else f"layer {head[0]}, head {head[1]}"
+
+
 def attention_view_figure(
-    logits: list, probs: list, heads: list[int], first_token: list[float], tokens: list[str], title: str
+    logits: list,
+    probs: list,
+    heads: list[int] | list[tuple[int, int]],
+    first_token: list[float],
+    tokens: list[str],
+    title: str,
 ) -> tuple[Figure, list[list[Axes]]]:
     """A few heads' attention over one text (the paper's figures 6 and 7): a row of logits
     s_ij (before the mask; NaN where masked) and a row of probabilities p_ij, (T, T) each,
-    one column per head (`first_token`: its first-token score), key token on x, query token
+    one column per head (a head of the layer the title names, or a (layer, head) pair;
+    `first_token`: its first-token score), key token on x, query token
     on y. Masked (future) keys are grey in both rows, as their logit is never used. Each row
     shares one color scale (logits: their range; probabilities: 0 to the largest shown), so
     heads compare; panels grow with the token count so every token's label stays readable."""
-    import numpy as np
-
     s = [np.asarray(x, dtype=float) for x in logits]
     p = [np.where(np.isnan(a), np.nan, np.asarray(b, dtype=float)) for a, b in zip(s, probs, strict=True)]
     n, t = len(heads), len(tokens)
@@ -360,7 +393,7 @@ def attention_view_figure(
             image = ax.imshow(maps[c], cmap=cmap.with_extremes(bad="0.85"), vmin=vmin, vmax=vmax,
                               interpolation="nearest")  # fmt: skip
             if r == 0:
-                ax.set_title(f"head {head}\nfirst-token score {score:.3f}", fontsize="small")
+                ax.set_title(f"{_head_title(head)}\nfirst-token score {score:.3f}", fontsize="small")
         fig.colorbar(image, ax=list(axes[r]), label=label, shrink=0.9)
         axes[r][0].set_ylabel(f"{name}\nquery token")
     axes[0][0].set_xticks(range(t), labels)  # shared: the outer axes show them

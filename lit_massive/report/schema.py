@@ -219,34 +219,76 @@ class RunResults:
         return out
 
     def layer_frame(self) -> pandas.DataFrame:
-        """The layer profile of every variant, one row per (variant, layer): top1.., median,
-        top1_over_median, where the top-1 sits, and the % change vs the baseline."""
+        """Every per-layer figure of every variant, one row per (variant, layer): the `layers`
+        row (top1.., median, top1_over_median, where the top-1 sits, the outlier statistics),
+        each entry key holding one number per layer (`attention_to_massive`, `sink_rate`, ...),
+        each list of one row per layer (`mlp_down`: `mlp_down_input_value`, ...) and the % change
+        vs the baseline. Read from the entries, so an analysis added later brings its columns."""
         import pandas
 
         rows = []
         for name, entry in self.variants.items():
+            n_layer = len(entry["layers"])
+            numbers = [k for k, v in entry.items() if _per_layer_numbers(v, n_layer)]
+            blocks = [k for k, v in entry.items() if k != "layers" and _per_layer_rows(v, n_layer)]
             change = entry.get("change_vs_baseline", {})
             for row in entry["layers"]:
+                layer = row["layer"]
                 flat = {"variant": name, **{k: v for k, v in row.items() if k != "top"}}
                 flat.update({f"top{j + 1}": v for j, v in enumerate(row["top"])})
-                flat.update({k: v[row["layer"]] for k, v in change.items() if isinstance(v, list)})
+                flat.update({k: entry[k][layer] for k in numbers})
+                for k in blocks:
+                    flat.update(_flat(k, {c: v for c, v in entry[k][layer].items() if c != "layer"}))
+                flat.update({k: v[layer] for k, v in change.items() if isinstance(v, list)})
                 rows.append(flat)
         return pandas.DataFrame(rows)
 
     def head_frame(self) -> pandas.DataFrame:
-        """Per (variant, layer, head): first-token and massive-token attention (with
-        `model.head_scores: true`; empty otherwise)."""
+        """Every per-head figure of every variant, one row per (variant, layer, head): the
+        (L, H) keys `rank-heads` and selections rank by (`SCORES`): first-token (`head_score`)
+        and massive-token (`massive_token_score`) attention with `model.head_scores`, the
+        attention internals (`value_norm_first`, `head_output_norm`, ...) with
+        `model.head_internals`; null where a variant lacks one; empty without head scores."""
         import pandas
 
-        rows = [
-            {"variant": name, "layer": layer, "head": head, "head_score": score,
-             "massive_token_score": entry["massive_token_scores"][layer][head]}
-            for name, entry in self.variants.items()
-            if entry.get("head_scores") is not None
-            for layer, scores in enumerate(entry["head_scores"])
-            for head, score in enumerate(scores)
-        ]  # fmt: skip
-        return pandas.DataFrame(rows, columns=["variant", "layer", "head", "head_score", "massive_token_score"])
+        keys = [k for k in dict.fromkeys(k for e in self.variants.values() for k in e) if k in _HEAD_KEYS]
+        keys = [k for k in keys if any(e.get(k) is not None for e in self.variants.values())]
+        columns = ["variant", "layer", "head", *(_HEAD_COLUMN.get(k, k) for k in keys or _HEAD_COLUMN)]
+        rows = []
+        for name, entry in self.variants.items():
+            grid = next((entry[k] for k in keys if entry.get(k) is not None), None)
+            for layer, head in ((layer, head) for layer, row in enumerate(grid or []) for head in range(len(row))):
+                values = [None if entry.get(k) is None else entry[k][layer][head] for k in keys]
+                rows.append([name, layer, head, *values])
+        return pandas.DataFrame(rows, columns=columns)
+
+
+# the (L, H) keys of a variant entry, and the head frame's names of the two head scores (as it always had them)
+_HEAD_KEYS = frozenset(SCORES.values())
+_HEAD_COLUMN = {SCORES["first_token"]: "head_score", SCORES["massive_tokens"]: "massive_token_score"}
+
+
+def _per_layer_numbers(value: Any, n_layer: int) -> bool:
+    """Whether an entry's value holds one number (or null) per layer."""
+    return isinstance(value, list) and len(value) == n_layer and all(_is_number(v, nullable=True) for v in value)
+
+
+def _per_layer_rows(value: Any, n_layer: int) -> bool:
+    """Whether an entry's value is one row per layer, in layer order (`mlp_down`), not a list
+    of located entries (several per layer, or none for some)."""
+    return (
+        isinstance(value, list)
+        and len(value) == n_layer
+        and all(isinstance(row, dict) and row.get("layer") == i for i, row in enumerate(value))
+    )
+
+
+def _flat(prefix: str, row: dict[str, Any]) -> dict[str, Any]:
+    """A row's values as `prefix_key` columns, nested rows as `prefix_key_inner`."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        out.update(_flat(f"{prefix}_{key}", value) if isinstance(value, dict) else {f"{prefix}_{key}": value})
+    return out
 
 
 def read_results(path: str | Path, what: str = "results file") -> ResultsFile:
@@ -255,6 +297,8 @@ def read_results(path: str | Path, what: str = "results file") -> ResultsFile:
     variants, or a variant of any corpus whose head scores or located entries have the wrong shape)."""
     file = Path(path).expanduser()
     if file.is_dir():
+        if not (file / RESULTS).is_file():
+            raise InputError(_no_results_line(what, str(path), file))
         file = file / RESULTS
     if not file.is_file():
         raise InputError(f"{what} {str(path)!r} does not exist; give a run directory or its {RESULTS}")
@@ -288,6 +332,23 @@ def read_results(path: str | Path, what: str = "results file") -> ResultsFile:
                 f"{what} {str(file)!r}: variant {name!r} {problem}; give the {RESULTS} of a lit_massive run"
             )
     return data
+
+
+_RUN_FILES = ("config.yaml", "hparams.yaml")  # what a CLI run writes into its directory before results.json
+
+
+def _no_results_line(what: str, given: str, directory: Path) -> str:
+    """Why a directory without results.json cannot be read: a run's directory (it has the
+    run's config) means the run did not finish; another folder is not a run directory."""
+    if any((directory / name).is_file() for name in _RUN_FILES):
+        return (
+            f"{what} {given!r} has no {RESULTS}: the run did not finish (it failed, was stopped, or is still "
+            f"running); run it again, or give a finished run directory or its {RESULTS}"
+        )
+    return (
+        f"{what} {given!r} has no {RESULTS} and is not a run directory; "
+        f"give lightning_logs/<model>/version_N or its {RESULTS}"
+    )
 
 
 def _is_number(value: Any, nullable: bool = False) -> bool:

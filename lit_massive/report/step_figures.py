@@ -26,6 +26,7 @@ from lit_massive.report.comparison import (
     _style,
     _values,
     corpora,
+    run_tags,
     step_model,
     training_step,
 )
@@ -39,35 +40,43 @@ Series = dict[str, tuple[list[int], list[Any]]]  # line label -> (steps, values)
 @dataclass
 class StepPoint:
     """One run as a point of the step figures: its step and the entry drawn (the baseline on
-    the run's default corpus)."""
+    the run's default corpus); `tag`: its precision and dtype where the runs differ in them."""
 
     step: int
     corpus: str
     entry: dict[str, Any]
     n_layer: int
+    tag: str = ""
+
+    @property
+    def line(self) -> str:
+        """The line it is a point of: its corpus, and its precision and dtype where runs differ
+        (a bfloat16 and a float32 run of one checkpoint are two lines, not a zigzag)."""
+        return f"{self.corpus}, {self.tag}" if self.tag else self.corpus
 
 
 def step_points(runs: list[Run]) -> list[StepPoint]:
     """The runs (in step order, each with a step) as points: the baseline of the default
     corpus (the first variant, in a file without one)."""
     points = []
-    for run in runs:
+    for run, tag in zip(runs, run_tags(runs), strict=True):
         corpus, _data, variants = next(corpora(run.results))
         entry = variants.get(BASELINE) or next(iter(variants.values()))
         n_layer = run.results["model"].get("n_layer") or len(entry["layers"])
-        points.append(StepPoint(training_step(run.results), corpus, entry, n_layer))
+        points.append(StepPoint(training_step(run.results), corpus, entry, n_layer, tag))
     return points
 
 
-def _several_corpora(points: list[StepPoint]) -> bool:
-    return len({p.corpus for p in points}) > 1
+def _several_lines(points: list[StepPoint]) -> bool:
+    return len({p.line for p in points}) > 1
 
 
 def _by_corpus(points: list[StepPoint], value: Callable[[StepPoint], Any]) -> Series:
-    """One line per default corpus (runs evaluated on different corpora do not share a line)."""
+    """One line per default corpus and precision (runs evaluated on different corpora, or
+    computed in different precisions, do not share a line)."""
     out: Series = {}
     for p in points:
-        steps, values = out.setdefault(p.corpus, ([], []))
+        steps, values = out.setdefault(p.line, ([], []))
         steps.append(p.step)
         values.append(value(p))
     return out
@@ -116,11 +125,11 @@ def massive_dims(points: list[StepPoint], count: int = MASSIVE_DIMS) -> list[int
 
 def massive_dim_series(points: list[StepPoint], count: int = MASSIVE_DIMS) -> Series:
     """Per dim of `massive_dims`, its largest |value| in each run (None: not massive there)."""
-    several = _several_corpora(points)
+    several = _several_lines(points)
     out: Series = {}
     for dim in massive_dims(points, count):
-        for corpus, line in _by_corpus(points, lambda p, dim=dim: _largest_at(p.entry, dim)).items():
-            out[f"dim {dim}, {corpus}" if several else f"dim {dim}"] = line
+        for name, line in _by_corpus(points, lambda p, dim=dim: _largest_at(p.entry, dim)).items():
+            out[f"dim {dim}, {name}" if several else f"dim {dim}"] = line
     return out
 
 
