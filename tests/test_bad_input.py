@@ -88,15 +88,19 @@ def test_a_second_run_into_the_same_directory_changes_nothing(tmp_path):
     assert results.read_bytes() == before
 
 
-@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
-def test_text_less_table_leaves_no_run_directory(tmp_path, suffix):
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_text_less_table_leaves_no_run_directory(tmp_path, capfd, suffix):
     rows = tmp_path / f"rows{suffix}"
     if suffix == ".parquet":
         pq.write_table(pa.table({"body": ["Summer is warm ."] * 4}), rows)
-    else:
+    elif suffix == ".csv":
         rows.write_text("body\nSummer is warm .\n")
+    else:
+        rows.write_text(json.dumps({"body": "Summer is warm ."}) + "\n")
+    capfd.readouterr()
     msg = _error(tmp_path, "--data.data_files", str(rows))
     assert f"rows{suffix}" in msg and "no 'text' column" in msg and "body" in msg
+    assert "Generating" not in capfd.readouterr().err  # no library progress line before the error
 
 
 @pytest.mark.parametrize(
@@ -108,6 +112,8 @@ def test_text_less_table_leaves_no_run_directory(tmp_path, suffix):
         (["--model.top_k", "100000"], ["top_k=100000", "128 tokens x 96 dims", "top_k <= 12288"]),
         (["--model.feature_view.layers", "[50]"], ["feature_view.layers=[50]", "0..11"]),
         (["--trainer.precision", "8-true"], ["trainer.precision='8-true'", "bf16-mixed", "32-true"]),
+        (["--data.bos", "maybe"], ["data.bos='maybe' is not valid; valid: true, false, auto"]),
+        (["--model.trust_remote_code", "maybe"], ["trust_remote_code='maybe' is not valid; valid: true, false"]),
         (["--config", "no_such.yaml"], ["no_such.yaml", "neither an existing file nor a bundled config", "demo"]),
         (["--data.stride", "512"], ["stride=512", "seq_len=128", "stride <= 128"]),
         (["--model.massive_threshold", "-1"], ["massive_threshold=-1", ">= 0"]),
@@ -138,6 +144,37 @@ def test_a_config_key_that_does_not_exist_gets_the_closest_one(tmp_path):
     config.write_text("model:\n  topk: 3\n")
     msg = _error(tmp_path, "--config", str(config))
     assert msg.endswith("does not accept option 'model.topk' (did you mean model.top_k?)"), msg
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", "is empty"),
+        ("# only a comment\n", "is empty"),
+        ("- model\n- data\n", "holds a list"),
+        ("just words\n", "holds the value 'just words'"),
+    ],
+)
+def test_a_config_that_is_no_mapping_says_what_a_config_is(tmp_path, text, expected):
+    config = tmp_path / "odd.yaml"
+    config.write_text(text)
+    msg = _error(tmp_path, "--config", str(config))
+    assert f"config {config} {expected}" in msg and "model:" in msg and "configs demo" in msg, msg
+    assert "Unexpected config" not in msg
+
+
+def test_a_results_json_given_as_config_says_what_to_give(tmp_path):
+    run_dir, _ = run_validate(tmp_path, "--config", DEMO, "--data.num_sequences", "2")
+    results = run_dir / "results.json"
+    with pytest.raises(SystemExit) as info:
+        run_validate(tmp_path / "again", "--config", str(results))
+    msg = str(info.value.code)
+    assert (
+        msg.startswith(f"lit_massive: error: config {results} is a run's results.json, not a config")
+        and "\n" not in msg
+    )
+    assert f"--config {run_dir / 'config.yaml'}" in msg and "rank-heads" in msg and "does not accept" not in msg
+    assert not list((tmp_path / "again").glob("lightning_logs/*"))
 
 
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):

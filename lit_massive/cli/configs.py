@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lit_massive.cli.console import OneLineArgumentParser
 from lit_massive.errors import InputError
+
+if TYPE_CHECKING:
+    import yaml
 
 _SUFFIXES = (".yaml", ".yml")
 _CONFIG_FLAG, _CONFIG_SHORT = "--config", "-c"  # `-c X`, `--config X`, `--config=X`
@@ -74,10 +78,17 @@ def config_flag_at(argv: list[str], i: int) -> tuple[str, str | None, int] | Non
     return None
 
 
-def check_yaml_syntax(path: str) -> None:
+# what a config is, for a file that is none: said by every refusal below
+_A_CONFIG = "a config maps model:, data: and trainer: to their options (`lit_massive configs demo` prints one)"
+# top-level keys of a run's results.json that no config has
+_RESULTS_KEYS = {"variants", "provenance"}
+
+
+def check_config_file(path: str) -> None:
     """A config whose YAML does not parse, as one line naming the file and the line (the
-    parser's own message names `"<unicode string>"`). Only the syntax is checked here: what
-    the keys and values mean is the parser's."""
+    parser's own message names `"<unicode string>"`), and a file that parses but is no
+    config (empty, a list, a run's results.json), which the parser only calls "Unexpected
+    config". What the keys and values mean is the parser's."""
     import yaml  # PyYAML, light: no lightning or torch
 
     try:
@@ -85,8 +96,7 @@ def check_yaml_syntax(path: str) -> None:
     except (OSError, UnicodeDecodeError):
         return  # not a readable text file: the parser says why
     try:
-        for _ in yaml.compose_all(text, Loader=yaml.SafeLoader):
-            pass
+        documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -95,11 +105,33 @@ def check_yaml_syntax(path: str) -> None:
         if err.context and err.problem and err.context_mark is not None:
             context = f" ({err.context} at line {err.context_mark.line + 1}, column {err.context_mark.column + 1})"
         raise InputError(f"config {path}{where}: {problem}{context}") from err
+    if len(documents) <= 1:  # several documents: the parser's own error names them
+        check_config_shape(path, documents[0] if documents else None)
+
+
+def check_config_shape(path: str, node: yaml.Node | None) -> None:
+    """A config is a mapping of sections: refuse an empty file, a list or a scalar, and a
+    run's results.json (its keys would be refused one by one), saying what to give instead."""
+    import yaml
+
+    if node is None:
+        raise InputError(f"config {path} is empty; {_A_CONFIG}")
+    if not isinstance(node, yaml.MappingNode):
+        kind = "a list" if isinstance(node, yaml.SequenceNode) else f"the value {node.value!r}"
+        raise InputError(f"config {path} holds {kind}, not a mapping; {_A_CONFIG}")
+    keys = {key.value for key, _ in node.value if isinstance(key, yaml.ScalarNode)}
+    if _RESULTS_KEYS <= keys:
+        saved = Path(path).expanduser().parent / "config.yaml"
+        rerun = f"--config {saved}" if saved.is_file() else "that run's config.yaml"
+        raise InputError(
+            f"config {path} is a run's results.json, not a config: to rerun that run give {rerun}; "
+            f"to read it, `lit_massive rank-heads {path}` or `lit_massive compare RUN ...`"
+        )
 
 
 def resolve_config_args(argv: list[str]) -> list[str]:
     """`argv` with the value of every `--config X`, `--config=X` and `-c X` resolved, each
-    file's YAML syntax checked."""
+    file checked (YAML syntax; a mapping, not a results.json)."""
     out = list(argv)
     for i in range(len(out)):
         found = config_flag_at(out, i)
@@ -107,7 +139,7 @@ def resolve_config_args(argv: list[str]) -> list[str]:
             continue
         flag, value, span = found
         resolved = resolve_config(value)
-        check_yaml_syntax(resolved)
+        check_config_file(resolved)
         out[i : i + span] = [flag, resolved] if span == 2 else [f"{flag}={resolved}"]
     return out
 

@@ -166,6 +166,36 @@ def _union_error(key: str, message: str) -> str | None:
     return f"{key}={inner} is not valid (no type of the union takes it)" if inner else None
 
 
+# what jsonargparse says a value should have been: a Literal's choices, or a class
+_EXPECTED = re.compile(r"Expected a (?:typing\.Literal\[([^\]]*)\]|<class '(\w+)'>)")
+# the classes whose values can be listed, as a config writes them
+_CLASS_CHOICES = {"bool": ("true", "false"), "NoneType": ("null",)}
+
+
+def _choices(lines: list[str]) -> list[str] | None:
+    """Every value the key takes, when its type is made of choices only (`Literal`, `bool`,
+    None: `data.bos` is ``bool | Literal["auto"]``), in the order of the type; else None
+    (a union with any other member, `PositiveInt | None`, takes more than a list can say)."""
+    errors = [line[2:] for line in lines if line.startswith("- ")] or lines[1:2]  # a union's members, or the one
+    expected = [_EXPECTED.match(error) for error in errors]
+    if not expected or not all(expected):
+        return None
+    choices: list[str] = []
+    for literal, cls in (m.groups() for m in expected):
+        if cls and cls not in _CLASS_CHOICES:
+            return None
+        found = _CLASS_CHOICES[cls] if cls else [c.strip().strip("'\"") for c in literal.split(",")]
+        choices += [c for c in found if c not in choices]
+    return choices or None
+
+
+def _given_value(lines: list[str], message: str) -> str | None:
+    """The value given: jsonargparse's "Given value: X" line, or the "Got value: X" after the type."""
+    given = _given(lines)
+    got = re.search(r"Got value: (.*)$", message.strip())
+    return given if given is not None else (got.group(1).strip() if got else None)
+
+
 def one_line(message: str) -> str:
     """A jsonargparse error as one line: the key, the value given and, for a choice, the
     valid values, instead of the full type dump (`--trainer.precision 8-true`)."""
@@ -173,6 +203,12 @@ def one_line(message: str) -> str:
     key = re.match(r'Parser key "([^"]+)":\s*(.*)', lines[0]) if lines else None
     if key is None:
         return " ".join(lines)
+    nested = re.search(r'^\s*- (Parser key "[^"]+":.*)', message, re.M | re.S)
+    if nested:  # a section's config (`--trainer '{...}'`, `--trainer FILE`): the key inside it
+        return one_line(nested.group(1))
+    choices, given = _choices(lines), _given_value(lines, message)
+    if choices and given is not None:  # `data.bos maybe`: true, false and auto are all valid
+        return f"{key.group(1)}={given!r} is not valid; valid: {', '.join(choices)}"
     restricted = re.search(r"Not of type \w+: (?:(.+?) )?does not conform to restriction (\S+)", message)
     if restricted:  # PositiveInt, NonNegativeFloat, ... (in a union with None, the value is on its own line)
         from lit_massive.options import restriction_text  # jsonargparse: only once validate parses

@@ -3,12 +3,17 @@ needs it: it brings in lightning, torch and transformers, which take seconds to 
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
@@ -19,8 +24,15 @@ from lit_massive.cli.console import did_you_mean, one_line, quiet_lightning
 from lit_massive.cli.main import DESCRIPTION, OTHER_COMMANDS, PROG
 from lit_massive.data import WindowsDataModule
 from lit_massive.errors import InputError
-from lit_massive.models.loading import ModelSource
-from lit_massive.models.sharding import SHARDED, check_shardable, checkpoint_files, register_strategy, strategy_name
+from lit_massive.models.loading import ModelSource, load_config
+from lit_massive.models.sharding import (
+    SHARDED,
+    check_shardable,
+    checkpoint_files,
+    is_sharded,
+    register_strategy,
+    strategy_name,
+)
 from lit_massive.models.toy import TOY
 from lit_massive.module import MassiveActivations
 from lit_massive.report.callback import RunReport, ensure_new_run_dir
@@ -36,6 +48,30 @@ TRAINING_ONLY = {
     "reload_dataloaders_every_n_epochs", "use_distributed_sampler", "sync_batchnorm", "model_registry",
     "barebones", "benchmark", "enable_autolog_hparams",
 }  # fmt: skip
+
+# The precisions this tool runs: `--help` and a typo's error list these and no others. Not
+# 64-true (the statistics are accumulated in float64 already, and the attention probes
+# compute in float32, which a float64 model breaks) nor transformer-engine (FP8 layers,
+# never tested with these measurements).
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
+PRECISION_HELP = (
+    "32-true (the default; null means it too); bf16-mixed or 16-mixed: float32 weights, half-precision "
+    "matmuls (on a CPU 16-mixed runs as bf16-mixed); bf16-true or 16-true: weights in half precision. "
+    "Statistics are accumulated in float32 or wider (sums in float64) with any of them."
+)
+# Lightning's help of these options offers values this tool cannot run: what it can instead
+TRAINER_HELP = {
+    "accelerator": "where the model runs: auto (a GPU where this machine has one, else the CPU), cpu, or gpu "
+    "(cuda, mps) where this machine has one.",
+    "strategy": f"auto, ddp (a whole model per process) or {SHARDED} (decoder layers sharded over 2 or more "
+    "processes); other strategies are refused.",
+    "devices": "processes, one per device: a number >= 1, or auto (on a CPU: 1); on GPUs also -1 (all of "
+    'them) or device indices ([0, 1] or "0,1").',
+    "fast_dev_run": "false only: a fast_dev_run drops the logger, so no results are written (a quick run: "
+    "--data.num_sequences 2).",
+    "limit_val_batches": "batches per process to measure: an int >= 1, a fraction in (0, 1] of them, or null "
+    "(all); a value that leaves no batch is refused.",
+}
 
 
 def _options(parser) -> set[str]:
@@ -88,8 +124,18 @@ class MassiveCLI(LightningCLI):
         parser.add_lightning_class_args(self._datamodule_class, "data")
         trainer_defaults = {"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"}
         parser.add_class_arguments(
-            self.trainer_class, "trainer", fail_untyped=False, instantiate=False, sub_configs=True, skip=TRAINING_ONLY
+            self.trainer_class,
+            "trainer",
+            fail_untyped=False,
+            instantiate=False,
+            sub_configs=True,
+            skip=TRAINING_ONLY | {"precision"},
         )
+        parser.groups["trainer"].add_argument(
+            "--trainer.precision", type=Literal[PRECISIONS] | None, default=None, help=PRECISION_HELP
+        )
+        for name, text in TRAINER_HELP.items():
+            parser._option_string_actions[f"--trainer.{name}"].help = text
         parser.set_defaults(trainer_defaults)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -98,6 +144,27 @@ class MassiveCLI(LightningCLI):
         parser.link_arguments("model.gguf_file", "data.gguf_file")
         parser.link_arguments("model.revision", "data.revision")
         parser.link_arguments("model.context_length", "data.context_length", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """Values the run cannot honour, refused before the model or the data load."""
+        check_trainer_options(self._get(self.config, "trainer"))
+        check_attention(self._get(self.config, "model"))
+
+    def instantiate_classes(self) -> None:
+        """transformers' refusal of an attention backend the check let through (a kernel that
+        will not load, a check only the model's construction makes) as one line."""
+        try:
+            super().instantiate_classes()
+        except InputError:
+            raise
+        except (ValueError, ImportError) as err:
+            impl = self._get(self.config, "model").get("attn_implementation")
+            if impl is None or not any(word in str(err).lower() for word in ("attn", "attention", impl.lower())):
+                raise
+            raise InputError(
+                f"model.attn_implementation={impl!r}: {str(err).splitlines()[0]} (eager works with every "
+                f"model; null: the model's default)"
+            ) from err
 
     def before_validate(self) -> None:
         # before SaveConfigCallback writes config.yaml; log_dir is a collective on every rank
@@ -151,11 +218,187 @@ def check_before_run(trainer, model: MassiveActivations, datamodule: WindowsData
     check_strategy(trainer, model.source)
     datamodule.setup("validate")  # idempotent: Lightning's own call reuses the windows
     datamodule.check_processes(trainer.num_nodes * trainer.num_devices)
+    check_batch_fraction(trainer, datamodule)
     model.check_windows(datamodule.windows.shape[1], datamodule.largest_token_id())
     model.measure_corpora(datamodule.corpus_names)
     for logger in trainer.loggers:  # no stray `hp_metric = -1` card: nothing here is a training metric
         if isinstance(logger, TensorBoardLogger):
             logger._default_hp_metric = False
+
+
+def _shown(value: Any) -> str:
+    """A value as a config writes it: true, 0.5, -2, 'auto' (a number given as a string, as
+    `--trainer.devices -2` is, shown as the number)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return value.strip() if isinstance(value, str) and value.strip().lstrip("-").isdigit() else repr(value)
+
+
+def available_accelerators() -> list[str]:
+    """The accelerator names this machine runs: auto, cpu, and those of its GPUs (gpu for CUDA or MPS)."""
+    here = [name for name, entry in AcceleratorRegistry.items() if entry["accelerator"].is_available()]
+    gpu = ["gpu"] if {"cuda", "mps"} & set(here) else []
+    return ["auto", "cpu", *gpu, *sorted(set(here) - {"cpu"})]
+
+
+def _on_cpu(accelerator: Any) -> bool:
+    """Whether `accelerator` means the CPU: cpu, or auto on a machine with nothing else."""
+    return accelerator == "cpu" or (accelerator in ("auto", None) and available_accelerators() == ["auto", "cpu"])
+
+
+def _accelerator_problem(value: Any, trainer: Mapping) -> str | None:
+    if not isinstance(value, str) or value in available_accelerators():
+        return None  # an Accelerator object (a class path in the config) is Lightning's to check
+    known = value == "gpu" or value in AcceleratorRegistry
+    why = "this machine has no such device" if known else "no such accelerator"
+    return f"{why}; valid here: {', '.join(available_accelerators())}"
+
+
+def _devices_ok(value: Any, cpu: bool) -> bool:
+    """Lightning's forms of `devices`: a count, -1 (all GPUs), auto, GPU indices (a list or "0,1")."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text == "auto":
+            return True
+        if text.lstrip("-").isdigit():
+            value = int(text)
+        elif not cpu and "," in text:
+            value = [int(i) for i in text.split(",") if i.strip().isdigit()] or None
+        else:
+            return False
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 1 or (value == -1 and not cpu)
+    return not cpu and isinstance(value, list) and bool(value) and all(isinstance(i, int) and i >= 0 for i in value)
+
+
+def _devices_problem(value: Any, trainer: Mapping) -> str | None:
+    cpu = _on_cpu(trainer.get("accelerator"))
+    if _devices_ok(value, cpu):
+        return None
+    if cpu:
+        return "not valid on the cpu accelerator; valid: a number of processes >= 1, or auto (1)"
+    return 'not valid; valid: a number of devices >= 1, -1 or auto (all), or device indices such as [0, 1] or "0,1"'
+
+
+def _fast_dev_run_problem(value: Any, trainer: Mapping) -> str | None:
+    if value is None or value is False or value == 0:
+        return None
+    return "a fast_dev_run drops the logger, so nothing is written; valid: false (a quick run: --data.num_sequences 2)"
+
+
+_LIMIT_VALID = "valid: an int >= 1 (batches per process), a fraction in (0, 1], or null (all)"
+
+
+def _limit_val_batches_problem(value: Any, trainer: Mapping) -> str | None:
+    if value is None or (isinstance(value, int) and value >= 1) or (isinstance(value, float) and 0 < value <= 1):
+        return None
+    return f"measures nothing; {_LIMIT_VALID}" if value == 0 else _LIMIT_VALID
+
+
+# Trainer options whose Lightning type admits values this tool cannot honour: key -> (value, trainer) -> why not
+TRAINER_CHECKS: dict[str, Callable[[Any, Mapping], str | None]] = {
+    "accelerator": _accelerator_problem,
+    "devices": _devices_problem,
+    "fast_dev_run": _fast_dev_run_problem,
+    "limit_val_batches": _limit_val_batches_problem,
+}
+
+
+def check_trainer_options(trainer: Mapping) -> None:
+    """Refuse a Trainer value this tool cannot run or that would measure nothing, before any
+    work, naming what works (Lightning would fail later, with a traceback or an empty run)."""
+    for key, problem_of in TRAINER_CHECKS.items():
+        value = trainer.get(key)
+        problem = problem_of(value, trainer)
+        if problem is not None:
+            raise InputError(f"trainer.{key}={_shown(value)}: {problem}")
+
+
+def check_batch_fraction(trainer, datamodule: WindowsDataModule) -> None:
+    """A fractional `limit_val_batches` that rounds down to no batch on some process (Lightning
+    would stop inside the run, after the run directory exists)."""
+    limit = trainer.limit_val_batches
+    if not isinstance(limit, float) or limit >= 1:
+        return
+    processes = trainer.num_nodes * trainer.num_devices
+    for name, source in zip(datamodule.corpus_names, datamodule.sources, strict=True):
+        windows = source.windows.shape[0]
+        own = -(-windows // processes) if is_sharded(trainer) else windows // processes  # the fewest of any rank
+        batches = -(-own // datamodule.hparams.batch_size)
+        if int(batches * limit) < 1:
+            corpus = f" of corpus {name!r}" if len(datamodule.sources) > 1 else ""
+            plural = "batch" if batches == 1 else "batches"
+            raise InputError(
+                f"trainer.limit_val_batches={limit}: {limit} of {batches} {plural} per process{corpus} measures "
+                f"nothing; valid: a fraction >= {math.ceil(1000 / batches) / 1000}, an int >= 1, or null (all)"
+            )
+
+
+def _model_class(model: Mapping) -> type | None:
+    """The transformers class the model loads as; None when the config does not say (remote code)."""
+    from transformers import AutoModelForCausalLM
+
+    name, revision = model.get("model_name_or_path"), model.get("revision")
+    config = load_config(name, None, model.get("trust_remote_code"), model.get("gguf_file"), revision)
+    return AutoModelForCausalLM._model_mapping.get(type(config), None)
+
+
+_FLASH = tuple(f"flash_attention_{v}" for v in (2, 3, 4))
+# backends transformers has that these measurements cannot use, and why (probes/attention.py
+# reads each attention call's query, key and mask tensor)
+_NOT_MEASURABLE = {"flex_attention": "the attention probes cannot read flex attention's block masks"}
+
+
+def _supports(cls: type | None, backend: str) -> bool:
+    """Whether the model class (any model: None) says it can use `backend`."""
+    flag = {"sdpa": "_supports_sdpa", "flex_attention": "_supports_flex_attn"}.get(backend, "_supports_flash_attn")
+    return backend == "eager" or cls is None or bool(getattr(cls, flag, False))
+
+
+def attention_backends(cls: type | None) -> tuple[list[str], list[str]]:
+    """(listed, accepted): the attention backends `cls` (any model: None) supports that this
+    machine runs; accepted adds flash attention through the `kernels` package, which only
+    loading can tell works (it may fetch a kernel from the hub)."""
+    from transformers import utils
+
+    runs = ["eager", "sdpa"] + [name for name in _FLASH if getattr(utils, f"is_flash_attn_{name[-1]}_available")()]
+    listed = [name for name in runs if _supports(cls, name)]
+    kernels = utils.is_kernels_available() and torch.cuda.is_available()
+    return listed, listed + [name for name in _FLASH if kernels and _supports(cls, name) and name not in listed]
+
+
+def _why_not(impl: str, cls: type | None) -> str:
+    """Why a backend transformers knows cannot run: these measurements, the model's class, or the machine."""
+    if impl in _NOT_MEASURABLE:
+        return _NOT_MEASURABLE[impl]
+    if not _supports(cls, impl):
+        return f"{cls.__name__} does not support it"
+    if impl in _FLASH:
+        return "it needs a CUDA GPU and the flash-attn package (or the kernels package)"
+    return "this machine's torch cannot run it"
+
+
+def check_attention(model: Mapping) -> None:
+    """`model.attn_implementation` must name a backend the model supports and this machine
+    runs; refused before any work, naming those (transformers' own error is a traceback)."""
+    impl = model.get("attn_implementation")
+    if impl is None or "/" in impl:  # null: the model's own; org/name: a hub kernel, which loading checks
+        return
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    cls = _model_class(model)
+    listed, accepted = attention_backends(cls)
+    if impl.removeprefix("paged|") in accepted:  # paged|eager, and the paged| prefix transformers drops
+        return
+    known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    valid = f"valid here: {', '.join(listed)} (null: the model's default)"
+    if impl not in known:
+        close = difflib.get_close_matches(impl, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise InputError(f"model.attn_implementation={impl!r} is not valid{hint}; {valid}")
+    raise InputError(f"model.attn_implementation={impl!r}: {_why_not(impl, cls)}; {valid}")
 
 
 def check_strategy(trainer, source: ModelSource) -> None:

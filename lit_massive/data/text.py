@@ -5,6 +5,8 @@ the tokens' character offsets in it, where the tokenizer gives offsets)."""
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -44,6 +46,38 @@ def tokenize(tokenizer, text: str) -> Tokenized:
     offsets = out.get("offset_mapping")
     offsets = None if offsets is None else torch.tensor(offsets, dtype=torch.long).reshape(-1, 2)
     return Tokenized(ids, text, offsets)
+
+
+def _head_columns(path: Path) -> list[str] | None:
+    """The columns of a table file, read from its head (a parquet schema, a CSV header, the
+    keys of a JSON-lines file's first row), so a file without a text column is refused
+    before `datasets` builds it and prints its progress; None where the head does not say
+    (a JSON array, an unreadable file: `datasets` reports those)."""
+    builder = _BUILDERS.get(path.suffix.lower())
+    try:
+        if builder == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_schema(path).names
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            if builder == "csv":
+                return next(csv.reader(f), None)
+            if builder == "json":
+                first = next((line for line in f if line.strip()), "")
+                row = json.loads(first)
+                return list(row) if isinstance(row, dict) else None
+    except (OSError, UnicodeDecodeError, ValueError):  # pyarrow's ArrowInvalid and json's errors are ValueErrors
+        return None
+    return None  # a text file: one row per line, in the `text` column
+
+
+def _check_text_column(name: str, path: Path) -> None:
+    columns = _head_columns(path)
+    if columns is not None and "text" not in columns:
+        raise InputError(
+            f"data_files: {name!r} has no 'text' column (columns: {sorted(columns)}); the windows are cut "
+            f"from a column named text"
+        )
 
 
 def _texts(rows: Iterable[dict], source: str) -> Iterator[str]:
@@ -89,6 +123,7 @@ class TextSource:
                     raise InputError(f"data_files: {f!r} does not exist or is not a file")
                 if path.stat().st_size == 0:
                     raise InputError(f"data_files: {f!r} is empty (no text); give a file with text rows")
+                _check_text_column(f, path)
         elif dataset != toy.TOY:
             check_local_or_hub(dataset, "dataset")
 
