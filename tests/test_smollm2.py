@@ -134,7 +134,8 @@ def test_the_cli_on_the_gguf_file_shows_the_known_facts(smollm2_gguf, tmp_path):
     layers = results["variants"]["baseline"]["layers"]
     for row in layers[FROM_LAYER : LAST_PLATEAU + 1]:
         assert (row["top1_dim"], row["top1_position"]) == (MASSIVE_DIM, 0)
-        assert 20_000 < row["top"][0] < 26_000 and row["top1_over_median"] > 10_000
+        assert 20_000 < row["top"][0] < 26_000 and row["top1_over_median"] > 1_000  # the median grows with depth
+    assert max(row["top1_over_median"] for row in layers) > 5_000  # 9,400 to 14,000 at layer 11 on this corpus
     # layers 2-8: about 800 at dim 507, not at position 0
     for row in layers[2:9]:
         assert row["top1_dim"] == MASSIVE_DIM and row["top1_position"] != 0 and 500 < row["top"][0] < 1_100
