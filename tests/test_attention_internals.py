@@ -11,7 +11,13 @@ from helpers import DEMO, assert_same_numbers, run_validate, run_validate_ddp, t
 from lit_massive.analyses.massive_update import TOKEN_SLOTS
 from lit_massive.cli import rank_heads as rank_heads_cli
 from lit_massive.models.toy import ToyConfig
-from lit_massive.probes.attention import AttentionCall, first_token_logit_gap_, head_record, received_in_tiles
+from lit_massive.probes.attention import (
+    AttentionCall,
+    first_token_logit_gap_,
+    head_record,
+    masked_softmax_,
+    received_in_tiles,
+)
 from lit_massive.report.ranking import rank_heads
 
 TRUTH = ToyConfig()
@@ -120,6 +126,59 @@ def test_tiles_equal_the_whole_map(tile):
         p = s.masked_fill(~band, -torch.inf).softmax(-1)
         torch.testing.assert_close(whole.received, p.mean(-2))
         torch.testing.assert_close(whole.output, p @ v.repeat_interleave(2, 1))
+
+
+@pytest.mark.parametrize("tile", [None, 1, 4, 16])
+def test_plain_causal_record_equals_the_one_from_the_masked_map(tile):
+    """Without a mask tensor, sliding window or softcap (sdpa's causal layers), the logit gap
+    comes from running sums of keys, not from the scores: every figure equals the record of
+    the same call given its causal mask as a tensor, which takes the scores' path."""
+    torch.manual_seed(3)
+    b, h, h_kv, t, hd = 2, 6, 2, 13, 8
+    q, k, v = torch.randn(b, h, t, hd) * 3, torch.randn(b, h_kv, t, hd), torch.randn(b, h_kv, t, hd)
+    i = torch.arange(t)
+    causal = (i[None, :] <= i[:, None])[None, None]
+    plain, masked = AttentionCall(q, k, v, None, 0.4), AttentionCall(q, k, v, causal, 0.4)
+    assert plain.plain_causal and not masked.plain_causal
+    fast, reference = head_record(plain, tile), head_record(masked, tile)
+    for name in ("received", "value_norm_first", "value_norm_rest", "output_norm", "logit_gap", "lse", "output"):
+        torch.testing.assert_close(getattr(fast, name), getattr(reference, name), rtol=1e-5, atol=1e-5, msg=name)
+    s = (q @ k.repeat_interleave(3, 1).transpose(-1, -2)) * 0.4  # the gap by hand
+    gap = [(s[..., n, 0] - s[..., n, 1 : n + 1].mean(-1)) for n in range(1, t)]
+    torch.testing.assert_close(fast.logit_gap, torch.stack(gap).mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_causal_masking_equals_filling_even_where_scores_are_not_finite():
+    """The causal path (no mask tensor) zeroes the keys after each query and adds -inf there:
+    the same probabilities as filling them with -inf, also where a score is inf or NaN."""
+    torch.manual_seed(5)
+    t = 9
+    scores = torch.randn(2, 4, t, t)
+    scores[0, 1, 2, 6], scores[1, 3, 4, 8], scores[0, 0, 5, 1] = float("nan"), float("inf"), float("nan")
+    q, k = torch.randn(2, 4, t, 8), torch.randn(2, 2, t, 8)
+    causal = (torch.arange(t)[None, :] <= torch.arange(t)[:, None])[None, None]
+    for rows in (slice(0, t), slice(3, 7)):
+        plain, _ = masked_softmax_(scores[:, :, rows].clone(), AttentionCall(q, k, k, None, 1.0), rows)
+        filled, _ = masked_softmax_(scores[:, :, rows].clone(), AttentionCall(q, k, k, causal, 1.0), rows)
+        assert torch.equal(plain.nan_to_num(-1.0), filled.nan_to_num(-1.0))
+
+
+@pytest.mark.parametrize("tile", [None, 8])
+def test_record_stays_float32_under_a_half_default_dtype(tile):
+    """Lightning's 16-true and bf16-true set torch's default dtype inside the step: the
+    record's outputs and log-sum-exps are still float32 (in bfloat16 they were off by 0.1)."""
+    torch.manual_seed(4)
+    q, k, v = (torch.randn(1, h, 32, 16, dtype=torch.bfloat16) * 4 for h in (4, 2, 2))
+    expected = head_record(AttentionCall(q, k, v, None, 0.25), tile)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        record = head_record(AttentionCall(q, k, v, None, 0.25), tile)
+    finally:
+        torch.set_default_dtype(default)
+    for name in ("lse", "output", "output_norm", "logit_gap", "received"):
+        assert getattr(record, name).dtype == torch.float32, name
+        torch.testing.assert_close(getattr(record, name), getattr(expected, name), rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.slow

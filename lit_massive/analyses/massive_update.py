@@ -49,17 +49,26 @@ def massive_update(record: HeadRecord, massive: Tensor, slots: int) -> dict[str,
     index = positions[:, None, :, None].expand(-1, h_kv, -1, hd)
     keys, values = call.key.gather(2, index), call.value.gather(2, index)  # (B, H_kv, M, hd)
     allowed = call.allowed(positions) & valid[:, None, None, :]  # (B, 1 or H, T, M)
-    p = torch.where(allowed, (call.logits(keys) - record.lse[..., None]).exp(), 0.0)  # (B, H, T, M)
-    u = (p.view(b, h_kv, h // h_kv, t, m) @ values.float()[:, :, None]).view(b, h, t, hd)
+    p = torch.where(allowed, call.logits(keys).sub_(record.lse[..., None]).exp_(), 0.0)  # (B, H, T, M)
+    u = (p.view(b, h_kv, call.group * t, m) @ values.float()).view(b, h, t, -1)  # each KV head's group at once
     sees = allowed.any(-1).expand(b, h, t)  # queries that may attend to a massive token
     n = sees.sum(-1)  # (B, H)
     mean_u = torch.where(sees[..., None], u, 0.0).sum(-2) / n.clamp(min=1)[..., None]  # (B, H, hd)
-    cosine = torch.nn.functional.cosine_similarity(u, mean_u[:, :, None], dim=-1)  # (B, H, T)
+    norm = u.norm(dim=-1)  # (B, H, T)
+    cosine = cosine_to(u, norm, mean_u)
     return {
-        "massive_update_norm": u.norm(dim=-1).mean(-1),
+        "massive_update_norm": norm.mean(-1),
         "other_update_norm": (record.output - u).norm(dim=-1).mean(-1),
         "massive_update_cosine": torch.where(sees, cosine, 0.0).sum(-1) / n,  # NaN: no such query
     }
+
+
+def cosine_to(x: Tensor, x_norm: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
+    """`torch.nn.functional.cosine_similarity` of each row of x (B, H, T, d) with y (B, H, d),
+    given the rows' norms x_norm (B, H, T), which the caller needs anyway: one matrix-vector
+    product per head instead of expanding y over the rows and normalising both."""
+    dot = (x @ y[..., None]).squeeze(-1)  # (B, H, T)
+    return dot / (x_norm.clamp_min(eps) * y.norm(dim=-1, keepdim=True).clamp_min(eps))
 
 
 def overflowing(massive: Tensor, slots: int) -> Tensor:

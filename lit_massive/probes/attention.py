@@ -40,19 +40,34 @@ class AttentionCall:
         """Query heads per KV head (grouped-query attention)."""
         return self.query.shape[1] // self.key.shape[1]
 
-    def logits(self, keys: Tensor | None = None, rows: slice | None = None) -> Tensor:
+    def scaled_query(self, rows: slice | None = None) -> Tensor:
+        """The query rows in float32 times `scaling` (scaled on the small side), laid out
+        (B, H_kv, group, n, hd) contiguous in one pass, so a matmul copies neither side."""
+        q = self.query if rows is None else self.query[:, :, rows]
+        b, h, n, hd = q.shape
+        grouped = q.float().view(b, self.key.shape[1], self.group, n, hd)
+        out = torch.empty(grouped.shape, device=grouped.device, dtype=torch.float32)  # whatever the default dtype
+        return torch.mul(grouped, self.scaling, out=out)
+
+    def logits(self, keys: Tensor | None = None, rows: slice | None = None, query: Tensor | None = None) -> Tensor:
         """s_ij in float32: scaled and soft-capped as the model does, before the mask:
         (B, H, T, T), or only the query `rows` (B, H, n, T), against all keys or against
-        `keys` (B, H_kv, M, hd) only (B, H, ., M)."""
-        q = self.query if rows is None else self.query[:, :, rows]
-        b, h, t, hd = q.shape
+        `keys` (B, H_kv, M, hd) only (B, H, ., M); `query`: those rows' `scaled_query`, if made."""
+        q = self.scaled_query(rows) if query is None else query
+        b, h_kv, group, n, hd = q.shape
         k = self.key if keys is None else keys
-        q = q.float().view(b, k.shape[1], self.group, t, hd)  # (B, H_kv, group, n, hd)
-        scores = (q * self.scaling) @ k.float()[:, :, None].transpose(-1, -2)  # scaled on the small side
-        scores = scores.view(b, h, t, -1)
+        # each KV head's query group as one matrix: one (group x n, hd) @ (hd, M) product per KV head
+        scores = (q.view(b, h_kv, group * n, hd) @ k.float().transpose(-1, -2)).view(b, h_kv * group, n, -1)
         if self.softcap is not None:
             scores.div_(self.softcap).tanh_().mul_(self.softcap)
         return scores
+
+    @property
+    def plain_causal(self) -> bool:
+        """Whether each query i attends to exactly the keys j <= i, with logits linear in the
+        keys (no mask tensor, no sliding window, no softcap): then a sum of logits over the
+        keys a query sees is the query times a running sum of keys (`LogitGap`)."""
+        return self.mask is None and self.sliding_window is None and self.softcap is None
 
     def allowed(self, positions: Tensor | None = None, rows: slice | None = None) -> Tensor:
         """Which keys each query may attend to, as the model's mask says: (B or 1, 1 or H,
@@ -75,6 +90,12 @@ class AttentionCall:
         index = positions[:, None, None, :].expand(-1, allowed.shape[1], allowed.shape[2], -1)
         return allowed.gather(-1, index)
 
+    def causal_bias(self, rows: slice) -> Tensor:
+        """(1, 1, n, T) float32: -inf at the keys after each query of `rows`, 0 elsewhere."""
+        n, t_k = rows.stop - rows.start, self.key.shape[2]
+        bias = torch.full((n, t_k), float("-inf"), device=self.query.device, dtype=torch.float32)
+        return bias.triu_(rows.start + 1)[None, None]
+
     def row_tiles(self, tile: int | None) -> list[slice]:
         """The query rows in tiles of at most `tile` (None: one tile), so that no more than
         (B, H, tile, T) scores exist at once."""
@@ -83,20 +104,30 @@ class AttentionCall:
         return [slice(a, min(a + tile, t)) for a in range(0, t, tile)]
 
 
-def masked_softmax_(scores: Tensor, call: AttentionCall, rows: slice | None = None) -> tuple[Tensor, Tensor]:
+def masked_softmax_(
+    scores: Tensor, call: AttentionCall, rows: slice | None = None, with_lse: bool = True
+) -> tuple[Tensor, Tensor | None]:
     """Mask `scores` (B, H, T, T), or those of the query `rows`, as `call`'s model does and
-    softmax them in place: returns the probabilities (the same buffer) and each row's
-    log-sum-exp (B, H, n), with which any probability can be recomputed from its logit."""
+    softmax them in place: returns the probabilities (the same buffer) and, `with_lse`, each
+    row's log-sum-exp (B, H, n), with which any probability can be recomputed from its logit
+    (None without). One fused softmax, not five passes over the buffer: on a CPU each pass is
+    a parallel region, which on a shared machine can wait milliseconds for its threads."""
+    r = slice(0, call.query.shape[2]) if rows is None else rows
     if call.mask is not None and call.mask.dtype != torch.bool:
-        r = slice(0, call.query.shape[2]) if rows is None else rows
         scores.add_(call.mask[..., r, : scores.shape[-1]].float())
+    elif call.mask is None and call.sliding_window is None:
+        # causal: the keys after each query zeroed, then -inf added there, which is filling them
+        # with -inf (even where a score is not finite) in two vectorised passes; masked_fill_'s
+        # one pass takes four times as long on a CPU
+        scores.tril_(r.start).add_(call.causal_bias(r))
     else:
         scores.masked_fill_(~call.allowed(rows=rows), float("-inf"))
-    top = scores.amax(dim=-1, keepdim=True)
-    scores.sub_(top).exp_()
-    total = scores.sum(dim=-1, keepdim=True)
-    lse = (top + total.log()).squeeze(-1)
-    return scores.div_(total), lse
+    top = scores.amax(dim=-1) if with_lse else None
+    # in place: the tile's scores are its largest buffer (torch's last-dimension softmax
+    # kernels finish a row's max and sum before writing it, each element where it was read)
+    probs = torch.softmax(scores, -1, out=scores)
+    # the largest probability is exp(0) / sum: log-sum-exp = max - log(largest probability)
+    return probs, None if top is None else top.sub_(probs.amax(dim=-1).log_())
 
 
 def attention_probs(
@@ -129,7 +160,7 @@ def received_in_tiles(call: AttentionCall, tile: int | None = None) -> Tensor:
     (B, H, T_k), exact, with at most (B, H, tile, T) scores alive."""
     received = None
     for rows in call.row_tiles(tile):
-        probs, _ = masked_softmax_(call.logits(rows=rows), call, rows)
+        probs, _ = masked_softmax_(call.logits(rows=rows), call, rows, with_lse=False)
         part = probs.sum(dim=-2)
         received = part if received is None else received.add_(part)
         del probs
@@ -174,6 +205,48 @@ def first_token_logit_gap_(scores: Tensor, allowed: Tensor, first_row: int = 0) 
     return gap.sum(-1), seen.sum(-1)  # (B, H), (B or 1, 1 or H)
 
 
+class LogitGap:
+    """`first_token_logit_gap_` summed over tiles of query rows. For a `plain_causal` call
+    the sum of query i's logits over keys 0..i is q_i . (k_0 + ... + k_i), from running key
+    sums carried from tile to tile: (n, hd) numbers per head instead of a mask and two
+    passes over the tile's (n, T) scores, which are left untouched."""
+
+    def __init__(self, call: AttentionCall) -> None:
+        self.call, self.carry = call, None  # carry: the sum of the keys before the tile (B, H_kv, 1, hd)
+        self.sum: Tensor | float = 0.0
+        self.queries: Tensor | int = 0
+
+    def add(self, scores: Tensor, query: Tensor, rows: slice) -> None:
+        """One tile: its unmasked `scores` (B, H, n, T) and `query`, the rows' `scaled_query`."""
+        call = self.call
+        if not call.plain_causal:
+            part_sum, part_count = first_token_logit_gap_(scores, call.allowed(rows=rows), rows.start)
+        else:
+            keys = call.key[:, :, rows].float().cumsum(dim=2)  # (B, H_kv, n, hd): keys 0..i of the tile
+            if self.carry is not None:
+                keys += self.carry
+            self.carry = keys[:, :, -1:]
+            sums = (query * keys[:, :, None]).sum(-1).flatten(1, 2)  # (B, H, n): sum_{j <= i} s_ij
+            first = scores[..., 0]  # (B, H, n): s_i0
+            i = torch.arange(rows.start, rows.stop, device=scores.device)
+            gap = torch.where(i >= 1, first - (sums - first) / i.clamp(min=1), 0.0)  # over keys 1..i
+            part_sum, part_count = gap.sum(-1), max(rows.stop - max(rows.start, 1), 0)
+        self.sum, self.queries = self.sum + part_sum, self.queries + part_count
+
+    def mean(self) -> Tensor:
+        """(B, H), or broadcastable to it: the mean gap over the queries i >= 1 that see key 0."""
+        return self.sum / self.queries
+
+
+def _place(buffer: Tensor | None, rows: slice, part: Tensor | None) -> Tensor | None:
+    """`part` (B, H, n, ...) as the query `rows` of `buffer`; `part` itself without a buffer
+    (one tile: no copy)."""
+    if buffer is None:
+        return part
+    buffer[:, :, rows] = part
+    return buffer
+
+
 def head_record(call: AttentionCall, tile: int | None = None, keep_call: bool = True) -> HeadRecord:
     """Everything per head of one block, `tile` query rows at a time (None: all at once):
     their float32 scores give the logit gap, then the probabilities in place, then the rows'
@@ -181,18 +254,23 @@ def head_record(call: AttentionCall, tile: int | None = None, keep_call: bool = 
     (B, H, tile, T) scores alive. `keep_call`: the record keeps the call, outputs and
     log-sum-exps (`HeadRecord`)."""
     b, h, t, hd = call.query.shape
-    value = call.value.float()
-    h_kv, device = value.shape[1], value.device
-    output = torch.empty(b, h, t, value.shape[-1], device=device)
-    lse = torch.empty(b, h, t, device=device)
-    received, gap_sum, gap_queries = None, 0.0, 0
-    for rows in call.row_tiles(tile):
-        scores = call.logits(rows=rows)
-        part_sum, part_count = first_token_logit_gap_(scores, call.allowed(rows=rows), rows.start)
-        gap_sum, gap_queries = gap_sum + part_sum, gap_queries + part_count
-        probs, lse[:, :, rows] = masked_softmax_(scores, call, rows)
+    value = call.value.float().contiguous()  # (B, H_kv, T, hd_v): read by every tile
+    h_kv, device, tiles = value.shape[1], value.device, call.row_tiles(tile)
+    output = lse = None
+    if len(tiles) > 1:  # float32 whatever the default dtype (Lightning's 16-true and bf16-true change it)
+        output = torch.empty(b, h, t, value.shape[-1], device=device, dtype=torch.float32)
+        lse = torch.empty(b, h, t, device=device, dtype=torch.float32) if keep_call else None
+    received, gap = None, LogitGap(call)
+    for rows in tiles:
+        query = call.scaled_query(rows)
+        scores = call.logits(rows=rows, query=query)
+        gap.add(scores, query, rows)
+        del query
+        probs, rows_lse = masked_softmax_(scores, call, rows, with_lse=keep_call)
         n = probs.shape[2]
-        output[:, :, rows] = (probs.view(b, h_kv, call.group, n, -1) @ value[:, :, None]).view(b, h, n, -1)
+        # each KV head's query group as one matrix: no copy of the values per query head
+        rows_output = (probs.view(b, h_kv, call.group * n, -1) @ value).view(b, h, n, -1)
+        output, lse = _place(output, rows, rows_output), _place(lse, rows, rows_lse)
         part = probs.sum(dim=-2)
         received = part if received is None else received.add_(part)
         del scores, probs
@@ -202,7 +280,7 @@ def head_record(call: AttentionCall, tile: int | None = None, keep_call: bool = 
         value_norm_first=value_norm[..., 0],
         value_norm_rest=value_norm[..., 1:].mean(-1),
         output_norm=output.norm(dim=-1).mean(-1),
-        logit_gap=(gap_sum / gap_queries).expand(b, h),
+        logit_gap=gap.mean().expand(b, h),
         **({"call": call, "lse": lse, "output": output} if keep_call else {}),
     )
 
