@@ -208,3 +208,13 @@ def assert_same_numbers(a, b, path: str = "") -> None:
         assert a == pytest.approx(b, rel=1e-6, abs=1e-12), path
     else:
         assert a == b, path
+
+
+def tensorboard_events(run_dir: Path, variant: str | None = None):
+    """The TensorBoard events of a run (`variant` None) or of one of its variants, each of
+    which is a TensorBoard run of its own (RUN/variants/VARIANT), everything kept."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    path = run_dir if variant is None else run_dir / "variants" / variant
+    guidance = {"images": 0, "tensors": 0, "scalars": 0}
+    return EventAccumulator(str(path), size_guidance=guidance).Reload()

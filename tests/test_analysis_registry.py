@@ -2,15 +2,12 @@
 mean |block output| per layer) reaches results.json, TensorBoard and the terminal table
 without any other file knowing it."""
 
-import glob
-
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import Tensor
 from transformers import AutoModelForCausalLM
 
-from helpers import reference_block_outputs, reference_windows, run_validate, tiny_run_args
+from helpers import reference_block_outputs, reference_windows, run_validate, tensorboard_events, tiny_run_args
 from lit_massive.analyses import ANALYSES, Analysis, Column, Forward, Setup, SumStatesMetric, register_analysis
 from lit_massive.errors import InputError
 
@@ -79,9 +76,7 @@ def test_a_registered_analysis_reaches_results_tensorboard_and_terminal(
     got = results["variants"]["baseline"]["mean_abs_block_output"]
     assert got == pytest.approx(expected, rel=1e-6)
     assert results["variants"]["cut"]["mean_abs_block_output"] != got  # measured per variant
-    events = EventAccumulator(glob.glob(str(run_dir / "events*"))[0])
-    events.Reload()
-    scalars = events.Scalars("baseline/mean_abs")
+    scalars = tensorboard_events(run_dir, "baseline").Scalars("mean_abs")
     assert [e.step for e in scalars] == [0, 1, 2]
     assert [e.value for e in scalars] == pytest.approx(expected, rel=1e-6)
     terminal = capsys.readouterr().out

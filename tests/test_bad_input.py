@@ -24,6 +24,13 @@ def _error(tmp_path, *args) -> str:
     return message
 
 
+@pytest.mark.parametrize("name", ["compare", "summary", "a/b", " "])
+def test_a_variant_named_like_a_run_level_group_or_not_a_folder_name(tmp_path, name):
+    """A variant is a TensorBoard run (RUN/variants/VARIANT) and the first part of its tags."""
+    msg = _error(tmp_path, "--model.variants", json.dumps({name: [[1, 0]]}))
+    assert f"variant name {name!r} is not usable" in msg and "compare, feature_view" in msg
+
+
 def test_missing_local_model_path(tmp_path):
     msg = _error(tmp_path, "--model.model_name_or_path", "./no/such/model")
     assert "'./no/such/model'" in msg and "does not exist" in msg

@@ -10,6 +10,7 @@ from helpers import (
     reference_profile,
     reference_windows,
     run_validate,
+    tensorboard_events,
     tiny_run_args,
 )
 
@@ -53,37 +54,51 @@ def test_results_equal_independent_computation(tmp_path, tiny_gpt2_dir, corpus_j
 
 
 def test_tensorboard_has_profile_curves_figure_and_table(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    run_dir, results = run_validate(tmp_path, "--config", DEMO, "--data.num_sequences", "4")
-    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "tensors": 0}).Reload()
-    tags = events.Tags()
-    top1 = events.Scalars("baseline/profile/top1")
-    expected = [row["top"][0] for row in results["variants"]["baseline"]["layers"]]
-    assert [e.step for e in top1] == list(range(len(expected))) and len(expected) == 12  # x axis = block
-    np.testing.assert_allclose([e.value for e in top1], expected, rtol=1e-6)
-    assert "baseline/profile/median" in tags["scalars"]
-    assert "baseline/figures/layer_profile" in tags["images"]
-    assert any(t.startswith("baseline/tables/layer_profile") for t in tags["tensors"])
-    assert "hp_metric" not in tags["scalars"]  # no stray card: nothing here is a training metric
-    # Custom Scalars: charts by tag pattern, one per statistic, naming no variant (the tab
-    # shows one run's layout for every run), each matching that statistic of every variant
     import re
 
     from tensorboard.plugins.custom_scalar import layout_pb2
 
+    variants = '{"cut": [[1, 0], [2, 1]]}'
+    run_dir, results = run_validate(
+        tmp_path, "--config", DEMO, "--data.num_sequences", "4", "--model.variants", variants
+    )
+    # every variant is a TensorBoard run of its own (RUN/variants/VARIANT): TensorBoard colours
+    # a curve by its run, so the variants of one run get a colour each
+    assert sorted(p.name for p in (run_dir / "variants").iterdir()) == ["baseline", "cut"]
+    for name in ("baseline", "cut"):
+        events = tensorboard_events(run_dir, name)
+        tags = events.Tags()
+        top1 = events.Scalars("profile/top1")
+        expected = [row["top"][0] for row in results["variants"][name]["layers"]]
+        assert [e.step for e in top1] == list(range(len(expected))) and len(expected) == 12  # x axis = block
+        np.testing.assert_allclose([e.value for e in top1], expected, rtol=1e-6)
+        assert "profile/median" in tags["scalars"]
+        assert "figures/layer_profile" in tags["images"]
+        assert any(t.startswith("tables/layer_profile") for t in tags["tensors"])
+    change = [e.value for e in tensorboard_events(run_dir, "cut").Scalars("change/top1_pct")]
+    np.testing.assert_allclose(change, results["variants"]["cut"]["change_vs_baseline"]["top1_pct"], rtol=1e-6)
+    # the run itself holds what spans its variants, and nothing of one variant
+    events = tensorboard_events(run_dir)
+    tags = events.Tags()
+    assert "compare/figures/profiles" in tags["images"]
+    assert not [t for kind in ("scalars", "images") for t in tags[kind] if t.split("/")[0] in ("baseline", "cut")]
+    assert "hp_metric" not in tags["scalars"]  # no stray card: nothing here is a training metric
+    # Custom Scalars: charts by tag pattern, one per statistic, naming no variant (the tab
+    # merges every run's layout), each matching that statistic in every variant's run
     (config,) = events.Tensors("custom_scalars__config__")
     layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
     profile, change = layout.category
     assert [list(c.multiline.tag) for c in profile.chart] == [
-        [f"^[^/]+/profile/{s}$"] for s in ("top1", "top2", "top3", "median")
+        [f"^profile/{s}$"] for s in ("top1", "top2", "top3", "median")
     ]
     assert [list(c.multiline.tag) for c in change.chart] == [
-        [f"^[^/]+/change/{s}_pct$"] for s in ("top1", "top2", "top3", "median")
+        [f"^change/{s}_pct$"] for s in ("top1", "top2", "top3", "median")
     ]
     for chart, stat in zip(profile.chart, ("top1", "top2", "top3", "median"), strict=True):
         (pattern,) = chart.multiline.tag  # TensorBoard matches from the tag's start (re.match)
-        assert [t for t in tags["scalars"] if re.match(pattern, t)] == [f"baseline/profile/{stat}"]
+        for name in ("baseline", "cut"):
+            scalars = tensorboard_events(run_dir, name).Tags()["scalars"]
+            assert [t for t in scalars if re.match(pattern, t)] == [f"profile/{stat}"]
 
 
 def test_saved_config_runs_again_and_runs_do_not_overwrite(tmp_path):

@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import REPO, assert_same_numbers, cli_output, run_validate, run_validate_ddp, toy_run_args
+from helpers import (
+    REPO,
+    assert_same_numbers,
+    cli_output,
+    run_validate,
+    run_validate_ddp,
+    tensorboard_events,
+    toy_run_args,
+)
 from lit_massive.cli import cli_main
 from lit_massive.models.toy import corpus_path
 
@@ -72,14 +80,13 @@ def test_the_second_corpus_equals_a_run_on_it_alone(runs):
 
 
 def test_tensorboard_and_figures_carry_the_corpus(runs):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     run_dir, results = runs["both"]
-    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "tensors": 0, "scalars": 0}).Reload()
+    baseline, zero = tensorboard_events(run_dir, "baseline"), tensorboard_events(run_dir, "zero")
     for prefix, entries in (("", results["variants"]), ("wiki2/", results["corpora"]["wiki2"]["variants"])):
-        top1 = [e.value for e in events.Scalars(f"{prefix}baseline/profile/top1")]
+        top1 = [e.value for e in baseline.Scalars(f"{prefix}profile/top1")]
         assert top1 == pytest.approx([row["top"][0] for row in entries["baseline"]["layers"]], rel=1e-6)
-        assert f"{prefix}zero/figures/layer_profile" in events.Tags()["images"]
+        assert f"{prefix}figures/layer_profile" in zero.Tags()["images"]
+    assert "wiki2/compare/figures/profiles" in tensorboard_events(run_dir).Tags()["images"]
     assert (run_dir / "figures" / "baseline_layer_profile.png").is_file()
     assert (run_dir / "figures" / "wiki2" / "baseline_layer_profile.png").is_file()
     assert (run_dir / "figures" / "wiki2" / "compare_profiles.png").is_file()
@@ -120,7 +127,7 @@ def test_the_default_corpus_equals_a_run_on_it_alone(runs, halves, tmp_path):
         ([], None, ["data.corpora is an empty list"]),
         ([{"dataset": "toy"}], None, ["data.corpora: a corpus needs name"]),
         ([{"name": "a", "datset": "toy"}], None, ["unknown key 'datset' (did you mean 'dataset'?)"]),
-        ([{"name": "a"}, {"name": "b"}], {"cut": [[5, 1]], "b/cut": [[5, 1]]}, ["variant name 'b/cut'", "corpus 'b'"]),
+        ([{"name": "a"}, {"name": "b"}], {"cut": [[5, 1]], "b/cut": [[5, 1]]}, ["variant name 'b/cut'", "hold '/'"]),
     ],
 )
 def test_bad_corpora_are_one_line_and_leave_no_run_directory(tmp_path, halves, corpora, variants, expected):

@@ -1,15 +1,13 @@
 """Outlier statistics (`model.outlier_stats`) against a hand computation with
 `torch.linalg.svdvals` on block outputs captured with plain forward hooks."""
 
-import glob
 import math
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM
 
-from helpers import reference_windows, run_validate, tiny_run_args
+from helpers import reference_windows, run_validate, tensorboard_events, tiny_run_args
 from lit_massive.analyses.outliers import OutlierStats, block_outliers
 
 KEYS = ("kurtosis", "top_direction_share", "matrix_entropy")
@@ -72,14 +70,13 @@ def test_statistics_equal_svdvals_on_hooked_block_outputs(tmp_path, tiny_gpt2_di
     assert [r["kurtosis"] for r in cut] != [r["kurtosis"] for r in rows]  # measured per variant
     assert list(cut[0]) == list(rows[0])
     # TensorBoard: one curve per statistic against the layer; one figure against depth
-    events = EventAccumulator(glob.glob(str(run_dir / "events*"))[0])
-    events.Reload()
+    events = tensorboard_events(run_dir, "baseline")
     for key in KEYS:
-        curve = events.Scalars(f"baseline/outliers/{key}")
+        curve = events.Scalars(f"outliers/{key}")
         assert [e.step for e in curve] == [0, 1, 2]
         assert [e.value for e in curve] == pytest.approx([r[key] for r in rows], rel=1e-6)
     assert (run_dir / "figures" / "baseline_outliers.png").stat().st_size > 0
-    assert "baseline/figures/outliers" in events.Tags()["images"]
+    assert "figures/outliers" in events.Tags()["images"]
 
 
 def test_off_the_row_keys_are_null(tmp_path, tiny_gpt2_dir, corpus_jsonl):

@@ -293,16 +293,15 @@ class LayerProfileAnalysis(Analysis):
     @staticmethod
     def _charts(variants: dict[str, dict]) -> dict[str, dict[str, list]]:
         """TensorBoard's Custom Scalars tab: charts by tag pattern, the same in every run (the
-        tab shows one run's layout for all runs, so no chart may name a run's variants); each
-        shows every variant of every run selected on the left."""
+        tab merges the layouts of all runs, so no chart names a run's variants). Every variant
+        is a TensorBoard run of its own (`report.publisher.VariantRuns`), so each chart draws
+        every variant of every selected run, each in its own colour."""
         k = len(variants[BASELINE]["layers"][0]["top"])
         stats = [*(f"top{j + 1}" for j in range(k)), "median"]
-        # TensorBoard matches a chart's patterns from the tag's start: VARIANT/profile/top1
-        profile = {
-            f"{s} of |block output| per layer (x: layer)": ["Multiline", [f"^[^/]+/profile/{s}$"]] for s in stats
-        }
+        # TensorBoard matches a chart's patterns from the tag's start: profile/top1 in RUN/variants/VARIANT
+        profile = {f"{s} of |block output| per layer (x: layer)": ["Multiline", [f"^profile/{s}$"]] for s in stats}
         change = {
-            f"{s} % change vs baseline per layer (x: layer)": ["Multiline", [f"^[^/]+/change/{s}_pct$"]] for s in stats
+            f"{s} % change vs baseline per layer (x: layer)": ["Multiline", [f"^change/{s}_pct$"]] for s in stats
         }
         return {"layer profile, every variant": profile, "% change vs baseline, every variant": change}
 

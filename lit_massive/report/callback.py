@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lit_massive.analyses import ANALYSES, summary_columns_of
 from lit_massive.errors import InputError, RunWarning
 from lit_massive.report.comparison import model_run_name
-from lit_massive.report.publisher import Publisher, write_atomic
+from lit_massive.report.publisher import Publisher, VariantRuns, write_atomic
 from lit_massive.report.schema import RESULTS, RunResults
 from lit_massive.report.tables import summary_table
 
@@ -183,7 +183,8 @@ def shown_model(model: dict) -> str:
 def publish(results: RunResults, run_dir: Path, writer=None, between: Callable[[], None] = lambda: None) -> None:
     """What every analysis that ran publishes, per variant and for the run, and the summary
     table: for the default corpus as for a run over one, then for each other corpus under its
-    name (`Publisher`), with the run-level sections (feature_view) the default corpus's alone.
+    name (`Publisher`), with the run-level sections (feature_view) the default corpus's alone;
+    each variant's TensorBoard data in its own run (`VariantRuns`: a colour per variant).
     `between` runs after each analysis's part (`CtrlC.check`). Figures and tables name the
     model by `shown_model`; results.json keeps its full path."""
     model = shown_model(results.model)
@@ -192,16 +193,17 @@ def publish(results: RunResults, run_dir: Path, writer=None, between: Callable[[
         (name, replace(results, data=corpus["data"], variants=corpus["variants"], sections={}, corpora={}))
         for name, corpus in results.corpora.items()
     ]
-    for corpus, run in runs:
-        out = Publisher(run_dir, writer, corpus)
-        for name, entry in run.variants.items():
+    with VariantRuns(run_dir, writer, results.variants) as variant_runs:
+        for corpus, run in runs:
+            out = Publisher(run_dir, writer, corpus, variant_runs)
+            for name, entry in run.variants.items():
+                for cls in ran:
+                    cls.publish(out, model, name, entry)
+                    between()
+            out.text("summary/table", summary_table(run.variants, summary_columns_of))
             for cls in ran:
-                cls.publish(out, model, name, entry)
+                cls.publish_run(out, model, run)
                 between()
-        out.text("summary/table", summary_table(run.variants, summary_columns_of))
-        for cls in ran:
-            cls.publish_run(out, model, run)
-            between()
 
 
 class RunReport(Callback):

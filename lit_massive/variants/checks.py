@@ -34,6 +34,9 @@ from lit_massive.variants.specs import (
 
 EDIT_FORMS = ("set_massive", "set_random", "zero_weights", "zero_random_weights")
 
+# the tag groups that span a run (its TensorBoard run itself holds them): no variant is named so
+RUN_TAGS = frozenset({"compare", "sweep", "summary", "feature_view", "run", "variants"})
+
 
 def _int(value: Any) -> bool:
     """An integer, not a bool (YAML's true/false are ints to Python)."""
@@ -251,6 +254,12 @@ def parse_variants(
     for name, spec in (variants or {}).items():
         if name == BASELINE:
             raise InputError(f"variant name {BASELINE!r} is reserved for the unpruned model; rename it")
+        if name in RUN_TAGS or "/" in name or not name.strip():
+            raise InputError(
+                f"variant name {name!r} is not usable: a name is one TensorBoard run and the first "
+                f"part of its tags, so it may not be empty, hold '/' or be one of the run's own "
+                f"groups ({', '.join(sorted(RUN_TAGS))}); rename it"
+            )
         specs[name], edit = _check_spec(name, spec, n_layer, n_head, shapes)
         if edit is not None:
             edits[name] = edit
