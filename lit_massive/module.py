@@ -87,7 +87,8 @@ class MassiveActivations(L.LightningModule):
                 ``received_positions`` key positions receives per layer, the sink rate, and
                 (``head_internals``) what happens inside every head, all in the same pass.
             head_internals: with ``head_scores``, also value norms, output norms, the massive
-                tokens' value update and logit gaps of every head; false: cheaper.
+                tokens' value update, logit gaps and the first-token logit's factors (query and key
+                norms, cosines) of every head; false: cheaper.
             perplexity: measure token-level perplexity (needs the LM head's logits).
             components: for every massive (dim, position), what enters each block there and
                 what its attention and MLP add (who writes massive activations).
@@ -117,10 +118,11 @@ class MassiveActivations(L.LightningModule):
             massive_candidates: the most massive entries per sequence and layer that the
                 locator and components record (the largest |values|, a fixed number so the
                 measured step never waits on the GPU); more are counted (``locator_overflow``).
-            received_positions: how many leading key positions ``received`` reports per layer
-                (position-specific attention sinks show up there).
-            sink_epsilon: a head is a sink when its first-token score exceeds this (``sink_rate``;
-                0.3 as in Gu et al., arXiv 2410.10781).
+            received_positions: how many leading key positions ``received`` and ``key_sink_rate``
+                report per layer (position-specific attention sinks show up there).
+            sink_epsilon: a head sinks in a window when the first key's alpha_0 exceeds this, alpha_k
+                being the attention key k receives averaged over the queries that may attend to it
+                (``sink_rate``, ``key_sink_rate``: shares of (window, head); Gu et al., arXiv 2410.10781, 0.3 there).
             attention_tile: head scores and attention internals are computed this many query rows
                 at a time: at most (batch, heads, tile, T) float32 scores at once (linear in T).
             dtype: weights dtype at load time: ``float32``, ``bfloat16``, ``float16`` or ``auto``

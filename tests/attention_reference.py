@@ -94,7 +94,58 @@ def internals(call, massive):
                 gap[w, head] = torch.stack(gaps).mean()
     out["massive_update_cosine"] = cosine
     out["first_token_logit_gap"] = gap
+    out.update(logit_factors(call["query"].double(), k, allowed))
     return out
+
+
+def logit_factors(q, k, allowed):
+    """Per window and head (B, H), in float64, over the queries i >= 1 that may attend to key
+    0 (and to some key j >= 1): mean ||q_i||, mean cos(q_i, k_0), mean over i of the mean
+    cos(q_i, k_j) over its keys j >= 1; ||k_0|| and the mean ||k_j|| over j >= 1. `k` is
+    per query head (B, H, T, hd)."""
+    b, h, t, _ = q.shape
+    qn, kn = q.norm(dim=-1), k.norm(dim=-1)
+    cos = (q @ k.transpose(-1, -2)) / (qn[..., None] * kn[..., None, :])  # (B, H, T, T)
+    out = {
+        name: torch.full((b, h), math.nan, dtype=torch.float64)
+        for name in ("query_norm", "query_key_cos_first", "query_key_cos_rest")
+    }
+    for w in range(b):
+        for head in range(h):
+            rows = [i for i in range(1, t) if allowed[w, head, i, 0] and allowed[w, head, i, 1:].any()]
+            if rows:
+                out["query_norm"][w, head] = qn[w, head, rows].mean()
+                out["query_key_cos_first"][w, head] = cos[w, head, rows, 0].mean()
+                rest = [cos[w, head, i, 1:][allowed[w, head, i, 1:]].mean() for i in rows]
+                out["query_key_cos_rest"][w, head] = torch.stack(rest).mean()
+    out["key_norm_first"] = kn[..., 0]
+    out["key_norm_rest"] = kn[..., 1:].mean(-1)
+    return out
+
+
+def key_attention(weights, allowed):
+    """Gu et al.'s alpha_k (B, H, T) from eager attention weights (B, H, T, T) in float64: the
+    attention key k receives summed over the queries that may attend to it, over their number."""
+    return weights.double().sum(-2) / allowed.sum(-2)
+
+
+def gu_sink_rates(calls, epsilon=0.3, positions=16):
+    """From one eager pass (`calls`, one per layer): per layer the share of (window, head) with
+    alpha_0 > epsilon, the share over every layer, and per (layer, key k < positions) the share
+    with alpha_k > epsilon, written from the paper's formula."""
+    per_layer, per_key, total = [], [], []
+    for call in calls:
+        p = call["weights"]
+        b, h, t, _ = p.shape
+        mask = call["mask"]
+        i = torch.arange(t)
+        allowed = (mask[..., :t, :t] > torch.finfo(mask.dtype).min / 2) if mask is not None else (i[None] <= i[:, None])
+        alpha = key_attention(p, allowed.expand(b, h, t, t))
+        sinks = alpha > epsilon
+        per_layer.append(sinks[..., 0].double().mean().item())
+        per_key.append(sinks[..., :positions].double().mean(dim=(0, 1)).tolist())
+        total.append(sinks[..., 0].double().sum().item() / (b * h))
+    return per_layer, sum(total) / len(total), per_key
 
 
 def run_means(calls, massive):

@@ -77,9 +77,12 @@ def test_frames_hold_the_entries(measured):
 HEAD_COLUMNS = {
     "head_scores": "head_score", "massive_token_scores": "massive_token_score",
     **{key: key for key in ("value_norm_first", "value_norm_rest", "head_output_norm", "massive_update_norm",
-                            "other_update_norm", "massive_update_cosine", "first_token_logit_gap")},
+                            "other_update_norm", "massive_update_cosine", "first_token_logit_gap", "query_norm",
+                            "key_norm_first", "key_norm_rest", "query_key_cos_first", "query_key_cos_rest")},
 }  # fmt: skip
-INTERNALS = ["head_scores", "value_norms", "head_output_norm", "massive_update", "first_token_logit_gap"]
+INTERNALS = [
+    "head_scores", "value_norms", "head_output_norm", "massive_update", "first_token_logit_gap", "logit_factors",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from lit_massive.probes.attention import (
     first_token_logit_gap_,
     head_record,
     masked_softmax_,
+    queries_per_key,
     received_in_tiles,
 )
 from lit_massive.report.ranking import rank_heads
@@ -48,6 +49,12 @@ def test_toy_sink_head_is_a_constant_bias_with_the_largest_logit_gap(toy_run):
     assert baseline["sink_rate"] == [1 / TRUTH.n_head if i in sinks else 0.0 for i in range(TRUTH.n_layer)]
     assert baseline["model_sink_rate"] == pytest.approx(2 / (TRUTH.n_layer * TRUTH.n_head))
     assert baseline["sink_epsilon"] == 0.3
+    assert baseline["key_sink_rate"][layer][0] == 1 / TRUTH.n_head and baseline["model_key_sink_rate"][1:] == [0.0] * 15
+    # why they sink: the first key is long and the queries point at it (the planted logit)
+    keys = [(v, (la, h)) for la, row in enumerate(baseline["key_norm_first"]) for h, v in enumerate(row)]
+    assert {where for _, where in sorted(keys)[-2:]} == {TRUTH.sink_head, TRUTH.writer_head}
+    for la, h in (TRUTH.sink_head, TRUTH.writer_head):
+        assert baseline["query_key_cos_first"][la][h] > 0.9 > max(abs(c) for c in baseline["query_key_cos_rest"][la])
 
 
 def test_toy_dormant_head_ranks_first_and_a_selection_prunes_it(toy_run):
@@ -141,11 +148,53 @@ def test_plain_causal_record_equals_the_one_from_the_masked_map(tile):
     plain, masked = AttentionCall(q, k, v, None, 0.4), AttentionCall(q, k, v, causal, 0.4)
     assert plain.plain_causal and not masked.plain_causal
     fast, reference = head_record(plain, tile), head_record(masked, tile)
-    for name in ("received", "value_norm_first", "value_norm_rest", "output_norm", "logit_gap", "lse", "output"):
+    factors = ("query_norm", "key_norm_first", "key_norm_rest", "cos_first", "cos_rest")
+    for name in (
+        "received",
+        "value_norm_first",
+        "value_norm_rest",
+        "output_norm",
+        "logit_gap",
+        "lse",
+        "output",
+        *factors,
+    ):
         torch.testing.assert_close(getattr(fast, name), getattr(reference, name), rtol=1e-5, atol=1e-5, msg=name)
     s = (q @ k.repeat_interleave(3, 1).transpose(-1, -2)) * 0.4  # the gap by hand
     gap = [(s[..., n, 0] - s[..., n, 1 : n + 1].mean(-1)) for n in range(1, t)]
     torch.testing.assert_close(fast.logit_gap, torch.stack(gap).mean(0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sliding_window", [None, 2])
+def test_logit_factors_multiply_back_to_the_logit(sliding_window):
+    """In a 2-token window only query 1 counts: scaling * ||q_1|| * ||k_0|| * cos(q_1, k_0) is
+    its logit on key 0, and cos(q_1, k_1) is the rest's mean cosine (GQA: 3 query heads per
+    KV head); the same with a sliding window, which takes the tile-of-cosines path."""
+    torch.manual_seed(7)
+    q, k, v = torch.randn(2, 6, 2, 8) * 2, torch.randn(2, 2, 2, 8), torch.randn(2, 2, 2, 8)
+    record = head_record(AttentionCall(q, k, v, None, 0.35, sliding_window=sliding_window), tile=1)
+    kq = k.repeat_interleave(3, 1)  # each query head's key
+    logit = (q[:, :, 1] * kq[:, :, 0]).sum(-1) * 0.35
+    product = 0.35 * record.query_norm * record.key_norm_first * record.cos_first
+    torch.testing.assert_close(product, logit, rtol=1e-5, atol=1e-6)
+    cos_11 = torch.nn.functional.cosine_similarity(q[:, :, 1], kq[:, :, 1], dim=-1)
+    torch.testing.assert_close(record.cos_rest, cos_11, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(record.key_norm_rest, kq[:, :, 1].norm(dim=-1))
+
+
+def test_queries_per_key_follow_the_mask():
+    """Gu et al.'s denominator: T - k causally, min(T, k + W) - k within a sliding window,
+    and counted from a mask tensor (here one that also hides key 2 from query 5)."""
+    t = 7
+    q, k = torch.randn(1, 2, t, 4), torch.randn(1, 2, t, 4)
+    assert queries_per_key(AttentionCall(q, k, k, None, 1.0)).flatten().tolist() == [7, 6, 5, 4, 3, 2, 1]
+    assert queries_per_key(AttentionCall(q, k, k, None, 1.0, sliding_window=3)).flatten().tolist() == [
+        3, 3, 3, 3, 3, 2, 1,
+    ]  # fmt: skip
+    mask = torch.arange(t)[None, :] <= torch.arange(t)[:, None]
+    mask[5, 2] = False
+    counted = queries_per_key(AttentionCall(q, k, k, mask[None, None], 1.0), tile=3)
+    assert counted.flatten().tolist() == [7, 6, 4, 4, 3, 2, 1]
 
 
 def test_causal_masking_equals_filling_even_where_scores_are_not_finite():
@@ -210,3 +259,19 @@ def test_windows_with_more_massive_tokens_than_slots_are_left_out_and_counted(tm
     assert baseline["other_update_norm"][0] == pytest.approx(baseline["head_output_norm"][0], rel=1e-6)
     assert baseline["massive_update_cosine"][0] == [None] * TRUTH.n_head
     assert all(v is not None for row in baseline["head_output_norm"] for v in row)
+
+
+def test_sink_rate_counts_windows_not_the_mean_score():
+    """A head that sinks in one window (alpha_0 = 0.9) and not in the other (0.1) has a mean
+    first-token score of 0.5, over epsilon, but Gu et al.'s sink rate counts (window, head)
+    pairs: 1 of 2. Key 2 takes alpha_2 = 0.45 in the second window: a secondary sink there."""
+    from lit_massive.analyses.sink_rate import SinkCounts
+
+    t, attended = 4, torch.tensor([4.0, 3.0, 2.0, 1.0])[None, None]
+    alpha = torch.tensor([[[0.9, 0.05, 0.05, 0.0]], [[0.1, 0.2, 0.45, 0.1]]])  # (B=2, H=1, T)
+    counts = SinkCounts(n_layer=1, positions=6, epsilon=0.3)
+    counts.update([alpha * attended / t], [attended])
+    rates = counts.compute()
+    assert rates["sink_rate"].tolist() == [0.5] and float(rates["model_sink_rate"]) == 0.5
+    key = rates["key_sink_rate"][0].tolist()
+    assert key[:4] == [0.5, 0.0, 0.5, 0.0] and all(math.isnan(v) for v in key[4:])  # past the window: null

@@ -167,6 +167,23 @@ def received_in_tiles(call: AttentionCall, tile: int | None = None) -> Tensor:
     return received.div_(call.query.shape[2])
 
 
+def queries_per_key(call: AttentionCall, tile: int | None = None) -> Tensor:
+    """How many queries may attend to each key, as the model's mask says: (B or 1, 1 or H,
+    T_k) float32, the denominator of Gu et al.'s per-key attention alpha_k (arXiv 2410.10781).
+    Causal, within `sliding_window` if any, when the call has no mask tensor (T - k, or
+    min(T, k + W) - k); else counted from the mask, `tile` query rows at a time."""
+    t, t_k, device = call.query.shape[2], call.key.shape[2], call.query.device
+    if call.mask is None:
+        k = torch.arange(t_k, device=device)
+        last = torch.full_like(k, t) if call.sliding_window is None else (k + call.sliding_window).clamp(max=t)
+        return (last - k).clamp(min=0).float()[None, None]
+    count = None
+    for rows in call.row_tiles(tile):
+        part = call.allowed(rows=rows).sum(dim=-2, dtype=torch.float32)
+        count = part if count is None else count.add_(part)
+    return count
+
+
 def per_query_head(x: Tensor, group: int) -> Tensor:
     """A KV-head tensor (B, H_kv, ...) repeated for the query heads that share it: (B, H, ...)."""
     return x.repeat_interleave(group, dim=1) if group > 1 else x
@@ -185,6 +202,12 @@ class HeadRecord:
     value_norm_rest: Tensor  # mean over j >= 1 of ||v_j|| (NaN for a 1-token window)
     output_norm: Tensor  # mean over queries i of ||o_i||, o_i = sum_j p_ij v_j
     logit_gap: Tensor  # mean over queries i >= 1 that may attend to key 0 of s_i0 - mean_j s_ij
+    # the first-token logit s_i0 = scaling * ||q_i|| ||k_0|| cos(q_i, k_0) taken apart (`LogitFactors`)
+    query_norm: Tensor  # mean ||q_i|| over the queries i >= 1 that may attend to key 0
+    key_norm_first: Tensor  # ||k_0||
+    key_norm_rest: Tensor  # mean over j >= 1 of ||k_j|| (NaN for a 1-token window)
+    cos_first: Tensor  # mean cos(q_i, k_0) over those queries
+    cos_rest: Tensor  # over those queries, mean of the mean cos(q_i, k_j) over the keys j >= 1 query i may attend to
     call: AttentionCall | None = None
     lse: Tensor | None = None  # (B, H, T) float32
     output: Tensor | None = None  # (B, H, T, hd) float32: o_i, before the output projection
@@ -238,6 +261,67 @@ class LogitGap:
         return self.sum / self.queries
 
 
+class LogitFactors:
+    """The factors of the first-token logit s_i0 = scaling * ||q_i|| ||k_0|| cos(q_i, k_0)
+    (before any softcap), summed over tiles of query rows: whether a sink comes from the key's
+    norm or from its direction (Gu et al. section 3). Over the queries i >= 1 that may attend
+    to key 0 (the logit gap's queries): ||q_i||, cos(q_i, k_0) and the mean cos(q_i, k_j) over
+    the keys j >= 1 query i may attend to; a `plain_causal` call sums the last from running
+    sums of the unit keys, any other from a (n, T) tile of cosines under the mask."""
+
+    def __init__(self, call: AttentionCall) -> None:
+        self.call = call
+        key = call.key.float()  # (B, H_kv, T, hd)
+        self.key_norm = key.norm(dim=-1)  # (B, H_kv, T)
+        self.unit_key = key / self.key_norm.clamp_min(1e-30)[..., None]
+        self.carry = None  # plain causal: the sum of the unit keys 1.. before the tile (B, H_kv, 1, hd)
+        self.sums: list[Tensor | float] = [0.0, 0.0, 0.0]  # ||q_i||, cos(q_i, k_0), mean_j cos(q_i, k_j)
+        self.queries: Tensor | float = 0.0  # (B or 1, 1 or H)
+
+    def add(self, rows: slice) -> None:
+        """One tile of query rows."""
+        call, (b, h_kv) = self.call, self.key_norm.shape[:2]
+        q = call.query[:, :, rows].float()  # (B, H, n, hd)
+        n = q.shape[2]
+        q_norm = q.norm(dim=-1)  # (B, H, n)
+        unit_q = (q / q_norm.clamp_min(1e-30)[..., None]).reshape(b, h_kv, call.group * n, -1)
+        cos_first = (unit_q @ self.unit_key[:, :, :1].transpose(-1, -2)).reshape(b, -1, n)  # (B, H, n)
+        i = torch.arange(rows.start, rows.stop, device=q.device)
+        if call.plain_causal:
+            keys = self.unit_key[:, :, rows].cumsum(dim=2)  # unit keys up to each query of the tile
+            if self.carry is not None:
+                keys += self.carry
+            self.carry = keys[:, :, -1:]
+            rest = keys - self.unit_key[:, :, :1]  # keys 1..i
+            per_head = unit_q.reshape(b, h_kv, call.group, n, -1) * rest[:, :, None]
+            cos_rest = per_head.sum(-1).reshape(b, -1, n) / i.clamp(min=1)  # mean over keys 1..i
+            counted = (i >= 1)[None, None]  # (1, 1, n)
+        else:
+            allowed = call.allowed(rows=rows)  # (B or 1, 1 or H, n, T)
+            cosines = (unit_q @ self.unit_key.transpose(-1, -2)).reshape(b, -1, n, self.key_norm.shape[-1])
+            later = allowed.clone()
+            later[..., 0] = False
+            cos_rest = torch.where(later, cosines, 0.0).sum(-1) / later.sum(-1).clamp(min=1)
+            counted = allowed[..., 0] & (i >= 1) & later.any(-1)  # (B or 1, 1 or H, n)
+        for k, value in enumerate((q_norm, cos_first, cos_rest)):
+            self.sums[k] = self.sums[k] + torch.where(counted, value, 0.0).sum(-1)
+        self.queries = self.queries + counted.sum(-1)
+
+    def record(self) -> dict[str, Tensor]:
+        """The `HeadRecord` fields, per window and head (B, H); NaN where no query counted."""
+        b, h = self.call.query.shape[:2]
+        group = self.call.group
+        means = [(total / self.queries).expand(b, h) for total in self.sums]
+        key_norm = per_query_head(self.key_norm, group)  # (B, H, T)
+        return {
+            "query_norm": means[0],
+            "key_norm_first": key_norm[..., 0],
+            "key_norm_rest": key_norm[..., 1:].mean(-1),
+            "cos_first": means[1],
+            "cos_rest": means[2],
+        }
+
+
 def _place(buffer: Tensor | None, rows: slice, part: Tensor | None) -> Tensor | None:
     """`part` (B, H, n, ...) as the query `rows` of `buffer`; `part` itself without a buffer
     (one tile: no copy)."""
@@ -260,8 +344,9 @@ def head_record(call: AttentionCall, tile: int | None = None, keep_call: bool = 
     if len(tiles) > 1:  # float32 whatever the default dtype (Lightning's 16-true and bf16-true change it)
         output = torch.empty(b, h, t, value.shape[-1], device=device, dtype=torch.float32)
         lse = torch.empty(b, h, t, device=device, dtype=torch.float32) if keep_call else None
-    received, gap = None, LogitGap(call)
+    received, gap, factors = None, LogitGap(call), LogitFactors(call)
     for rows in tiles:
+        factors.add(rows)
         query = call.scaled_query(rows)
         scores = call.logits(rows=rows, query=query)
         gap.add(scores, query, rows)
@@ -281,6 +366,7 @@ def head_record(call: AttentionCall, tile: int | None = None, keep_call: bool = 
         value_norm_rest=value_norm[..., 1:].mean(-1),
         output_norm=output.norm(dim=-1).mean(-1),
         logit_gap=gap.mean().expand(b, h),
+        **factors.record(),
         **({"call": call, "lse": lse, "output": output} if keep_call else {}),
     )
 

@@ -19,6 +19,7 @@ from lit_massive.probes.attention import (
     HeadRecord,
     attention_probe,
     head_record,
+    queries_per_key,
     received_in_tiles,
     unpacked_windows,
 )
@@ -81,6 +82,8 @@ class Probed:
     # with Needs.attention, (B, H, T) each: what each key position receives, mean over
     # queries (column 0: the first-token score)
     received: list[Tensor | None] = field(default_factory=list)
+    # with Needs.attention, (B or 1, 1 or H, T) each: how many queries may attend to each key
+    attended: list[Tensor | None] = field(default_factory=list)
     # with Needs.sublayers, (B, T, D) each, None again once the block's reducers have run
     block_in: list[Tensor | None] = field(default_factory=list)
     attn_out: list[Tensor | None] = field(default_factory=list)
@@ -201,6 +204,7 @@ def probes(
     attention = needs.attention or needs.heads
     if attention:
         probed.received = [None] * n
+        probed.attended = [None] * n
         if needs.heads:
             probed.heads = [None] * n
 
@@ -210,6 +214,7 @@ def probes(
                 probed.received[i] = record.received
             else:
                 probed.received[i] = received_in_tiles(call, attention_tile)
+            probed.attended[i] = queries_per_key(call, attention_tile)
 
     if needs.mlp_down:  # the layout has them: the analysis refuses a model without
         probed.mlp_down = [None] * n

@@ -349,6 +349,14 @@ def received_figure(received: list[list[float | None]], title: str) -> tuple[Fig
     return _probability_grid(received, title, "key position (0-based)", "mean attention received", "magma")
 
 
+def key_sink_rate_figure(rates: list[list[float | None]], epsilon: float, title: str) -> tuple[Figure, Axes]:
+    """Layers x leading key positions: the share of (window, head) pairs whose alpha_k (Gu et
+    al.'s mean attention on key k over the queries that may attend to it) exceeds `epsilon`;
+    column 0 is the sink rate, a bright column further right a secondary sink."""
+    label = f"key sink rate (share of (window, head)\nwith alpha_k > {epsilon:g})"
+    return _probability_grid(rates, title, "key position k (0-based)", label, "magma")
+
+
 def _token_label(token: str) -> str:
     """A token as a tick label: newlines and tabs escaped, `$` literal (no mathtext)."""
     return repr(token)[1:-1].replace("$", r"\$")

@@ -80,8 +80,8 @@ def value_drain_figure(
 
 
 def sink_rate_figure(rates: list[float | None], epsilon: float, title: str) -> tuple[Figure, Axes]:
-    """Per layer, the share of heads whose first-token score exceeds `epsilon`."""
-    ylabel = f"sink rate (share of heads\nwith first-token score > {epsilon:g})"
+    """Per layer, the share of (window, head) pairs that sink: alpha_0 above `epsilon` (Gu et al.)."""
+    ylabel = f"sink rate (share of (window, head)\nwith alpha_0 > {epsilon:g})"
     return share_per_layer_figure(rates, title, ylabel, "tab:green")
 
 

@@ -30,6 +30,11 @@ SCORES = {
             "other_update_norm",
             "massive_update_cosine",
             "first_token_logit_gap",
+            "query_norm",
+            "key_norm_first",
+            "key_norm_rest",
+            "query_key_cos_first",
+            "query_key_cos_rest",
         )
     },
 }

@@ -98,7 +98,7 @@ def peak_series(points: list[StepPoint]) -> Series:
 
 
 def sink_rate_series(points: list[StepPoint]) -> Series:
-    """The model sink rate (share of all heads that are sinks; None without head scores)."""
+    """The model sink rate (share of (window, layer, head) that sink; None without head scores)."""
     return _by_corpus(points, lambda p: p.entry.get("model_sink_rate"))
 
 
@@ -207,7 +207,7 @@ _STATISTICS: list[tuple[str, Callable[[list[StepPoint]], Series], str, str, bool
     ("step_massive_dims", massive_dim_series, "largest massive activations",
      "largest |massive activation| at the dim\n(any block, position; no marker: none there)", True,
      "no training-step massive-dims figure: no run located a massive activation"),
-    ("step_sink_rate", sink_rate_series, "model sink rate", "model sink rate (share of heads)", False,
+    ("step_sink_rate", sink_rate_series, "model sink rate", "model sink rate (share of heads x windows)", False,
      "no training-step sink-rate figure: no run has a model sink rate (run with model.head_scores: true)"),
     ("step_perplexity", perplexity_series, "perplexity", "perplexity", True,
      "no training-step perplexity figure: no run has a perplexity (run with model.perplexity: true)"),
