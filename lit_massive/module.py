@@ -96,7 +96,7 @@ class MassiveActivations(L.LightningModule):
                 entropy of the block output (keys of ``layers``; an eigendecomposition per window and block).
             super_weights: per block, where the MLP output projection's input and output are
                 largest, and the super-weight candidates W[j, i] (Yu et al., arXiv 2411.07191)
-                where that output is massive (skipped, with a warning, for Mixtral: fused experts).
+                where that output is massive (skipped, with a warning, for Mixtral and gpt-oss: fused experts).
             feature_view: plot |block output| of one text (experiment 1) after the pass.
             variants: name -> one of these forms. Heads to prune: ``[[layer, head], ...]``.
                 A selection (Select): ``{select: top|bottom, k: N, by: first_token, scores:

@@ -29,6 +29,7 @@ def eager_calls(model):
                 dict(
                     query=query, key=key, value=value, mask=attention_mask, weights=weights,
                     scaling=query.shape[-1] ** -0.5 if scaling is None else scaling, softcap=kwargs.get("softcap"),
+                    sinks=getattr(module, "sinks", None),  # gpt-oss: a learned logit per head in the denominator
                 )
             )  # fmt: skip
             return out, weights
@@ -63,8 +64,12 @@ def internals(call, massive):
     i = torch.arange(t)
     allowed = (mask[..., :t, :t] > torch.finfo(mask.dtype).min / 2) if mask is not None else (i[None] <= i[:, None])
     allowed = allowed.expand(b, h, t, t)
-    # the logits are right: with the mask they give the model's own probabilities
-    torch.testing.assert_close(s.masked_fill(~allowed, -math.inf).softmax(-1), p, rtol=1e-4, atol=1e-6)
+    # the logits are right: with the mask (and a learned sink's logit) they give the model's own probabilities
+    logits = s.masked_fill(~allowed, -math.inf)
+    if call["sinks"] is not None:
+        sink = call["sinks"].detach().double()[None, :, None, None].expand(b, h, t, 1)
+        logits = torch.cat([logits, sink], dim=-1)
+    torch.testing.assert_close(logits.softmax(-1)[..., :t], p, rtol=1e-4, atol=1e-6)
     norms = v.norm(dim=-1)
     o = p @ v
     on_massive = massive[:, None, None, :].double()

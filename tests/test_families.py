@@ -13,7 +13,7 @@ from helpers import read_texts, reference_profile, run_validate, tiny_run_args
 from lit_massive.data import WindowsDataModule
 from lit_massive.module import MassiveActivations, describe_model
 from lit_massive.probes.attention import attention_probs
-from tiny_families import BOS_DIM, DOT_DIM, FAMILIES, FAMILY_CONFIGS, save_family
+from tiny_families import BOS_DIM, DOT_DIM, FAMILIES, FAMILY_CONFIGS, SINK_HEAD, save_family
 
 SEQ, N = 24, 4
 PRUNED = (1, 1)  # (layer, head)
@@ -83,7 +83,7 @@ def _eager(model_dir, prune=None):
 # the fast loop checks six families that between them have every mechanism (Conv1D, BOS,
 # GQA, softcapping, sandwich norms, sliding and mixed sliding layers, partial rotary,
 # parallel blocks, learned positions); the full suite checks all of them
-FAST_FAMILIES = {"gpt2", "llama", "gemma2", "qwen2", "phi", "opt"}
+FAST_FAMILIES = {"gpt2", "llama", "gemma2", "qwen2", "phi", "opt", "gpt_oss"}
 EVERY_FAMILY = [f if f in FAST_FAMILIES else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES]
 
 
@@ -117,6 +117,20 @@ def test_family_matches_plain_transformers(tmp_path, family_dir, corpus_jsonl, m
     for key, want in reference.items():
         measured = torch.tensor([[math.nan if v is None else v for v in row] for row in baseline[key]])
         torch.testing.assert_close(measured.double(), want, rtol=1e-5, atol=1e-5, equal_nan=True, msg=key)
+    # learned sinks (gpt-oss): what the eager maps leave out of every row is the sink's share
+    if model_type == "gpt_oss":
+        mass = torch.stack([1 - a.double().sum(-1).mean(-1).mean(0) for a in attentions])  # (L, H)
+        torch.testing.assert_close(
+            torch.tensor(baseline["learned_sink_mass"], dtype=torch.float64), mass, rtol=1e-5, atol=1e-6
+        )
+        layer, head = SINK_HEAD
+        assert (
+            baseline["learned_sink_mass"][layer][head]
+            > 0.9
+            > max(max(row) for row in baseline["learned_sink_mass"][:layer])
+        )
+    else:
+        assert baseline["learned_sink_mass"] is None
     # sink rates: Gu et al.'s alpha_k per window from the eager maps (sliding windows included)
     per_layer, model_rate, per_key = gu_sink_rates(calls, positions=16)
     assert baseline["sink_rate"] == pytest.approx(per_layer, abs=1e-6)

@@ -19,6 +19,9 @@ from lit_massive.models.toy import EOS, _vocab, build_toy_tokenizer
 
 BOS_DIM, DOT_DIM = 7, 11
 PLANTED_BOS, PLANTED_DOT = 600.0, 400.0
+# gpt-oss's learned sink logit per head, planted large in one (layer, head): it takes most of
+# that head's attention, where the random ones (about 0) take a share of about 1 / (keys + 1)
+SINK_HEAD, PLANTED_SINK = (1, 2), 6.0
 SLIDING_WINDOW = 8  # shorter than the test windows, so sliding layers differ from full ones
 
 _COMMON = dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=3, intermediate_size=96)
@@ -33,6 +36,11 @@ FAMILY_CONFIGS: dict[str, tuple[dict, bool]] = {
     "llama": (_GQA, True),
     "mistral": (dict(_GQA, **_SLIDING), True),
     "mixtral": (dict(_GQA, **_SLIDING, num_local_experts=4, num_experts_per_tok=2), True),
+    "gpt_oss": (
+        dict(_GQA, **_SLIDING, head_dim=16, num_local_experts=4, num_experts_per_tok=2)
+        | {"layer_types": ["sliding_attention", "full_attention", "sliding_attention"]},
+        False,
+    ),
     "qwen2": (dict(_GQA, use_sliding_window=True, max_window_layers=1, **_SLIDING), False),
     "qwen3": (dict(_GQA, head_dim=16), False),
     "gemma": (dict(_COMMON, num_key_value_heads=1, head_dim=16), True),
@@ -74,6 +82,9 @@ def save_family(model_type: str, directory: Path, seed: int = 0, **overrides) ->
         embed = model.get_input_embeddings().weight
         embed[vocab[EOS], BOS_DIM] = PLANTED_BOS
         embed[vocab["."], DOT_DIM] = PLANTED_DOT
+        sinks = getattr(model.model.layers[SINK_HEAD[0]].self_attn, "sinks", None) if model_type == "gpt_oss" else None
+        if sinks is not None:
+            sinks[SINK_HEAD[1]] = PLANTED_SINK
     model.save_pretrained(directory)
     build_toy_tokenizer(bos=bos).save_pretrained(directory)
     return directory

@@ -28,7 +28,7 @@ class Family:
     attn_out: str  # layer -> module whose output is what attention adds to the residual stream
     mlp_out: str  # layer -> module whose output is what the MLP adds
     # layer -> the MLP's output projection (a Linear, GPT-2's Conv1D), whose weight holds the
-    # super weight (Yu et al., arXiv 2411.07191); None: no single one (Mixtral's fused experts)
+    # super weight (Yu et al., arXiv 2411.07191); None: no single one (Mixtral's, gpt-oss's fused experts)
     mlp_down: str | None = None
 
 
@@ -49,6 +49,9 @@ FAMILIES: dict[str, Family] = {
     # its `mlp` is the sparse mixture-of-experts block; its experts' down projections are one
     # fused (E, D, I) parameter, no module to hook
     "mixtral": replace(_PRE_NORM, mlp_down=None),
+    # learned attention sinks (`self_attn.sinks`, see `probes.attention`) and a mixture of
+    # experts whose down projections are one fused parameter, as Mixtral's
+    "gpt_oss": replace(_PRE_NORM, mlp_down=None),
     "qwen2": _PRE_NORM,
     "qwen3": _PRE_NORM,
     "gemma": _PRE_NORM,

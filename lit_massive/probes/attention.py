@@ -25,7 +25,9 @@ from lit_massive.models.families import DecoderLayout
 class AttentionCall:
     """What one block's attention function receives: query (B, H, T, hd) after RoPE and q/k
     norms, key and value (B, H_kv, T, hd), the mask the model built (boolean: True attends;
-    float: added; None: causal, within `sliding_window` if given), scaling and softcap."""
+    float: added; None: causal, within `sliding_window` if given), scaling and softcap, and
+    a learned sink logit per query head (gpt-oss: (H,), in every row's softmax denominator
+    and attending to nothing; None for the other families)."""
 
     query: Tensor
     key: Tensor
@@ -34,6 +36,7 @@ class AttentionCall:
     scaling: float
     softcap: float | None = None
     sliding_window: int | None = None
+    sinks: Tensor | None = None
 
     @property
     def group(self) -> int:
@@ -113,6 +116,14 @@ def masked_softmax_(
     (None without). One fused softmax, not five passes over the buffer: on a CPU each pass is
     a parallel region, which on a shared machine can wait milliseconds for its threads."""
     r = slice(0, call.query.shape[2]) if rows is None else rows
+    if call.sinks is not None:  # the sink logit joins every row's denominator
+        return _softmax_with_sinks_(_masked_(scores, call, r, rows), call.sinks.float())
+    return _fused_softmax_(_masked_(scores, call, r, rows), with_lse)
+
+
+def _masked_(scores: Tensor, call: AttentionCall, r: slice, rows: slice | None) -> Tensor:
+    """`scores` of the query rows `r` with -inf (or the model's additive mask) where a query
+    may not attend, in place."""
     if call.mask is not None and call.mask.dtype != torch.bool:
         scores.add_(call.mask[..., r, : scores.shape[-1]].float())
     elif call.mask is None and call.sliding_window is None:
@@ -122,12 +133,29 @@ def masked_softmax_(
         scores.tril_(r.start).add_(call.causal_bias(r))
     else:
         scores.masked_fill_(~call.allowed(rows=rows), float("-inf"))
+    return scores
+
+
+def _fused_softmax_(scores: Tensor, with_lse: bool) -> tuple[Tensor, Tensor | None]:
+    """Softmax of masked `scores` over the keys in place, with each row's log-sum-exp."""
     top = scores.amax(dim=-1) if with_lse else None
     # in place: the tile's scores are its largest buffer (torch's last-dimension softmax
     # kernels finish a row's max and sum before writing it, each element where it was read)
     probs = torch.softmax(scores, -1, out=scores)
     # the largest probability is exp(0) / sum: log-sum-exp = max - log(largest probability)
     return probs, None if top is None else top.sub_(probs.amax(dim=-1).log_())
+
+
+def _softmax_with_sinks_(scores: Tensor, sinks: Tensor) -> tuple[Tensor, Tensor]:
+    """Softmax of masked `scores` (B, H, n, T) over the keys and a sink logit per head
+    (`sinks`, (H,)) in place, as gpt-oss computes it: p_ij = exp(s_ij) / (sum_j exp(s_ij) +
+    exp(sink)); the sink's own share, exp(sink - lse), is what the keys do not get. Returns
+    the keys' probabilities and each row's log-sum-exp, the sink included."""
+    sink = sinks[None, :, None]  # (1, H, 1)
+    top = torch.maximum(scores.amax(dim=-1), sink)
+    scores.sub_(top[..., None]).exp_()
+    total = scores.sum(dim=-1).add_((sink - top).exp())
+    return scores.div_(total[..., None]), top.add_(total.log())
 
 
 def attention_probs(
@@ -137,6 +165,7 @@ def attention_probs(
     mask: Tensor | None = None,
     softcap: float | None = None,
     sliding_window: int | None = None,
+    sinks: Tensor | None = None,
 ) -> Tensor:
     """The attention probabilities a model uses, recomputed in float32 from the final
     query (B, H, T, hd) and key (B, H_kv, T, hd) that its attention function receives:
@@ -144,7 +173,7 @@ def attention_probs(
     soft-capped as the model does, then masked by `mask` (boolean: True attends; float:
     added) or, when the backend got none, causally (within `sliding_window` if given).
     Returns (B, H, T, T); the one (B, H, T, T) buffer is reused in place."""
-    call = AttentionCall(q, k, k, mask, scaling, softcap, sliding_window)
+    call = AttentionCall(q, k, k, mask, scaling, softcap, sliding_window, sinks)
     return masked_softmax_(call.logits(), call)[0]
 
 
@@ -374,6 +403,15 @@ def head_record(call: AttentionCall, tile: int | None = None, keep_call: bool = 
 AttentionFn = Callable[..., tuple]
 
 
+def learned_sinks(module: nn.Module, kwargs: dict) -> Tensor | None:
+    """The learned sink logits (H,) an attention function gets (gpt-oss passes its
+    `self_attn.sinks` as `s_aux`; its eager function reads the module's), detached; None."""
+    sinks = kwargs.get("s_aux")
+    if sinks is None:
+        sinks = getattr(module, "sinks", None)
+    return sinks.detach() if isinstance(sinks, Tensor) else None
+
+
 @contextmanager
 def attention_probe(layout: DecoderLayout, on_call: Callable[[int, AttentionCall], None]) -> Iterator[None]:
     """Call `on_call(i, call)` with what block i's attention function receives
@@ -404,6 +442,7 @@ def attention_probe(layout: DecoderLayout, on_call: Callable[[int, AttentionCall
                 query.shape[-1] ** -0.5 if scaling is None else scaling,
                 softcap=kwargs.get("softcap"),
                 sliding_window=kwargs.get("sliding_window"),
+                sinks=learned_sinks(module, kwargs),
             )
             # float32 as promised: under autocast (bf16-mixed) a matmul would run in bfloat16
             with torch.autocast(query.device.type, enabled=False):
