@@ -177,3 +177,29 @@ def entering_massive_tokens(block_outputs):
     block's output (none for layer 0, which reads the embeddings)."""
     none = torch.zeros(block_outputs[0].shape[:2], dtype=torch.bool)
     return [none] + [massive_tokens(x) for x in block_outputs[:-1]]
+
+
+def secondary_sink_rows(calls, input_ids, entering, epsilon=0.3):
+    """Per (layer, token id): the (window, head) pairs whose alpha_k > epsilon at a key k >= 1
+    holding that token, their summed alpha, the positions (a Counter) and the pairs in windows
+    where that key's token is massive in the stream entering the layer (`entering[l]`, (B, T))."""
+    from collections import Counter
+
+    out = {}
+    for layer, call in enumerate(calls):
+        p = call["weights"]
+        b, h, t, _ = p.shape
+        mask = call["mask"]
+        i = torch.arange(t)
+        allowed = (mask[..., :t, :t] > torch.finfo(mask.dtype).min / 2) if mask is not None else (i[None] <= i[:, None])
+        alpha = key_attention(p, allowed.expand(b, h, t, t))
+        for w in range(b):
+            for k in range(1, t):
+                heads = alpha[w, :, k] > epsilon
+                if heads.any():
+                    row = out.setdefault((layer, int(input_ids[w, k])), [0, 0.0, Counter(), 0])
+                    row[0] += int(heads.sum())
+                    row[1] += float(alpha[w, :, k][heads].sum())
+                    row[2][k] += 1
+                    row[3] += int(heads.sum()) if entering[layer][w, k] else 0
+    return out

@@ -88,7 +88,8 @@ def test_without_it_the_key_is_not_there(tmp_path, tiny_gpt2_dir, corpus_jsonl):
     assert "mean_abs_block_output" not in results["variants"]["baseline"]
     # the built-ins, in results.json key order (the test's own analysis was removed again)
     assert list(ANALYSES) == [
-        "layer_profile", "outliers", "head_scores", "sink_rate", "learned_sinks", "value_norms", "head_output_norm",
+        "layer_profile", "outliers", "head_scores", "sink_rate", "learned_sinks", "secondary_sinks", "value_norms",
+        "head_output_norm",
         "massive_update", "first_token_logit_gap", "logit_factors", "perplexity", "locator", "components",
         "super_weights", "feature_view",
     ]  # fmt: skip

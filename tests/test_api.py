@@ -35,7 +35,9 @@ def test_measure_equals_the_cli(tmp_path, measured):
     )  # fmt: skip
     assert_same_numbers(measured.to_json()["variants"], cli["variants"])
     # sink_rate comes with head_scores (one option); the internals were not named
-    assert measured.analyses == ["layer_profile", "head_scores", "sink_rate", "learned_sinks", "perplexity", "locator"]
+    assert measured.analyses == [
+        "layer_profile", "head_scores", "sink_rate", "learned_sinks", "secondary_sinks", "perplexity", "locator",
+    ]
 
 
 def test_a_loaded_model_and_given_windows_equal_the_named_model(measured):

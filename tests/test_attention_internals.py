@@ -275,3 +275,39 @@ def test_sink_rate_counts_windows_not_the_mean_score():
     assert rates["sink_rate"].tolist() == [0.5] and float(rates["model_sink_rate"]) == 0.5
     key = rates["key_sink_rate"][0].tolist()
     assert key[:4] == [0.5, 0.0, 0.5, 0.0] and all(math.isnan(v) for v in key[4:])  # past the window: null
+
+
+def test_secondary_sinks_keep_the_most_sunk_on_keys_and_mark_massive_tokens():
+    """Planted alphas: in layer 0 heads sink on 9 keys after the first (one more than the
+    slots: the key with a single sinking head is the one dropped, and counted); in layer 1 on
+    key 3 (both heads) and key 5 (one head), where key 3 holds the token that block 0's output
+    makes massive: the stream entering layer 1."""
+    from types import SimpleNamespace
+
+    from lit_massive.analyses.block_stats import block_stats
+    from lit_massive.analyses.secondary_sinks import SLOTS, SinkKeys, secondary_sinks
+
+    t, eps = 12, 0.3
+    attended = (t - torch.arange(t)).float()[None, None]  # causal: T - k queries per key
+    alpha = [torch.full((1, 2, t), 0.1), torch.full((1, 2, t), 0.1)]
+    alpha[0][0, :, 1 : SLOTS + 1] = 0.5  # 8 keys, both heads
+    alpha[0][0, 0, SLOTS + 1] = 0.4  # a 9th key, one head
+    alpha[1][0, :, 3] = 0.6
+    alpha[1][0, 1, 5] = 0.35
+    received = [a * attended / t for a in alpha]
+    x = torch.randn(1, t, 16) * 0.01
+    x[0, 3, 2] = 5000.0  # block 0's output: massive at position 3
+    stats = [block_stats(x, k=1, candidates=4, threshold=100.0, ratio=1000.0)] * 2
+    input_ids = torch.arange(100, 100 + t)[None]
+    forward = SimpleNamespace(probed=SimpleNamespace(received=received, attended=[attended] * 2),
+                              input_ids=input_ids, stats=stats)  # fmt: skip
+    keys = SinkKeys(eps)
+    keys.update(forward)
+    computed = keys.compute()
+    assert int(computed["overflow"]) == 1
+    rows = {(r["layer"], r["position"]): r for r in secondary_sinks(computed["rows"], str)}
+    assert sorted(rows) == [(0, k) for k in range(1, SLOTS + 1)] + [(1, 3), (1, 5)]
+    assert rows[(0, 1)]["pairs"] == 2 and rows[(0, 1)]["mean_alpha"] == pytest.approx(0.5)
+    assert rows[(1, 3)]["entering_massive"] == 1.0 and rows[(1, 5)]["entering_massive"] == 0.0
+    assert rows[(1, 5)]["pairs"] == 1 and rows[(1, 5)]["token_id"] == 105
+    assert rows[(0, 3)]["entering_massive"] == 0.0  # block 0 reads the embeddings: nothing massive

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from attention_reference import eager_calls, entering_massive_tokens, gu_sink_rates, run_means
+from attention_reference import eager_calls, entering_massive_tokens, gu_sink_rates, run_means, secondary_sink_rows
 from helpers import read_texts, reference_profile, run_validate, tiny_run_args
 from lit_massive.data import WindowsDataModule
 from lit_massive.module import MassiveActivations, describe_model
@@ -16,6 +16,9 @@ from lit_massive.probes.attention import attention_probs
 from tiny_families import BOS_DIM, DOT_DIM, FAMILIES, FAMILY_CONFIGS, SINK_HEAD, save_family
 
 SEQ, N = 24, 4
+# below Gu et al.'s 0.3: the random tiny heads spread attention, and at 0.15 some of them sink
+# on later keys (gemma2, qwen2, gpt_oss), so the secondary sinks are tested on real rows
+EPSILON = 0.15
 PRUNED = (1, 1)  # (layer, head)
 TILE = 5  # attention in tiles of 5 query rows: fewer than the sliding window (8), and 24 % 5 != 0
 LAYERS = {"gpt2": "h", "opt": "decoder.layers"}  # else "layers", below the base model
@@ -98,6 +101,7 @@ def test_family_matches_plain_transformers(tmp_path, family_dir, corpus_jsonl, m
         "--model.components", "true",
         "--model.variants", json.dumps({"cut": [list(PRUNED)]}),
         "--model.attention_tile", str(TILE),
+        "--model.sink_epsilon", str(EPSILON),
     )  # fmt: skip
     assert results["model"]["model_type"] == model_type
     assert results["data"]["uses_bos"] is bos  # bos: auto follows the tokenizer
@@ -117,6 +121,17 @@ def test_family_matches_plain_transformers(tmp_path, family_dir, corpus_jsonl, m
     for key, want in reference.items():
         measured = torch.tensor([[math.nan if v is None else v for v in row] for row in baseline[key]])
         torch.testing.assert_close(measured.double(), want, rtol=1e-5, atol=1e-5, equal_nan=True, msg=key)
+    # secondary sinks: every (layer, token) some head sinks on at a key after the first
+    assert baseline["secondary_sink_overflow"] == 0
+    want = secondary_sink_rows(calls, windows, entering_massive_tokens(block_outputs), EPSILON)
+    got = {(r["layer"], r["token_id"]): r for r in baseline["secondary_sinks"]}
+    assert set(got) == set(want)
+    for key, (pairs, alpha_sum, positions, entering) in want.items():
+        row = got[key]
+        assert (row["pairs"], row["positions"]) == (pairs, len(positions))
+        assert row["position"] == min(positions, key=lambda p: (-positions[p], p))
+        assert row["mean_alpha"] == pytest.approx(alpha_sum / pairs, rel=1e-5)
+        assert row["entering_massive"] == pytest.approx(entering / pairs)
     # learned sinks (gpt-oss): what the eager maps leave out of every row is the sink's share
     if model_type == "gpt_oss":
         mass = torch.stack([1 - a.double().sum(-1).mean(-1).mean(0) for a in attentions])  # (L, H)
@@ -132,7 +147,7 @@ def test_family_matches_plain_transformers(tmp_path, family_dir, corpus_jsonl, m
     else:
         assert baseline["learned_sink_mass"] is None
     # sink rates: Gu et al.'s alpha_k per window from the eager maps (sliding windows included)
-    per_layer, model_rate, per_key = gu_sink_rates(calls, positions=16)
+    per_layer, model_rate, per_key = gu_sink_rates(calls, EPSILON, positions=16)
     assert baseline["sink_rate"] == pytest.approx(per_layer, abs=1e-6)
     assert baseline["model_sink_rate"] == pytest.approx(model_rate, abs=1e-6)
     got_keys = [[math.nan if v is None else v for v in row] for row in baseline["key_sink_rate"]]

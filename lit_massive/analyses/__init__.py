@@ -24,6 +24,7 @@ from lit_massive.analyses import outliers  # noqa: F401
 from lit_massive.analyses import head_scores  # noqa: F401
 from lit_massive.analyses import sink_rate  # noqa: F401
 from lit_massive.analyses import learned_sinks  # noqa: F401
+from lit_massive.analyses import secondary_sinks  # noqa: F401
 from lit_massive.analyses import value_norms  # noqa: F401
 from lit_massive.analyses import head_output  # noqa: F401
 from lit_massive.analyses import massive_update  # noqa: F401

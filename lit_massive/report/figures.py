@@ -357,6 +357,31 @@ def key_sink_rate_figure(rates: list[list[float | None]], epsilon: float, title:
     return _probability_grid(rates, title, "key position k (0-based)", label, "magma")
 
 
+def secondary_sinks_figure(rows: list[dict], n_layer: int, title: str, tokens: int = 12) -> tuple[Figure, Axes]:
+    """Layers x the `tokens` tokens most sunk on at keys other than the first (over all
+    layers): how many (window, head) pairs sink on each; a token that is also massive in the
+    stream entering the block (in most of those pairs) is marked with a star."""
+    totals: dict[str, int] = {}
+    for row in rows:
+        totals[row["token"]] = totals.get(row["token"], 0) + row["pairs"]
+    shown = sorted(totals, key=lambda t: -totals[t])[:tokens]
+    grid = [[math.nan] * len(shown) for _ in range(n_layer)]
+    massive = set()
+    for row in rows:
+        if row["token"] in shown:
+            grid[row["layer"]][shown.index(row["token"])] = row["pairs"]
+            if row["entering_massive"] > 0.5:
+                massive.add((row["layer"], shown.index(row["token"])))
+    label = "(window, head) pairs sinking on it\n(blank: none)"
+    star = "\n(star: massive in the stream entering the block)" if massive else ""
+    xlabel = "token at a key after the first" + star
+    fig, ax = _probability_grid(grid, title, xlabel, label, "magma")
+    ax.set_xticks(range(len(shown)), [_token_label(t) for t in shown], rotation=45, ha="right")
+    if massive:
+        ax.scatter([c for _, c in massive], [layer for layer, _ in massive], marker="*", s=60, c="tab:cyan")
+    return fig, ax
+
+
 def _token_label(token: str) -> str:
     """A token as a tick label: newlines and tabs escaped, `$` literal (no mathtext)."""
     return repr(token)[1:-1].replace("$", r"\$")
