@@ -59,6 +59,8 @@ class MassiveActivations(L.LightningModule):
         perplexity: bool = True,
         components: bool = False,
         outlier_stats: bool = False,
+        qkv_dims: bool = False,
+        qkv_massive_ratio: NonNegativeFloat = 5.0,
         super_weights: bool = True,
         feature_view: FeatureView | None = None,
         variants: dict[str, VariantSpec] | None = None,
@@ -94,6 +96,12 @@ class MassiveActivations(L.LightningModule):
                 what its attention and MLP add (who writes massive activations).
             outlier_stats: per block, kurtosis of the per-dim RMS, top-direction share and matrix
                 entropy of the block output (keys of ``layers``; an eigendecomposition per window and block).
+            qkv_dims: per (layer, head), the L2 norm over the window's tokens of every dim of q, k
+                and v as the attention function receives them, and of every rotary pair of q and k
+                (Jin et al., arXiv 2502.01563): how many dims are massive, which, and their share of
+                the head's squared norm (``qkv_massive_dims``, ``qk_rotary_pairs``).
+            qkv_massive_ratio: with ``qkv_dims``, a dim (or rotary pair) is massive when its norm exceeds
+                this many times the mean over its head's dims (pairs); 5 in Jin et al.
             super_weights: per block, where the MLP output projection's input and output are
                 largest, and the super-weight candidates W[j, i] (Yu et al., arXiv 2411.07191)
                 where that output is massive (skipped, with a warning, for Mixtral and gpt-oss: fused experts).

@@ -30,6 +30,7 @@ from lit_massive.analyses import head_output  # noqa: F401
 from lit_massive.analyses import massive_update  # noqa: F401
 from lit_massive.analyses import logit_gap  # noqa: F401
 from lit_massive.analyses import logit_factors  # noqa: F401
+from lit_massive.analyses import qkv_dims  # noqa: F401
 from lit_massive.analyses import perplexity  # noqa: F401
 from lit_massive.analyses import locator  # noqa: F401
 from lit_massive.analyses import components  # noqa: F401

@@ -24,6 +24,7 @@ from lit_massive.probes.attention import (
     unpacked_windows,
 )
 from lit_massive.probes.mlp import DownRecord, down_hooks
+from lit_massive.probes.qkv import QKVNorms, qkv_norms
 from lit_massive.probes.weights import ZeroedWeights, zeroing_hooks
 
 Hook = tuple[nn.Module, Callable]
@@ -65,6 +66,8 @@ class Needs:
     # block's reducers only (the decomposition by the massive tokens the block reads)
     head_update: bool = False
     mlp_down: bool = False  # per layer: the MLP output projection's largest input and output (`DownRecord`)
+    # with attention: per layer, the norm over the window's tokens of each dim of q, k, v (`QKVNorms`)
+    qkv_dims: bool = False
 
     def __or__(self, other: Needs) -> Needs:
         return Needs(**{f.name: getattr(self, f.name) or getattr(other, f.name) for f in fields(self)})
@@ -90,6 +93,7 @@ class Probed:
     mlp_out: list[Tensor | None] = field(default_factory=list)
     heads: list[HeadRecord | None] = field(default_factory=list)  # with Needs.heads
     mlp_down: list[DownRecord | None] = field(default_factory=list)  # with Needs.mlp_down
+    qkv: list[QKVNorms | None] = field(default_factory=list)  # with Needs.qkv_dims
 
     def release(self, i: int) -> None:
         """Drop block i's tensors of T x D that only its reducers read (its sublayers, its
@@ -182,6 +186,8 @@ def probes(
     * with `needs.heads`, each block's `HeadRecord` too (value norms, head outputs, the
       first-token logit gap; with `needs.head_update`, what a decomposition by the massive
       tokens needs, until the block's reducers have run);
+    * with `needs.qkv_dims` (and `needs.attention`), each block's `QKVNorms`: the norm of
+      each dim of q, k and v over the window's tokens;
     * with `needs.sublayers`, each block's input and what its attention and MLP add to the
       residual stream (block output = input + attention + MLP), until the block's reducers
       have run;
@@ -207,6 +213,8 @@ def probes(
         probed.attended = [None] * n
         if needs.heads:
             probed.heads = [None] * n
+        if needs.qkv_dims:
+            probed.qkv = [None] * n
 
         def score_heads(i: int, call: AttentionCall) -> None:
             if needs.heads:  # the same score tiles give the head scores and everything else
@@ -215,6 +223,8 @@ def probes(
             else:
                 probed.received[i] = received_in_tiles(call, attention_tile)
             probed.attended[i] = queries_per_key(call, attention_tile)
+            if needs.qkv_dims:
+                probed.qkv[i] = qkv_norms(call)
 
     if needs.mlp_down:  # the layout has them: the analysis refuses a model without
         probed.mlp_down = [None] * n
