@@ -38,6 +38,7 @@ from lit_massive.probes.hooks import Reducers
 from lit_massive.report.provenance import run_provenance
 from lit_massive.report.schema import RunResults
 from lit_massive.variants import BASELINE, Sweep, VariantPlan, VariantSpec, describe_sweep
+from lit_massive.variants.qk_dims import attention_shape
 from lit_massive.variants.weights import down_shapes
 
 __all__ = ["FeatureView", "MassiveActivations", "describe_model"]
@@ -153,7 +154,7 @@ class MassiveActivations(L.LightningModule):
         self.context_length = lay.n_positions
         # the arguments, not hparams, which may hold these as plain dicts (LightningCLI)
         self.sweep = sweep
-        self.plan = VariantPlan(variants, sweep, lay.n_layer, lay.n_head, down_shapes(lay))
+        self.plan = VariantPlan(variants, sweep, lay.n_layer, lay.n_head, down_shapes(lay), attention_shape(lay))
         self.register_buffer("head_masks", self.plan.head_masks(), persistent=False)
         self.pruned_layers = pruned_layers(self.plan.head_masks())
         options = {**self.hparams, "feature_view": feature_view}
@@ -261,6 +262,7 @@ class MassiveActivations(L.LightningModule):
             attention_tile=h.attention_tile,
             zeroed=self.plan.zeroed_weights(name),
             reducers=reducers,
+            qk_keep=self.plan.qk_masks(name),
         ) as probed:
             output = self.layout.backbone(input_ids=input_ids, use_cache=False)
         stats = probed.reduced[STATS]

@@ -413,9 +413,16 @@ def learned_sinks(module: nn.Module, kwargs: dict) -> Tensor | None:
 
 
 @contextmanager
-def attention_probe(layout: DecoderLayout, on_call: Callable[[int, AttentionCall], None]) -> Iterator[None]:
+def attention_probe(
+    layout: DecoderLayout,
+    on_call: Callable[[int, AttentionCall], None] | None,
+    qk_keep: dict[int, tuple[Tensor, Tensor]] | None = None,
+) -> Iterator[None]:
     """Call `on_call(i, call)` with what block i's attention function receives
     (`AttentionCall`: final query, key, value, mask, scaling, softcap), then run that function.
+    With `qk_keep`, block i's query and key are first multiplied by its (H, hd) and (H_kv, hd)
+    masks (a variant that zeroes q/k dims, `variants.qk_dims`): `on_call` and the function
+    both see the edited ones.
 
     Every supported family calls `ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager)` with
     the final query (after RoPE and q/k norms), the key and value (one per KV group), the
@@ -432,7 +439,11 @@ def attention_probe(layout: DecoderLayout, on_call: Callable[[int, AttentionCall
 
     def probe(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs) -> tuple:
         i = layer_of.get(id(module))
-        if i is not None:
+        if i is not None and qk_keep and i in qk_keep:
+            keep_q, keep_k = qk_keep[i]
+            query = query * keep_q[None, :, None, :].to(query.dtype)
+            key = key * keep_k[None, :, None, :].to(key.dtype)
+        if i is not None and on_call is not None:
             scaling = kwargs.get("scaling")
             call = AttentionCall(
                 query,

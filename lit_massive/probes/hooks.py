@@ -172,6 +172,7 @@ def probes(
     attention_tile: int | None = None,
     zeroed: Iterable[ZeroedWeights] = (),
     reducers: Reducers | None = None,
+    qk_keep: dict[int, tuple[Tensor, Tensor]] | None = None,
 ) -> Iterator[Probed]:
     """Everything one measured forward pass needs, registered together and removed together.
 
@@ -199,7 +200,9 @@ def probes(
     * with `edits`, each `(i, fn)` replaces layer i's block output by fn(output) before
       anything downstream (or the probes) sees it;
     * with `zeroed`, those weights of the MLP output projections are 0 while each runs and
-      restored after it (`probes.weights`), also when the pass stops in between.
+      restored after it (`probes.weights`), also when the pass stops in between;
+    * with `qk_keep` (layer -> (H, hd) and (H_kv, hd) masks), those blocks' queries and keys
+      are multiplied by them inside the attention call, before anything sees them.
     """
     n = layout.n_layer
     reducers = dict(reducers or {})
@@ -253,8 +256,8 @@ def probes(
         for zeroing in zeroings:
             stack.callback(zeroing.restore)
         stack.enter_context(unpacked_windows())
-        if attention:
-            stack.enter_context(attention_probe(layout, score_heads))
+        if attention or qk_keep:
+            stack.enter_context(attention_probe(layout, score_heads if attention else None, qk_keep))
         stack.enter_context(hooks(forward=forward, forward_pre=forward_pre))
         yield probed
     missing = [i for i, s in enumerate(probed.received) if s is None]

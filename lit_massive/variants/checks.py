@@ -11,6 +11,7 @@ import torch
 
 from lit_massive.errors import InputError, RunWarning
 from lit_massive.report.schema import load_massive, load_scores
+from lit_massive.variants.qk_dims import AttentionShape, check_qk
 from lit_massive.variants.specs import (
     BASELINE,
     EDITS,
@@ -20,6 +21,7 @@ from lit_massive.variants.specs import (
     SUPER,
     BlockEditSpec,
     Head,
+    QKEditSpec,
     Select,
     SetMassive,
     SetRandom,
@@ -32,7 +34,7 @@ from lit_massive.variants.specs import (
     sweep_names,
 )
 
-EDIT_FORMS = ("set_massive", "set_random", "zero_weights", "zero_random_weights")
+EDIT_FORMS = ("set_massive", "set_random", "zero_weights", "zero_random_weights", "zero_qk_dims", "zero_random_qk_dims")
 
 # the tag groups that span a run (its TensorBoard run itself holds them): no variant is named so
 RUN_TAGS = frozenset({"compare", "sweep", "summary", "feature_view", "run", "variants"})
@@ -181,8 +183,8 @@ def _check_weights(name: str, spec: dict, shapes: list[Shape] | None) -> WeightE
 
 
 def _check_spec(
-    name: str, spec: Any, n_layer: int, n_head: int, shapes: list[Shape] | None
-) -> tuple[list[Head] | Select, BlockEditSpec | WeightEditSpec | None]:
+    name: str, spec: Any, n_layer: int, n_head: int, shapes: list[Shape] | None, attention: AttentionShape | None = None
+) -> tuple[list[Head] | Select, BlockEditSpec | WeightEditSpec | QKEditSpec | None]:
     """One variant, typed (from LightningCLI) or as plain YAML: its heads (or the `Select`
     to resolve against scores) and its edit of a block output or of weights, checked
     against the model."""
@@ -196,6 +198,8 @@ def _check_spec(
             )
         if "zero_weights" in spec or "zero_random_weights" in spec:
             edit = _check_weights(name, spec, shapes)
+        elif "zero_qk_dims" in spec or "zero_random_qk_dims" in spec:
+            edit = check_qk(f"variant {name!r}", spec, attention, _check_layer)
         elif "set_massive" in spec or "set_random" in spec:
             edit = _check_edit(name, spec, n_layer)
         else:
@@ -244,13 +248,14 @@ def parse_variants(
     n_layer: int,
     n_head: int,
     shapes: list[Shape] | None = None,
-) -> tuple[dict[str, list[Head] | Select], dict[str, BlockEditSpec | WeightEditSpec]]:
+    attention: AttentionShape | None = None,
+) -> tuple[dict[str, list[Head] | Select], dict[str, BlockEditSpec | WeightEditSpec | QKEditSpec]]:
     """Each variant's heads (or a `Select` to resolve against scores), and its edit of a
     block output or of weights, if any. Accepts the typed specs and their plain YAML forms
     alike. `shapes`: per block, (rows, cols) of the MLP output projection W[j, i], for the
-    weight forms (None: the model has none)."""
+    weight forms (None: the model has none); `attention`: its heads and head size, for the q/k forms."""
     specs: dict[str, list[Head] | Select] = {}
-    edits: dict[str, BlockEditSpec | WeightEditSpec] = {}
+    edits: dict[str, BlockEditSpec | WeightEditSpec | QKEditSpec] = {}
     for name, spec in (variants or {}).items():
         if name == BASELINE:
             raise InputError(f"variant name {BASELINE!r} is reserved for the unpruned model; rename it")
@@ -260,7 +265,7 @@ def parse_variants(
                 f"part of its tags, so it may not be empty, hold '/' or be one of the run's own "
                 f"groups ({', '.join(sorted(RUN_TAGS))}); rename it"
             )
-        specs[name], edit = _check_spec(name, spec, n_layer, n_head, shapes)
+        specs[name], edit = _check_spec(name, spec, n_layer, n_head, shapes, attention)
         if edit is not None:
             edits[name] = edit
     if sweep is not None:

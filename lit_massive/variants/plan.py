@@ -20,6 +20,16 @@ from lit_massive.probes.weights import ZeroedWeights
 from lit_massive.report.schema import LocatedEntry, load_massive, load_scores, scores_tensor
 from lit_massive.variants.checks import parse_variants
 from lit_massive.variants.edits import GROUPS, GroupMeans
+from lit_massive.variants.qk_dims import (
+    NOTHING_MASSIVE,
+    AttentionShape,
+    Keep,
+    QKEdit,
+    chosen_dims,
+    keep_masks,
+    needs_baseline,
+    qk_record,
+)
 from lit_massive.variants.specs import (
     BASELINE,
     SCORES,
@@ -27,11 +37,14 @@ from lit_massive.variants.specs import (
     BlockEditSpec,
     Edit,
     Head,
+    QKEditSpec,
     Select,
     SetMassive,
     Shape,
     Sweep,
     WeightEditSpec,
+    ZeroQKDims,
+    ZeroRandomQKDims,
     ZeroRandomWeights,
     ZeroWeights,
     edited_layers,
@@ -102,12 +115,18 @@ class VariantPlan:
         n_layer: int,
         n_head: int,
         shapes: list[Shape] | None = None,
+        attention: AttentionShape | None = None,
     ) -> None:
-        self.n_layer, self.n_head, self.shapes = n_layer, n_head, shapes
-        self.specs, edits = parse_variants(variants, sweep, n_layer, n_head, shapes)
-        weights = (ZeroWeights, ZeroRandomWeights)
+        self.n_layer, self.n_head, self.shapes, self.attention = n_layer, n_head, shapes, attention
+        self.specs, edits = parse_variants(variants, sweep, n_layer, n_head, shapes, attention)
+        weights, qk = (ZeroWeights, ZeroRandomWeights), (ZeroQKDims, ZeroRandomQKDims)
         self.weight_edits: dict[str, WeightEditSpec] = {n: e for n, e in edits.items() if isinstance(e, weights)}
-        self.edits: dict[str, BlockEditSpec] = {n: e for n, e in edits.items() if n not in self.weight_edits}
+        self.qk_edits: dict[str, QKEditSpec] = {n: e for n, e in edits.items() if isinstance(e, qk)}
+        self.edits: dict[str, BlockEditSpec] = {
+            n: e for n, e in edits.items() if n not in self.weight_edits and n not in self.qk_edits
+        }
+        self.qk_dims: dict[str, tuple[list, list]] = {}  # q/k edits: the (layer, head, dim) zeroed in q and in k
+        self.qk_keep: dict[str, Keep] = {}  # q/k edits: per layer, the keep masks on the device
         self.zeroed: dict[str, list[ZeroedWeights]] = {}  # weight edits: per block, on the device
         self.names = [BASELINE, *self.specs]
         self.pruned_heads: dict[str, list[Head] | None] = {BASELINE: [], **resolve(self.specs, run_scores=None)}
@@ -126,6 +145,8 @@ class VariantPlan:
             keys.add("massive")
         if any(isinstance(e, ZeroWeights) and e.zero_weights == SUPER for e in self.weight_edits.values()):
             keys.add("super_weights")
+        if any(needs_baseline(e) for e in self.qk_edits.values()):
+            keys.add("qkv_massive_dims")
         return keys
 
     def prepare(self, baseline: dict[str, Any] | None, device: torch.device) -> None:
@@ -144,6 +165,11 @@ class VariantPlan:
         for name in self.weight_edits:
             if not self.zeroed[name]:  # only `super` can come out empty: the checks refuse an empty list
                 warnings.warn(f"variant {name!r}: {NOTHING_ZEROED}", RunWarning, stacklevel=2)
+        for name, spec in self.qk_edits.items():
+            self.qk_dims[name] = chosen_dims(spec, self.attention, baseline)
+            self.qk_keep[name] = keep_masks(*self.qk_dims[name], self.attention, device)
+            if not self.qk_keep[name]:  # only `massive` and its control can come out empty
+                warnings.warn(f"variant {name!r}: {NOTHING_MASSIVE}", RunWarning, stacklevel=2)
         for name, edit in self.edits.items():
             if isinstance(edit, SetMassive) and edit.to == "mean":
                 entries = load_massive(edit.source) if edit.source is not None else baseline["massive"]
@@ -216,7 +242,9 @@ class VariantPlan:
         self._edit_counts()  # on every rank, for every name: its first call may be a collective
         edit = self.edits.get(name)
         if name in self.weight_edits:
-            record: Edit | WeightEdit | None = weight_record(self.weight_edits[name], self.zeroed[name])
+            record: Edit | WeightEdit | QKEdit | None = weight_record(self.weight_edits[name], self.zeroed[name])
+        elif name in self.qk_edits:
+            record = qk_record(self.qk_edits[name], *self.qk_dims.get(name, ([], [])), self.n_layer)
         else:
             record = None if edit is None else self._record(name, edit)
         return {"pruned_heads": [list(h) for h in self.pruned_heads[name]], "edit": record and asdict(record)}
@@ -228,6 +256,10 @@ class VariantPlan:
         if edit is None:
             return []
         return edit.block_edits(self.n_layer, threshold, ratio, windows, self.means.get(name), self.counts.get(name))
+
+    def qk_masks(self, name: str) -> Keep:
+        """Variant `name`'s keep masks of q and k per layer (none for the others)."""
+        return self.qk_keep.get(name, {})
 
     def zeroed_weights(self, name: str) -> list[ZeroedWeights]:
         """Variant `name`'s weights to zero during its passes (per block); none for the others."""

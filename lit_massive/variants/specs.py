@@ -241,7 +241,45 @@ class ZeroRandomWeights:
     prune_heads: list[Head] = field(default_factory=list)
 
 
-VariantSpec = Union[list[Head], Select, PruneHeads, SetMassive, SetRandom, ZeroWeights, ZeroRandomWeights]  # noqa: UP007
+QKDim = tuple[int, int, int]  # (layer, query head, dim) of q and k as the attention function receives them
+MASSIVE = "massive"  # `zero_qk_dims: {dims: massive}`: this run's own massive q/k dims
+
+
+class ZeroQKDimsArgs(TypedDict):
+    dims: Union[str, list[QKDim]]  # noqa: UP007
+    layers: NotRequired[LayerChoice]
+
+
+class ZeroRandomQKDimsArgs(TypedDict):
+    layers: NotRequired[LayerChoice]
+    seed: NotRequired[int]
+
+
+@dataclass
+class ZeroQKDims:
+    """Zero dims of the queries and keys inside the attention call, after RoPE (Jin et al.,
+    arXiv 2502.01563): ``zero_qk_dims: {dims: massive, layers: all | [..]}`` (this run's own
+    massive q and k dims, from a first pass: each head's dims massive in at least half of the
+    windows) or ``{dims: [[layer, head, dim], ...]}`` (that dim of query head `head` and of
+    the key head it reads); optionally with `prune_heads`."""
+
+    zero_qk_dims: ZeroQKDimsArgs
+    prune_heads: list[Head] = field(default_factory=list)
+
+
+@dataclass
+class ZeroRandomQKDims:
+    """The control for `ZeroQKDims` with ``dims: massive``: in every head of ``layers`` (all
+    by default), as many randomly drawn non-massive dims of q and of k as that head has
+    massive ones, drawn with ``seed``; optionally with `prune_heads`."""
+
+    zero_random_qk_dims: ZeroRandomQKDimsArgs
+    prune_heads: list[Head] = field(default_factory=list)
+
+
+VariantSpec = Union[  # noqa: UP007
+    list[Head], Select, PruneHeads, SetMassive, SetRandom, ZeroWeights, ZeroRandomWeights, ZeroQKDims, ZeroRandomQKDims
+]
 # each mapping form's key -> an example, named in a one-line error when a form lacks a key
 # (`select needs k: {select: top, k: 3}`) or has one no form knows
 FORM_EXAMPLES = {
@@ -251,9 +289,12 @@ FORM_EXAMPLES = {
     "set_random": "{set_random: {layer: 2, seed: 0}}",
     "zero_weights": "{zero_weights: [[2, 17, 0]]} or {zero_weights: super}",
     "zero_random_weights": "{zero_random_weights: {layer: 2, count: 100, seed: 0}}",
+    "zero_qk_dims": "{zero_qk_dims: {dims: massive, layers: all}} or {zero_qk_dims: {dims: [[5, 1, 7]]}}",
+    "zero_random_qk_dims": "{zero_random_qk_dims: {layers: all, seed: 0}}",
 }
 BlockEditSpec = Union[SetMassive, SetRandom]  # noqa: UP007
 WeightEditSpec = Union[ZeroWeights, ZeroRandomWeights]  # noqa: UP007
+QKEditSpec = Union[ZeroQKDims, ZeroRandomQKDims]  # noqa: UP007
 
 
 @dataclass
