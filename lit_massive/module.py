@@ -63,6 +63,7 @@ class MassiveActivations(L.LightningModule):
         qkv_dims: bool = False,
         qkv_massive_ratio: NonNegativeFloat = 5.0,
         super_weights: bool = True,
+        linear_inputs: bool = False,
         feature_view: FeatureView | None = None,
         variants: dict[str, VariantSpec] | None = None,
         sweep: Sweep | None = None,
@@ -106,6 +107,10 @@ class MassiveActivations(L.LightningModule):
             super_weights: per block, where the MLP output projection's input and output are
                 largest, and the super-weight candidates W[j, i] (Yu et al., arXiv 2411.07191)
                 where that output is massive (skipped, with a warning, for Mixtral and gpt-oss: fused experts).
+            linear_inputs: per block, for the input of every linear layer (what the attention
+                projections read, the attention output projection's input, what the MLP reads, the
+                MLP output projection's input), the top-1 and median |x|, where the top-1 sits, and
+                the error of 8-bit round-to-nearest quantization with one scale per tensor and per token.
             feature_view: plot |block output| of one text (experiment 1) after the pass.
             variants: name -> one of these forms. Heads to prune: ``[[layer, head], ...]``.
                 A selection (Select): ``{select: top|bottom, k: N, by: first_token, scores:

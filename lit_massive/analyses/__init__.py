@@ -35,6 +35,7 @@ from lit_massive.analyses import perplexity  # noqa: F401
 from lit_massive.analyses import locator  # noqa: F401
 from lit_massive.analyses import components  # noqa: F401
 from lit_massive.analyses import super_weights  # noqa: F401
+from lit_massive.analyses import linear_inputs  # noqa: F401
 from lit_massive.analyses.feature_view import FeatureView
 # isort: on
 

@@ -30,6 +30,7 @@ class Family:
     # layer -> the MLP's output projection (a Linear, GPT-2's Conv1D), whose weight holds the
     # super weight (Yu et al., arXiv 2411.07191); None: no single one (Mixtral's, gpt-oss's fused experts)
     mlp_down: str | None = None
+    mlp_in: str = "mlp"  # layer -> the module whose input is what the MLP reads (OPT: its first projection)
 
 
 # pre-norm blocks: x + attn(norm(x)), then + mlp(norm(.)); parallel blocks (GPT-NeoX with
@@ -43,7 +44,7 @@ _SANDWICH = Family(
 FAMILIES: dict[str, Family] = {
     "gpt2": Family("h", "attn", "attn.c_proj", "attn", "mlp", "mlp.c_proj"),
     "gpt_neox": Family("layers", "attention", "attention.dense", "attention", "mlp", "mlp.dense_4h_to_h"),
-    "opt": Family("decoder.layers", "self_attn", "self_attn.out_proj", "self_attn", "fc2", "fc2"),
+    "opt": Family("decoder.layers", "self_attn", "self_attn.out_proj", "self_attn", "fc2", "fc2", mlp_in="fc1"),
     "llama": _PRE_NORM,
     "mistral": _PRE_NORM,
     # its `mlp` is the sparse mixture-of-experts block; its experts' down projections are one
@@ -84,6 +85,7 @@ class DecoderLayout:
     vocab_size: int
     # per block: the MLP's output projection (`Family.mlp_down`); None where the family has none
     mlp_down: list[nn.Module] | None = None
+    mlp_in: list[nn.Module] | None = None  # per block: its input is what the MLP reads (`Family.mlp_in`)
 
     @property
     def n_layer(self) -> int:
@@ -127,6 +129,7 @@ def decoder_layout(model: nn.Module) -> DecoderLayout:
         n_positions=_config_value(cfg, "max_position_embeddings", "n_positions"),
         vocab_size=cfg.vocab_size,
         mlp_down=None if family.mlp_down is None else [_get(b, family.mlp_down) for b in blocks],
+        mlp_in=[_get(b, family.mlp_in) for b in blocks],
     )
 
 

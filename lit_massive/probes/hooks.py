@@ -23,6 +23,7 @@ from lit_massive.probes.attention import (
     received_in_tiles,
     unpacked_windows,
 )
+from lit_massive.probes.linear_inputs import linear_input_hooks
 from lit_massive.probes.mlp import DownRecord, down_hooks
 from lit_massive.probes.qkv import QKVNorms, qkv_norms
 from lit_massive.probes.weights import ZeroedWeights, zeroing_hooks
@@ -36,14 +37,19 @@ Reducers = Mapping[str, Callable[[Tensor, int, "Probed"], Any]]
 
 
 @contextmanager
-def hooks(forward: Iterable[Hook] = (), forward_pre: Iterable[Hook] = ()) -> Iterator[None]:
-    """Register forward and forward-pre hooks for the duration of the `with` block."""
+def hooks(
+    forward: Iterable[Hook] = (), forward_pre: Iterable[Hook] = (), forward_pre_kwargs: Iterable[Hook] = ()
+) -> Iterator[None]:
+    """Register forward and forward-pre hooks for the duration of the `with` block
+    (`forward_pre_kwargs`: pre-hooks that also receive the call's keyword arguments)."""
     handles = []
     try:
         for module, fn in forward:
             handles.append(module.register_forward_hook(fn))
         for module, fn in forward_pre:
             handles.append(module.register_forward_pre_hook(fn))
+        for module, fn in forward_pre_kwargs:
+            handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
         yield
     finally:
         for handle in handles:
@@ -66,6 +72,8 @@ class Needs:
     # block's reducers only (the decomposition by the massive tokens the block reads)
     head_update: bool = False
     mlp_down: bool = False  # per layer: the MLP output projection's largest input and output (`DownRecord`)
+    # per layer and linear input (`probes.linear_inputs.KINDS`): its (B, 5) record
+    linear_inputs: bool = False
     # with attention: per layer, the norm over the window's tokens of each dim of q, k, v (`QKVNorms`)
     qkv_dims: bool = False
 
@@ -94,6 +102,8 @@ class Probed:
     heads: list[HeadRecord | None] = field(default_factory=list)  # with Needs.heads
     mlp_down: list[DownRecord | None] = field(default_factory=list)  # with Needs.mlp_down
     qkv: list[QKVNorms | None] = field(default_factory=list)  # with Needs.qkv_dims
+    # with Needs.linear_inputs: kind -> per layer, (B, 5) records (`probes.linear_inputs`)
+    linear_inputs: dict[str, list[Tensor | None]] = field(default_factory=dict)
 
     def release(self, i: int) -> None:
         """Drop block i's tensors of T x D that only its reducers read (its sublayers, its
@@ -201,6 +211,8 @@ def probes(
       anything downstream (or the probes) sees it;
     * with `zeroed`, those weights of the MLP output projections are 0 while each runs and
       restored after it (`probes.weights`), also when the pass stops in between;
+    * with `needs.linear_inputs`, each block's record of every linear layer's input
+      (`probes.linear_inputs`: largest and median |x|, 8-bit rounding errors);
     * with `qk_keep` (layer -> (H, hd) and (H_kv, hd) masks), those blocks' queries and keys
       are multiplied by them inside the attention call, before anything sees them.
     """
@@ -249,6 +261,12 @@ def probes(
         if pruned_layers is None:
             pruned_layers = [i for i in range(n) if bool((head_mask[i] == 0).any())]
         forward_pre += [(layout.attn_out_proj[i], prune(head_mask[i])) for i in pruned_layers]
+    pre_kwargs = []
+    if needs.linear_inputs:  # after the pruning hooks: the output projection's input as it runs
+        inputs = {"attn_in": layout.attn, "attn_out_proj_in": layout.attn_out_proj, "mlp_in": layout.mlp_in,
+                  "mlp_down_in": layout.mlp_down}  # fmt: skip
+        probed.linear_inputs = {kind: [None] * n for kind in inputs}
+        pre_kwargs = linear_input_hooks(layout.blocks, inputs, probed.linear_inputs)
     zeroings, more_forward, more_pre = zeroing_hooks(layout.mlp_down, list(zeroed))
     forward += more_forward  # last: the probes of a projection see the weights it ran with
     forward_pre += more_pre
@@ -258,7 +276,7 @@ def probes(
         stack.enter_context(unpacked_windows())
         if attention or qk_keep:
             stack.enter_context(attention_probe(layout, score_heads if attention else None, qk_keep))
-        stack.enter_context(hooks(forward=forward, forward_pre=forward_pre))
+        stack.enter_context(hooks(forward=forward, forward_pre=forward_pre, forward_pre_kwargs=pre_kwargs))
         yield probed
     missing = [i for i, s in enumerate(probed.received) if s is None]
     # after a forward pass, a layer without scores bypassed the registry (GPT-2's eager

@@ -382,6 +382,37 @@ def secondary_sinks_figure(rows: list[dict], n_layer: int, title: str, tokens: i
     return fig, ax
 
 
+def linear_inputs_figure(rows: list[dict], kinds: tuple[str, ...], title: str) -> tuple[Figure, Axes]:
+    """Per layer, for every linear input: top-1 / median |x| (left, log) and the relative
+    error of 8-bit round-to-nearest with one scale per tensor (solid) and per token (dashed;
+    right, log): a spike of 1000x the median makes the per-tensor error jump, per token not."""
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    ratio_ax, error_ax = fig.subplots(1, 2)
+    layers = [row["layer"] for row in rows]
+    for kind, color in zip(kinds, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=False):
+        if all(row[kind] is None for row in rows):
+            continue
+        series = {
+            key: _values([None if row[kind] is None else row[kind][key] for row in rows])
+            for key in ("top1_over_median", "int8_error_per_tensor", "int8_error_per_token")
+        }
+        ratio_ax.plot(layers, series["top1_over_median"], marker="o", color=color, label=kind)
+        error_ax.plot(layers, series["int8_error_per_tensor"], marker="o", color=color, label=f"{kind}, per tensor")
+        error_ax.plot(layers, series["int8_error_per_token"], marker="x", ls="--", color=color,
+                      label=f"{kind}, per token")  # fmt: skip
+    ratio_ax.set_ylabel("top-1 / median |x|")
+    error_ax.set_ylabel("8-bit error ||x - Q(x)||^2 / ||x||^2")
+    for ax in (ratio_ax, error_ax):
+        ax.set_yscale("log")
+        ax.set_xlabel("layer (0-based)")
+        ax.set_xticks(layers)
+        ax.grid(alpha=0.3)
+    ratio_ax.legend(fontsize="small")
+    error_ax.legend(fontsize="x-small", ncols=2)
+    fig.suptitle(title)
+    return fig, (ratio_ax, error_ax)
+
+
 def _token_label(token: str) -> str:
     """A token as a tick label: newlines and tabs escaped, `$` literal (no mathtext)."""
     return repr(token)[1:-1].replace("$", r"\$")
