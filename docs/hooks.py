@@ -210,10 +210,11 @@ def _option_section(prefix: str, fields: list[Field]) -> list[str]:
 
 
 def options_reference() -> str:
-    """The option reference page: `model.*`, `data.*`, the variant forms, sweep and feature view."""
+    """The option reference page: `model.*`, `data.*`, the variant forms, sweep, feature view and tasks."""
     from lit_massive.analyses.feature_view import FeatureView
     from lit_massive.data.datamodule import WindowsDataModule
     from lit_massive.module import MassiveActivations
+    from lit_massive.tasks.spec import Tasks
     from lit_massive.variants import specs
 
     out = [
@@ -259,7 +260,7 @@ def options_reference() -> str:
             nested = getattr(specs, f.type, None)
             if nested is not None and typing.is_typeddict(nested):
                 out += ["", f"`{f.name}` ({f.type}) takes:", "", *_field_table(class_fields(nested))]
-    for title, cls in (("model.sweep", specs.Sweep), ("model.feature_view", FeatureView)):
+    for title, cls in (("model.sweep", specs.Sweep), ("model.feature_view", FeatureView), ("model.tasks", Tasks)):
         doc = _markdown(inspect.getdoc(cls) or "")
         out += ["", f"## {title}", "", f"`{cls.__name__}`: {doc}", "", *_field_table(class_fields(cls), defaults=True)]
     return "\n".join(out) + "\n"
@@ -267,6 +268,7 @@ def options_reference() -> str:
 
 def results_reference() -> str:
     """The results.json reference page: the schema's TypedDicts and the registered analyses."""
+    import lit_massive.module  # noqa: F401  (registers the analyses kept outside lit_massive.analyses: tasks)
     from lit_massive.analyses import ANALYSES
     from lit_massive.report import schema
 

@@ -46,20 +46,25 @@ def _module(model: str | nn.Module, options: dict[str, Any]) -> MassiveActivatio
     return Loaded(model_name_or_path=getattr(model.config, "name_or_path", "") or "in-memory", **options)
 
 
-def _switches(analyses: Iterable[str] | None) -> dict[str, Any]:
+def _switches(analyses: Iterable[str] | None, given: Iterable[str] = ()) -> dict[str, Any]:
     """`analyses` as module options: exactly the named optional analyses on, the others off
     (a flag true or false; an option holding settings, such as ``feature_view``, its
     defaults or null). Analyses that share an option go on together (``sink_rate`` with
-    ``head_scores``); the attention internals also need ``head_scores``."""
+    ``head_scores``); the attention internals also need ``head_scores``. An option holding
+    settings that the caller gives (`given`: ``tasks={...}``) is left as given."""
     if analyses is None:
         return {}
     wanted = {analysis_class(name).name for name in analyses}
     defaults = inspect.signature(MassiveActivations.__init__).parameters
     out: dict[str, Any] = {}
     for name, cls in ANALYSES.items():
-        if cls.option is not None:
-            on = name in wanted or bool(out.get(cls.option))
-            out[cls.option] = on if isinstance(defaults[cls.option].default, bool) else ({} if on else None)
+        if cls.option is None:
+            continue
+        flag = isinstance(defaults[cls.option].default, bool)
+        if not flag and cls.option in given:  # settings the caller gave
+            continue
+        on = name in wanted or bool(out.get(cls.option))
+        out[cls.option] = on if flag else ({} if on else None)
     return out
 
 
@@ -137,7 +142,7 @@ def measure(
     given = sum(x is not None for x in (data, text, windows))
     if given != 1:
         raise InputError("measure: give exactly one of data (data.* options), text (with tokenizer), or windows")
-    module = _module(model, {**options, **_switches(analyses), "variants": variants})
+    module = _module(model, {**options, **_switches(analyses, options), "variants": variants})
     if data is not None:
         datamodule = WindowsDataModule(
             **{key: module.hparams[key] for key in ("model_name_or_path", "gguf_file", "revision")},

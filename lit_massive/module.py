@@ -9,7 +9,7 @@ It names no analysis: the enabled ones come from the registry (`lit_massive.anal
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -37,6 +37,8 @@ from lit_massive.probes import Needs, Probed, probes
 from lit_massive.probes.hooks import Reducers
 from lit_massive.report.provenance import run_provenance
 from lit_massive.report.schema import RunResults
+from lit_massive.tasks.analysis import evaluate_tasks  # registers the tasks analysis
+from lit_massive.tasks.spec import Tasks, check_tasks
 from lit_massive.variants import BASELINE, Sweep, VariantPlan, VariantSpec, describe_sweep
 from lit_massive.variants.qk_dims import attention_shape
 from lit_massive.variants.weights import down_shapes
@@ -76,6 +78,7 @@ class MassiveActivations(L.LightningModule):
         trust_remote_code: bool = False,
         gguf_file: str | None = None,
         revision: str | None = None,
+        tasks: Tasks | None = None,
     ) -> None:
         """
         Args:
@@ -147,6 +150,9 @@ class MassiveActivations(L.LightningModule):
                 ``model_name_or_path`` names.
             revision: branch, tag or commit of the hub repository, for the model and its tokenizer
                 (training checkpoints: Pythia's ``step1000``); null: the default branch.
+            tasks: lm-evaluation-harness tasks (``{names: [arc_easy, piqa], limit: N, batch_size: B}``:
+                registered names or task YAML files) evaluated on the baseline and every variant, with the
+                variant active, after the pass (needs ``pip install "lit_massive[tasks]"``; docs/tasks.md).
         """
         super().__init__()
         check_options(MassiveActivations.__init__, locals())  # Python callers: LightningCLI checked already
@@ -162,6 +168,7 @@ class MassiveActivations(L.LightningModule):
         self.plan = VariantPlan(variants, sweep, lay.n_layer, lay.n_head, down_shapes(lay), attention_shape(lay))
         self.register_buffer("head_masks", self.plan.head_masks(), persistent=False)
         self.pruned_layers = pruned_layers(self.plan.head_masks())
+        check_tasks(tasks, self.plan)  # lm-eval there, every task known, its data at hand: before any work
         options = {**self.hparams, "feature_view": feature_view}
         self.analysis_setup = Setup(lay, options, ())
         self.measure_corpora([None])  # the data module's corpora, once known (`setup`)
@@ -254,25 +261,29 @@ class MassiveActivations(L.LightningModule):
     ) -> Forward:
         """Variant number `v` of the plan on `batch`, under the probes `needs` asks for, with
         each block output reduced in its hook for `analyses` (default: this run's)."""
-        name, input_ids = self.plan.names[v], batch["input_ids"]
+        input_ids = batch["input_ids"]
         h = self.hparams
         # one top-k, median and candidate set per block output, shared by every analysis
         reducers = reducers_of(self.analyses if analyses is None else analyses, self.stats_of)
-        with probes(
-            self.layout,
-            needs,
-            head_mask=None if name == BASELINE else self.head_masks[v],
-            pruned_layers=self.pruned_layers[v],
-            edits=self.plan.block_edits(name, batch["index"], h.massive_threshold, h.massive_ratio),
-            attention_tile=h.attention_tile,
-            zeroed=self.plan.zeroed_weights(name),
-            reducers=reducers,
-            qk_keep=self.plan.qk_masks(name),
-        ) as probed:
+        variant = self.variant_probes(v, batch["index"])
+        with probes(self.layout, needs, attention_tile=h.attention_tile, reducers=reducers, **variant) as probed:
             output = self.layout.backbone(input_ids=input_ids, use_cache=False)
         stats = probed.reduced[STATS]
         return Forward(input_ids, batch["score_from"], probed, stats, output.last_hidden_state, self.layout,
                        batch.get("scored_bytes"), batch.get("scored_words"))  # fmt: skip
+
+    def variant_probes(self, v: int, windows: Sequence[int]) -> dict[str, Any]:
+        """What makes variant number `v` of the plan what it is, as `probes()` arguments: its
+        head mask, its block edits for these windows (their indices), zeroed weights and q/k
+        masks. The pass and lm-eval's (`lit_massive.tasks`) both run under these."""
+        name, h = self.plan.names[v], self.hparams
+        return {
+            "head_mask": None if name == BASELINE else self.head_masks[v],
+            "pruned_layers": self.pruned_layers[v],
+            "edits": self.plan.block_edits(name, windows, h.massive_threshold, h.massive_ratio),
+            "zeroed": self.plan.zeroed_weights(name),
+            "qk_keep": self.plan.qk_masks(name),
+        }
 
     def filler_pass(self) -> None:
         """One short forward pass for a rank that is out of windows: it joins the others'
@@ -308,6 +319,7 @@ class MassiveActivations(L.LightningModule):
             "tokens_per_s": tokens / wall,
             "forward_passes_per_window": len(self.plan.names),
         }
+        computed.update(evaluate_tasks(self))  # model.tasks: every variant through lm-eval, after the timed pass
         by_corpus = []
         for measured, counts in zip(self.measured, self.edit_counts, strict=True):
             self.plan.count_into(counts)

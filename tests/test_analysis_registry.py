@@ -91,7 +91,7 @@ def test_without_it_the_key_is_not_there(tmp_path, tiny_gpt2_dir, corpus_jsonl):
         "layer_profile", "outliers", "head_scores", "sink_rate", "learned_sinks", "secondary_sinks", "value_norms",
         "head_output_norm",
         "massive_update", "first_token_logit_gap", "logit_factors", "qkv_dims", "perplexity", "locator", "components",
-        "super_weights", "linear_inputs", "feature_view",
+        "super_weights", "linear_inputs", "feature_view", "tasks",
     ]  # fmt: skip
 
 

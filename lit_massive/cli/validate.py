@@ -38,6 +38,7 @@ from lit_massive.module import MassiveActivations
 from lit_massive.report.callback import RunReport, ensure_new_run_dir
 from lit_massive.report.comparison import model_run_name
 from lit_massive.report.tables import terminal_summary
+from lit_massive.tasks.spec import check_tasks_strategy
 
 # Trainer options that only training uses: left out of --help and the config (their defaults apply)
 TRAINING_ONLY = {
@@ -216,6 +217,7 @@ def check_before_run(trainer, model: MassiveActivations, datamodule: WindowsData
     logger's `version_N` at the start of its setup hooks, before it calls the data module's
     `setup`, so a failure there would leave an empty run directory behind."""
     check_strategy(trainer, model.source)
+    check_tasks_strategy(trainer, model.hparams.get("tasks"))
     datamodule.setup("validate")  # idempotent: Lightning's own call reuses the windows
     datamodule.check_processes(trainer.num_nodes * trainer.num_devices)
     check_batch_fraction(trainer, datamodule)

@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from lit_massive.errors import InputError
 from lit_massive.report.schema import RESULTS, ResultsFile, read_results
 from lit_massive.report.tables import cell, markdown_table
+from lit_massive.tasks.scores import change_key, main_metric, score_cell
 
 BASELINE = "baseline"
 NAN = float("nan")
@@ -378,6 +379,9 @@ def comparison_rows(runs: list[Run]) -> list[dict[str, Any]]:
                         "word_perplexity": entry.get("word_perplexity"),
                         "top1_pct": (change.get("mean_over_layers") or {}).get("top1_pct"),
                         "perplexity_pct": change.get("perplexity_pct"),
+                        # model.tasks: {task: {metric: value, ...}} and the change vs the baseline
+                        "tasks": entry.get("tasks"),
+                        "tasks_change": change.get("tasks"),
                     }
                 )
     return rows
@@ -414,18 +418,36 @@ def with_step(rows: list[dict[str, Any]]) -> bool:
 _AFTER_MODEL = COLUMNS.index("model") + 1  # where the NUMERICS columns go, when the runs differ in them
 
 
+def with_tasks(rows: list[dict[str, Any]]) -> bool:
+    """Whether the table has a tasks column: some run evaluated lm-eval tasks (`model.tasks`)."""
+    return any(row.get("tasks") for row in rows)
+
+
+def tasks_cell(row: dict[str, Any]) -> str:
+    """Each task's main score (`acc` where it has one) and, for a variant, its change vs the baseline."""
+    change, cells = row.get("tasks_change"), []
+    for task, scores in (row.get("tasks") or {}).items():
+        metric = main_metric(scores)
+        if metric is not None:
+            moved = (change or {}).get(task, {}).get(change_key(metric))
+            cells.append(f"{task} {metric} {score_cell(metric, scores[metric], moved, change is not None)}")
+    return "; ".join(cells) or "-"
+
+
 def columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The table's head: COLUMNS, with `step` after `run` where a run has one, and after
-    `model` a column for each of precision and dtype that differs between the rows."""
+    """The table's head: COLUMNS, with `step` after `run` where a run has one, after `model` a
+    column for each of precision and dtype that differs between the rows, and `tasks` last
+    where a run evaluated tasks."""
     head = list(COLUMNS)
     head[_AFTER_MODEL:_AFTER_MODEL] = [NUMERICS[key] for key in numerics_shown(rows)]
+    head += ["tasks"] if with_tasks(rows) else []
     return [head[0], "step", *head[1:]] if with_step(rows) else head
 
 
-def table_cells(row: dict[str, Any], step: bool, shown: list[str] | None = None) -> list[str]:
+def table_cells(row: dict[str, Any], step: bool, shown: list[str] | None = None, tasks: bool = False) -> list[str]:
     """A row's cells in `columns` order (`step`: with the step column; `shown`: the NUMERICS
-    keys with a column)."""
-    cells = row_cells(row)
+    keys with a column; `tasks`: with the tasks column)."""
+    cells = row_cells(row) + ([tasks_cell(row)] if tasks else [])
     cells[_AFTER_MODEL:_AFTER_MODEL] = [row.get(key) or "-" for key in shown or []]
     return [cells[0], "-" if row["training_step"] is None else str(row["training_step"]), *cells[1:]] if step else cells
 
@@ -483,6 +505,8 @@ def notes(runs: list[Run], rows: list[dict[str, Any]]) -> list[str]:
             "across tokenizers only bits per byte (and word perplexity) compare"
         )
         lines += [f"  tokenizer {key}: {', '.join(labels)}" for key, labels in groups.items()]
+    if with_tasks(rows):
+        lines.append("tasks: lm-eval scores in percent (a perplexity as it is); pts: change vs the run's own baseline")
     if len({row["corpus"] for row in rows}) > 1:
         lines.append("corpora differ: numbers compare only between rows of the same corpus (and window length)")
     shown = numerics_shown(rows)
@@ -503,8 +527,8 @@ def interrupted_line(label: str) -> str:
 
 def terminal_table(rows: list[dict[str, Any]], lines: list[str]) -> str:
     """The table as aligned columns for the terminal, then the notes."""
-    step, shown = with_step(rows), numerics_shown(rows)
-    table = [columns(rows), *(table_cells(r, step, shown) for r in rows)]
+    step, shown, tasks = with_step(rows), numerics_shown(rows), with_tasks(rows)
+    table = [columns(rows), *(table_cells(r, step, shown, tasks) for r in rows)]
     widths = [max(len(r[c]) for r in table) for c in range(len(table[0]))]
     text = ["  ".join(t.ljust(w) for t, w in zip(r, widths, strict=True)).rstrip() for r in table]
     return "\n".join([text[0], "  ".join("-" * w for w in widths), *text[1:], *lines])
@@ -516,8 +540,8 @@ def _md(text: str) -> str:
 
 def comparison_markdown(rows: list[dict[str, Any]], lines: list[str], figures: list[str]) -> str:
     """comparison.md: the table, the notes, the figures."""
-    step, shown = with_step(rows), numerics_shown(rows)
-    table = markdown_table(columns(rows), [[_md(c) for c in table_cells(r, step, shown)] for r in rows])
+    step, shown, tasks = with_step(rows), numerics_shown(rows), with_tasks(rows)
+    table = markdown_table(columns(rows), [[_md(c) for c in table_cells(r, step, shown, tasks)] for r in rows])
     runs = "\n".join(f"- `{label}`: {path}" for label, path in dict.fromkeys((r["run"], r["path"]) for r in rows))
     bullets = [f"  - {line.strip()}" if line.startswith("  ") else f"- {line}" for line in lines]
     parts = ["# Comparison of runs", "", table, "", *bullets, "", "Runs:", "", runs]

@@ -143,6 +143,34 @@ class VariantEntry(TypedDict):
     components_overflow: int | None
     # per statistic, per layer % change (top1_pct ... median_pct), mean_over_layers, perplexity_pct
     change_vs_baseline: NotRequired[dict[str, Any]]
+    # model.tasks: {task: {metric: value, metric_stderr: value}} as lm-eval reports them (absent in older files)
+    tasks: NotRequired[dict[str, dict[str, float | None]] | None]
+
+
+class TaskRecord(TypedDict):
+    """One task of the run's `tasks` (model.tasks), as lm-eval reports it."""
+
+    version: float | str | None  # the task's version
+    documents: int  # documents evaluated (the first `limit` of them)
+    documents_in_task: int
+    output_type: str  # multiple_choice, loglikelihood, loglikelihood_rolling or generate_until
+    num_fewshot: int
+    higher_is_better: dict[str, bool]  # per metric
+
+
+class TasksRecord(TypedDict):
+    """The run's `tasks` (model.tasks): what lm-evaluation-harness evaluated every variant on."""
+
+    lm_eval_version: str
+    names: list[str]  # model.tasks.names: task, group or tag names, or task files
+    limit: int | None
+    batch_size: int
+    num_fewshot: int | None  # null: each task's own
+    bootstrap_iters: int
+    processes: int  # each evaluated its share of every task's documents
+    wall_s: float  # every variant's evaluation, after the pass
+    tasks: dict[str, TaskRecord]  # per leaf task
+    groups: dict[str, list[str]]  # per group named: its subtasks
 
 
 class CorpusResults(TypedDict):
@@ -168,6 +196,7 @@ class ResultsFile(TypedDict):
     corpora: NotRequired[dict[str, CorpusResults]]  # absent in older files
     provenance: NotRequired[dict[str, Any]]
     feature_view: NotRequired[dict[str, Any]]
+    tasks: NotRequired[TasksRecord]  # with model.tasks
 
 
 @dataclass
