@@ -15,7 +15,8 @@ runs (the published loop also computes logits; it is timed too, for reference); 
 forward (with logits) is the reference for "profile + perplexity". The last line is
 machine-readable:
 
-    RESULT {"profile_vs_bare": ..., "heads_vs_bare": ..., "head_internals_cost": ..., "variants_cost": ...,
+    RESULT {"profile_vs_bare": ..., "heads_vs_bare": ..., "head_internals_cost": ...,
+            "attention_analyses_cost": ..., "variants_cost": ..., "quantize_cost": ...,
             "profile_vs_paper_loop": ..., "memory_growth": ..., "host_syncs_per_step": ...,
             "ppl_memory_ratio": ..., "outlier_stats_cost": ..., "head_scores_memory_growth": ...,
             "depth_memory_growth": ...}
@@ -23,9 +24,13 @@ machine-readable:
 `*_vs_*` are throughput ratios (higher is better); `head_internals_cost` is the time of a
 head-scores run with the attention internals (value norms, head outputs, the massive
 tokens' update, logit gaps: `model.head_internals`, on by default) over one with the head
-scores alone (lower is better); `variants_cost` is the extra time of
+scores alone (lower is better); `attention_analyses_cost` the same with every attention
+analysis on (the internals, the logit factors, the secondary sinks and the Q/K/V massive
+dims: `model.qkv_dims`) over the head scores alone (target <= 1.3); `variants_cost` is the extra time of
 one pruning variant divided by one bare forward pass (lower is better; 1.0 means a
-variant costs one more forward pass); `memory_growth` is the peak memory of a profile run
+variant costs one more forward pass); `quantize_cost` the same for one W8A8 `quantize` variant
+(activations per tensor, weights per channel: target about 1, rounding adds a few passes over
+each linear input and weight); `memory_growth` is the peak memory of a profile run
 over 4N windows divided by that over N windows, each measured in a fresh process;
 `head_scores_memory_growth` is the memory a head-scores pass adds at 4T = 8192 tokens over
 that at T = 2048 (2 blocks, width 256, 32 heads; target <= 4.5, linear: the attention
@@ -518,8 +523,13 @@ def main() -> None:
     rows["profile + head scores only"] = time_module(
         model_dir, small, args, perplexity=False, head_scores=True, head_internals=False
     )
+    rows["profile + every attention analysis"] = time_module(
+        model_dir, small, args, perplexity=False, head_scores=True, qkv_dims=True
+    )
     variants = {f"v{i}": [[i % n_layer, i]] for i in range(4)}
     rows["profile + 4 variants"] = time_module(model_dir, small, args, perplexity=False, variants=variants)
+    w8a8 = {"w8a8": {"quantize": {"activations": {"bits": 8, "per": "tensor"}, "weights": {"bits": 8}}}}
+    rows["profile + a W8A8 variant"] = time_module(model_dir, small, args, perplexity=False, variants=w8a8)
     rows["profile + outlier stats"] = time_module(model_dir, small, args, perplexity=False, outlier_stats=True)
     rows["paper loop"] = time_paper_loop(model.transformer, small, args)
     rows["paper loop on the LM (as published)"] = time_paper_loop(model, small, args)
@@ -550,7 +560,9 @@ def main() -> None:
         "profile_vs_bare": bare / rows["profile"],
         "heads_vs_bare": bare / rows["profile + heads"],
         "head_internals_cost": rows["profile + heads"] / rows["profile + head scores only"],
+        "attention_analyses_cost": rows["profile + every attention analysis"] / rows["profile + head scores only"],
         "variants_cost": (rows["profile + 4 variants"] - rows["profile"]) / 4 / bare,
+        "quantize_cost": (rows["profile + a W8A8 variant"] - rows["profile"]) / bare,
         "profile_vs_paper_loop": rows["paper loop"] / rows["profile"],
         "memory_growth": peak_4n / peak_n,
         "host_syncs_per_step": syncs,

@@ -250,7 +250,8 @@ class MassiveActivations(L.LightningModule):
     def on_validation_start(self) -> None:
         self._start = time.perf_counter()
         keys = self.plan.baseline_keys()
-        self.plan.prepare(first_pass(self, keys) if keys else None, self.device)
+        h = self.hparams
+        self.plan.prepare(first_pass(self, keys) if keys else None, self.device, h.massive_threshold, h.massive_ratio)
         self.head_masks.copy_(self.plan.head_masks())
         self.pruned_layers = pruned_layers(self.plan.head_masks())
         # each corpus counts what the edits change in its own windows
@@ -283,6 +284,7 @@ class MassiveActivations(L.LightningModule):
             "edits": self.plan.block_edits(name, windows, h.massive_threshold, h.massive_ratio),
             "zeroed": self.plan.zeroed_weights(name),
             "qk_keep": self.plan.qk_masks(name),
+            "quantize": self.plan.fake_quant(name),
         }
 
     def filler_pass(self) -> None:

@@ -26,6 +26,7 @@ from lit_massive.probes.attention import (
 from lit_massive.probes.linear_inputs import linear_input_hooks
 from lit_massive.probes.mlp import DownRecord, down_hooks
 from lit_massive.probes.qkv import QKVNorms, qkv_norms
+from lit_massive.probes.quantize import FakeQuant
 from lit_massive.probes.weights import ZeroedWeights, zeroing_hooks
 
 Hook = tuple[nn.Module, Callable]
@@ -183,6 +184,7 @@ def probes(
     zeroed: Iterable[ZeroedWeights] = (),
     reducers: Reducers | None = None,
     qk_keep: dict[int, tuple[Tensor, Tensor]] | None = None,
+    quantize: FakeQuant | None = None,
 ) -> Iterator[Probed]:
     """Everything one measured forward pass needs, registered together and removed together.
 
@@ -213,6 +215,8 @@ def probes(
       restored after it (`probes.weights`), also when the pass stops in between;
     * with `needs.linear_inputs`, each block's record of every linear layer's input
       (`probes.linear_inputs`: largest and median |x|, 8-bit rounding errors);
+    * with `quantize`, a variant's fake quantization (`probes.quantize.FakeQuant`): linear
+      inputs and weights of its blocks rounded, the weights put back after each module runs;
     * with `qk_keep` (layer -> (H, hd) and (H_kv, hd) masks), those blocks' queries and keys
       are multiplied by them inside the attention call, before anything sees them.
     """
@@ -261,18 +265,22 @@ def probes(
         if pruned_layers is None:
             pruned_layers = [i for i in range(n) if bool((head_mask[i] == 0).any())]
         forward_pre += [(layout.attn_out_proj[i], prune(head_mask[i])) for i in pruned_layers]
-    pre_kwargs = []
-    if needs.linear_inputs:  # after the pruning hooks: the output projection's input as it runs
-        inputs = {"attn_in": layout.attn, "attn_out_proj_in": layout.attn_out_proj, "mlp_in": layout.mlp_in,
-                  "mlp_down_in": layout.mlp_down}  # fmt: skip
+    pre_kwargs, rounding_back = [], []
+    inputs = {"attn_in": layout.attn, "attn_out_proj_in": layout.attn_out_proj, "mlp_in": layout.mlp_in,
+              "mlp_down_in": layout.mlp_down}  # fmt: skip
+    if quantize is not None:  # after the pruning hooks, before the input probes: they see what each layer runs on
+        rounding_back, pre_kwargs = quantize.hooks(layout.blocks, inputs, layout.mlp_down)
+    if needs.linear_inputs:
         probed.linear_inputs = {kind: [None] * n for kind in inputs}
-        pre_kwargs = linear_input_hooks(layout.blocks, inputs, probed.linear_inputs)
+        pre_kwargs = pre_kwargs + linear_input_hooks(layout.blocks, inputs, probed.linear_inputs)
     zeroings, more_forward, more_pre = zeroing_hooks(layout.mlp_down, list(zeroed))
-    forward += more_forward  # last: the probes of a projection see the weights it ran with
+    forward += more_forward + rounding_back  # last: the probes of a projection see the weights it ran with
     forward_pre += more_pre
     with ExitStack() as stack:
         for zeroing in zeroings:
             stack.callback(zeroing.restore)
+        if quantize is not None:
+            stack.callback(quantize.restore)
         stack.enter_context(unpacked_windows())
         if attention or qk_keep:
             stack.enter_context(attention_probe(layout, score_heads if attention else None, qk_keep))

@@ -12,6 +12,7 @@ import torch
 from lit_massive.errors import InputError, RunWarning
 from lit_massive.report.schema import load_massive, load_scores
 from lit_massive.variants.qk_dims import AttentionShape, check_qk
+from lit_massive.variants.quantize import check_quantize
 from lit_massive.variants.specs import (
     BASELINE,
     EDITS,
@@ -34,7 +35,15 @@ from lit_massive.variants.specs import (
     sweep_names,
 )
 
-EDIT_FORMS = ("set_massive", "set_random", "zero_weights", "zero_random_weights", "zero_qk_dims", "zero_random_qk_dims")
+EDIT_FORMS = (
+    "set_massive",
+    "set_random",
+    "zero_weights",
+    "zero_random_weights",
+    "zero_qk_dims",
+    "zero_random_qk_dims",
+    "quantize",
+)
 
 # the tag groups that span a run (its TensorBoard run itself holds them): no variant is named so
 RUN_TAGS = frozenset({"compare", "sweep", "summary", "feature_view", "run", "variants"})
@@ -200,6 +209,8 @@ def _check_spec(
             edit = _check_weights(name, spec, shapes)
         elif "zero_qk_dims" in spec or "zero_random_qk_dims" in spec:
             edit = check_qk(f"variant {name!r}", spec, attention, _check_layer)
+        elif "quantize" in spec:
+            edit = check_quantize(f"variant {name!r}", spec, n_layer, _check_layer)
         elif "set_massive" in spec or "set_random" in spec:
             edit = _check_edit(name, spec, n_layer)
         else:

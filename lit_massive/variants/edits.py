@@ -118,3 +118,9 @@ def set_to_means(
     _count(counts, EDITED, matched)
     _count(counts, UNMATCHED, mask & ~matched)
     return torch.where(matched, table[group].to(x.dtype), x)
+
+
+def massive_token_mask(x: Tensor, threshold: float, ratio: float) -> Tensor:
+    """(B, T) bool: the tokens of x (B, T, D) with an entry massive in its own sequence (a
+    `quantize` variant's ``keep: massive_tokens``, on the stream entering a block)."""
+    return massive_entries(x, threshold, ratio).any(dim=-1)

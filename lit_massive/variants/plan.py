@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lit_massive.errors import RunWarning
 from lit_massive.probes.hooks import BlockEdit
+from lit_massive.probes.quantize import FakeQuant
 from lit_massive.probes.weights import ZeroedWeights
 from lit_massive.report.schema import LocatedEntry, load_massive, load_scores, scores_tensor
 from lit_massive.variants.checks import parse_variants
@@ -30,6 +31,7 @@ from lit_massive.variants.qk_dims import (
     needs_baseline,
     qk_record,
 )
+from lit_massive.variants.quantize import QuantizeRecord, fake_quant, needs_super_weights, quantize_record
 from lit_massive.variants.specs import (
     BASELINE,
     SCORES,
@@ -38,6 +40,7 @@ from lit_massive.variants.specs import (
     Edit,
     Head,
     QKEditSpec,
+    Quantize,
     Select,
     SetMassive,
     Shape,
@@ -120,11 +123,13 @@ class VariantPlan:
         self.n_layer, self.n_head, self.shapes, self.attention = n_layer, n_head, shapes, attention
         self.specs, edits = parse_variants(variants, sweep, n_layer, n_head, shapes, attention)
         weights, qk = (ZeroWeights, ZeroRandomWeights), (ZeroQKDims, ZeroRandomQKDims)
+        self.quantized: dict[str, Quantize] = {n: e for n, e in edits.items() if isinstance(e, Quantize)}
         self.weight_edits: dict[str, WeightEditSpec] = {n: e for n, e in edits.items() if isinstance(e, weights)}
         self.qk_edits: dict[str, QKEditSpec] = {n: e for n, e in edits.items() if isinstance(e, qk)}
-        self.edits: dict[str, BlockEditSpec] = {
-            n: e for n, e in edits.items() if n not in self.weight_edits and n not in self.qk_edits
-        }
+        others = {**self.weight_edits, **self.qk_edits, **self.quantized}
+        self.edits: dict[str, BlockEditSpec] = {n: e for n, e in edits.items() if n not in others}
+        self.fake_quants: dict[str, FakeQuant] = {}  # quantize variants: their rounding, once prepared
+        self._quant_stats: dict[str, list[list[float]]] | None = None
         self.qk_dims: dict[str, tuple[list, list]] = {}  # q/k edits: the (layer, head, dim) zeroed in q and in k
         self.qk_keep: dict[str, Keep] = {}  # q/k edits: per layer, the keep masks on the device
         self.zeroed: dict[str, list[ZeroedWeights]] = {}  # weight edits: per block, on the device
@@ -147,9 +152,13 @@ class VariantPlan:
             keys.add("super_weights")
         if any(needs_baseline(e) for e in self.qk_edits.values()):
             keys.add("qkv_massive_dims")
+        if any(needs_super_weights(e) for e in self.quantized.values()):
+            keys.add("super_weights")
         return keys
 
-    def prepare(self, baseline: dict[str, Any] | None, device: torch.device) -> None:
+    def prepare(
+        self, baseline: dict[str, Any] | None, device: torch.device, threshold: float = 100.0, ratio: float = 1000.0
+    ) -> None:
         """Resolve what waited for this run's `baseline` entry (from a first pass, holding
         `baseline_keys`), give every `mean` edit its means on `device`, every edit zero counts
         and every weight edit its weights on `device`."""
@@ -165,6 +174,9 @@ class VariantPlan:
         for name in self.weight_edits:
             if not self.zeroed[name]:  # only `super` can come out empty: the checks refuse an empty list
                 warnings.warn(f"variant {name!r}: {NOTHING_ZEROED}", RunWarning, stacklevel=2)
+        self._quant_stats = None
+        for name, spec in self.quantized.items():
+            self.fake_quants[name] = fake_quant(spec, self.n_layer, threshold, ratio, baseline, device)
         for name, spec in self.qk_edits.items():
             self.qk_dims[name] = chosen_dims(spec, self.attention, baseline)
             self.qk_keep[name] = keep_masks(*self.qk_dims[name], self.attention, device)
@@ -240,9 +252,13 @@ class VariantPlan:
     def describe(self, name: str) -> dict[str, Any]:
         """What variant `name` is, the first keys of its results.json entry."""
         self._edit_counts()  # on every rank, for every name: its first call may be a collective
+        self._quantize_stats()
         edit = self.edits.get(name)
         if name in self.weight_edits:
-            record: Edit | WeightEdit | QKEdit | None = weight_record(self.weight_edits[name], self.zeroed[name])
+            record: Edit | WeightEdit | QKEdit | QuantizeRecord | None
+            record = weight_record(self.weight_edits[name], self.zeroed[name])
+        elif name in self.quantized:
+            record = quantize_record(self.quantized[name], self.fake_quants.get(name), self._quantize_stats().get(name))
         elif name in self.qk_edits:
             record = qk_record(self.qk_edits[name], *self.qk_dims.get(name, ([], [])), self.n_layer)
         else:
@@ -256,6 +272,25 @@ class VariantPlan:
         if edit is None:
             return []
         return edit.block_edits(self.n_layer, threshold, ratio, windows, self.means.get(name), self.counts.get(name))
+
+    def _quantize_stats(self) -> dict[str, list[list[float]]]:
+        """Each quantize variant's statistics and weight errors summed over all processes, read
+        on the host once (a collective where several processes run, like `_edit_counts`)."""
+        if self._quant_stats is None:
+            names = list(self.fake_quants)
+            if not names:
+                self._quant_stats = {}
+                return self._quant_stats
+            fqs = [self.fake_quants[n] for n in names]
+            total = torch.stack([torch.cat([f.stats, f.weight_error]) for f in fqs])
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(total)
+            self._quant_stats = dict(zip(names, total.tolist(), strict=True))
+        return self._quant_stats
+
+    def fake_quant(self, name: str) -> FakeQuant | None:
+        """Variant `name`'s fake quantization (None for the others)."""
+        return self.fake_quants.get(name)
 
     def qk_masks(self, name: str) -> Keep:
         """Variant `name`'s keep masks of q and k per layer (none for the others)."""

@@ -277,8 +277,49 @@ class ZeroRandomQKDims:
     prune_heads: list[Head] = field(default_factory=list)
 
 
+class ActivationQuant(TypedDict):
+    bits: int
+    per: NotRequired[str]  # tensor | token
+
+
+class WeightQuant(TypedDict):
+    bits: int
+    group: NotRequired[Union[int, str]]  # noqa: UP007  N input columns | channel
+
+
+class QuantizeArgs(TypedDict):
+    activations: NotRequired[ActivationQuant]
+    weights: NotRequired[WeightQuant]
+    layers: NotRequired[LayerChoice]
+    keep: NotRequired[str]  # none | massive_tokens | super_weights
+
+
+@dataclass
+class Quantize:
+    """Fake-quantize the chosen blocks (``layers``: all by default) for this variant only:
+    ``activations: {bits: B, per: tensor | token}`` rounds every linear layer's input (symmetric
+    round-to-nearest, one scale per window or per token), ``weights: {bits: B, group: N |
+    channel}`` every linear weight (one scale per output channel or per group of N input
+    columns); ``keep: massive_tokens`` leaves the tokens massive in the stream entering the
+    block at full precision (the scale is taken over the rest), ``keep: super_weights`` this
+    run's super-weight candidates (from a first pass; out of their group's scale);
+    optionally with `prune_heads`."""
+
+    quantize: QuantizeArgs
+    prune_heads: list[Head] = field(default_factory=list)
+
+
 VariantSpec = Union[  # noqa: UP007
-    list[Head], Select, PruneHeads, SetMassive, SetRandom, ZeroWeights, ZeroRandomWeights, ZeroQKDims, ZeroRandomQKDims
+    list[Head],
+    Select,
+    PruneHeads,
+    SetMassive,
+    SetRandom,
+    ZeroWeights,
+    ZeroRandomWeights,
+    ZeroQKDims,
+    ZeroRandomQKDims,
+    Quantize,
 ]
 # each mapping form's key -> an example, named in a one-line error when a form lacks a key
 # (`select needs k: {select: top, k: 3}`) or has one no form knows
@@ -291,6 +332,7 @@ FORM_EXAMPLES = {
     "zero_random_weights": "{zero_random_weights: {layer: 2, count: 100, seed: 0}}",
     "zero_qk_dims": "{zero_qk_dims: {dims: massive, layers: all}} or {zero_qk_dims: {dims: [[5, 1, 7]]}}",
     "zero_random_qk_dims": "{zero_random_qk_dims: {layers: all, seed: 0}}",
+    "quantize": "{quantize: {activations: {bits: 8, per: tensor}, weights: {bits: 4, group: 128}, keep: none}}",
 }
 BlockEditSpec = Union[SetMassive, SetRandom]  # noqa: UP007
 WeightEditSpec = Union[ZeroWeights, ZeroRandomWeights]  # noqa: UP007
