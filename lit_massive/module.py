@@ -101,19 +101,14 @@ class MassiveActivations(L.LightningModule):
                 what its attention and MLP add (who writes massive activations).
             outlier_stats: per block, kurtosis of the per-dim RMS, top-direction share and matrix
                 entropy of the block output (keys of ``layers``; an eigendecomposition per window and block).
-            qkv_dims: per (layer, head), the L2 norm over the window's tokens of every dim of q, k
-                and v as the attention function receives them, and of every rotary pair of q and k
-                (Jin et al., arXiv 2502.01563): how many dims are massive, which, and their share of
-                the head's squared norm (``qkv_massive_dims``, ``qk_rotary_pairs``).
-            qkv_massive_ratio: with ``qkv_dims``, a dim (or rotary pair) is massive when its norm exceeds
-                this many times the mean over its head's dims (pairs); 5 in Jin et al.
+            qkv_dims: massive dims of q, k, v and rotary pairs per head (Jin et al., arXiv 2502.01563;
+                docs/analyses/qkv-dims.md).
+            qkv_massive_ratio: a dim is massive above this many times its head's mean (5 in Jin et al.).
             super_weights: per block, where the MLP output projection's input and output are
                 largest, and the super-weight candidates W[j, i] (Yu et al., arXiv 2411.07191)
                 where that output is massive (skipped, with a warning, for Mixtral and gpt-oss: fused experts).
-            linear_inputs: per block, for the input of every linear layer (what the attention
-                projections read, the attention output projection's input, what the MLP reads, the
-                MLP output projection's input), the top-1 and median |x|, where the top-1 sits, and
-                the error of 8-bit round-to-nearest quantization with one scale per tensor and per token.
+            linear_inputs: per block, spikes at every linear layer's input and their 8-bit rounding
+                error per tensor and per token (docs/analyses/linear-inputs.md).
             feature_view: plot |block output| of one text (experiment 1) after the pass.
             variants: name -> one of these forms. Heads to prune: ``[[layer, head], ...]``.
                 A selection (Select): ``{select: top|bottom, k: N, by: first_token, scores:
@@ -150,9 +145,8 @@ class MassiveActivations(L.LightningModule):
                 ``model_name_or_path`` names.
             revision: branch, tag or commit of the hub repository, for the model and its tokenizer
                 (training checkpoints: Pythia's ``step1000``); null: the default branch.
-            tasks: lm-evaluation-harness tasks (``{names: [arc_easy, piqa], limit: N, batch_size: B}``:
-                registered names or task YAML files) evaluated on the baseline and every variant, with the
-                variant active, after the pass (needs ``pip install "lit_massive[tasks]"``; docs/tasks.md).
+            tasks: lm-eval tasks (``{names: [arc_easy, piqa], limit: N, batch_size: B}``) run on every
+                variant after the pass (``pip install "lit_massive[tasks]"``; docs/tasks.md).
         """
         super().__init__()
         check_options(MassiveActivations.__init__, locals())  # Python callers: LightningCLI checked already
