@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -36,6 +37,7 @@ def _reference(model_dir, jsonl):
     return attentions, massive
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_massive_token_scores_equal_a_hand_computation(tmp_path, family_dir, corpus_jsonl):
     model_dir = family_dir("llama")  # BOS at 0 and "." planted massive
     variants = {"by_massive": {"select": "top", "k": 2, "by": "massive_tokens"}}

@@ -207,6 +207,7 @@ for args in (["--model.model_name_or_path", "gpt2"], ["--data.dataset", "Salesfo
 """
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_a_hub_id_without_network_fails_at_once_in_one_line(tmp_path):
     with socket.socket() as s:  # a port nothing listens on: connections are refused
         s.bind(("127.0.0.1", 0))

@@ -101,6 +101,7 @@ def test_tensorboard_has_profile_curves_figure_and_table(tmp_path):
             assert [t for t in scalars if re.match(pattern, t)] == [f"profile/{stat}"]
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_saved_config_runs_again_and_runs_do_not_overwrite(tmp_path):
     first, _ = run_validate(tmp_path, "--config", DEMO, "--data.num_sequences", "2")
     second, results = run_validate(tmp_path, "--config", str(first / "config.yaml"))

@@ -46,6 +46,7 @@ def _numbers(cell: str) -> list[float]:
     return [float(x) for x in re.findall(r"[-+]?\d+(?:\.\d+)?", cell)]
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_end_of_run_summary_equals_results(tmp_path, capsys):
     variants = {"sink": [[5, 1]], "writer": [[8, 3]]}
     _, results = run_validate(

@@ -59,6 +59,7 @@ def runs(tmp_path_factory, halves) -> dict[str, Any]:
     return made
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_the_second_corpus_equals_a_run_on_it_alone(runs):
     (_, both), (_, second) = runs["both"], runs["wiki2"]
     # the default corpus keeps today's keys; the other one is under corpora

@@ -99,6 +99,7 @@ def test_the_readme_demo_table_is_what_the_demo_prints(capsys, tmp_path):
     assert f" {batches}/{batches} " in progress
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_the_super_weights_table_is_what_the_run_prints(capsys, tmp_path):
     shown = marked_block(SUPER_WEIGHTS_PAGE, "super-weights-table")
     printed, _ = printed_run(capsys, tmp_path, documented_command(SUPER_WEIGHTS_PAGE, "super_weights.yaml"))

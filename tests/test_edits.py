@@ -34,6 +34,7 @@ def test_zeroing_changes_downstream_and_the_control_does_not(massive_run):
     assert v["mean"]["edit"]["blocks"] == [{"layer": layer, "edited": windows, "means": 1, "unmatched": 0}]
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_mean_edit_from_an_earlier_runs_results(tmp_path, massive_run):
     run_dir, first = massive_run
     variants = {"mean_from": {"set_massive": {"layer": 2, "to": "mean", "from": str(run_dir / "results.json")}}}

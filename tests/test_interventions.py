@@ -212,6 +212,7 @@ def llama_run(tmp_path_factory, family_dir, corpus_jsonl):
     return results, model, bos_windows(model_dir, corpus_jsonl, LLAMA["seq_len"], LLAMA["n"])
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_layer_all_and_positions_equal_a_hand_edit_on_the_toy(tmp_path, toy_dir, corpus_jsonl):
     _, results = _run(tmp_path, toy_dir, corpus_jsonl, TOY, TOY_VARIANTS)
     model = AutoModelForCausalLM.from_pretrained(toy_dir).eval()

@@ -51,6 +51,7 @@ def test_the_precisions_an_error_lists_are_the_ones_help_lists(tmp_path, capsys)
         assert unsupported not in listed and unsupported not in help_text
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_every_listed_precision_runs(tmp_path):
     listed = _listed(_error(tmp_path / "typo", "--trainer.precision", "8-true"))
     for precision in listed:
@@ -90,6 +91,7 @@ def test_an_accelerator_this_machine_lacks_lists_the_ones_it_has(tmp_path, accel
     assert f"trainer.accelerator={accelerator!r}" in message and _listed(message) == ["auto", "cpu"], message
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_every_listed_attention_implementation_runs(tmp_path):
     message = _error(tmp_path / "typo", "--model.attn_implementation", "sdpaa")
     listed = _listed(message)
@@ -105,6 +107,7 @@ def test_an_attention_implementation_the_model_or_machine_lacks_is_one_line(tmp_
     assert f"attn_implementation={name!r}" in message and "eager" in message, message
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_a_saved_config_with_the_trainer_defaults_still_runs(tmp_path):
     """config.yaml of an earlier run lists `fast_dev_run: false`, `precision: null` and
     `limit_val_batches: null`: a rerun of it must still parse."""

@@ -9,6 +9,7 @@ import gc
 import json
 from contextlib import contextmanager
 
+import pytest
 import torch
 
 from helpers import DEMO, run_validate
@@ -60,6 +61,7 @@ EVERY_FEATURE = (
 )  # fmt: skip
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_nothing_of_t_by_d_per_block_outlives_its_block(monkeypatch, tmp_path):
     variants = {"cut": [[5, 1]], "zero": {"set_massive": {"layer": "all", "to": "zero"}},
                 "weights": {"zero_weights": "super"}}  # fmt: skip
@@ -72,6 +74,7 @@ def test_nothing_of_t_by_d_per_block_outlives_its_block(monkeypatch, tmp_path):
     assert 0 < max(LARGEST) < BATCH * TOY_HEADS * SEQ * SEQ
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_the_probe_sees_records_that_are_not_released(monkeypatch, tmp_path):
     """Without `Probed.release`, each block's sublayers and attention record stay alive: the
     probe counts more big tensors at every later block."""

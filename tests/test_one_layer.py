@@ -20,6 +20,7 @@ def one_layer_dir(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_a_one_layer_one_head_model_has_one_row_of_everything(tmp_path, one_layer_dir):
     _, results = run_validate(
         tmp_path, "--config", DEMO, "--model.model_name_or_path", str(one_layer_dir),

@@ -32,6 +32,7 @@ def test_repository_configs_are_the_bundled_ones():
     assert {"demo", "prune_top", "baseline"} <= set(NAMES)
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_bundled_names_run_outside_the_checkout(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     few = ("--data.num_sequences", "4")  # the configs themselves run in full elsewhere
@@ -129,6 +130,7 @@ def _tiny_run(root: Path, model_dir: Path) -> dict:
     return results["provenance"]
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_results_carry_provenance(tmp_path, tiny_gpt2_dir):
     first = _tiny_run(tmp_path, tiny_gpt2_dir)
     assert set(first) == {"versions", "model", "data_fingerprint", "git", "date", "hardware"}

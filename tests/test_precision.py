@@ -13,6 +13,7 @@ from lit_massive.analyses.perplexity import Perplexity
 from lit_massive.models.toy import ToyConfig, save_toy
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_bf16_mixed_stays_close_to_32_true(tmp_path):
     args = ["--config", DEMO, "--data.num_sequences", "6", "--model.head_scores", "true"]
     _, full = run_validate(tmp_path / "a", *args)

@@ -42,6 +42,7 @@ def test_pruned_variant_equals_zeroed_projection_rows(tmp_path, tiny_gpt2_dir, c
     assert variant["change_vs_baseline"]["mean_over_layers"]["top1_pct"] == pytest.approx(mean)
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_baseline_is_bit_identical_with_and_without_variants(tmp_path, tiny_gpt2_dir, corpus_jsonl):
     alone = _run(tmp_path / "a", tiny_gpt2_dir, corpus_jsonl, "--model.head_scores", "true")
     with_variants = _run(
@@ -56,6 +57,7 @@ def test_baseline_is_bit_identical_with_and_without_variants(tmp_path, tiny_gpt2
     assert with_variants["variants"]["baseline"] == alone["variants"]["baseline"]
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_toy_sink_head_and_attention_written_activation_are_recovered(tmp_path):
     truth = ToyConfig()
     variants = {"writer": [list(truth.writer_head)], "other": [[8, 0]], "top2": {"select": "top", "k": 2}}
@@ -88,6 +90,7 @@ def test_toy_sink_head_and_attention_written_activation_are_recovered(tmp_path):
                 assert (row["top"][2] < 0.01 * base["top"][2]) == expect_removed, (name, row["layer"])
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_sweep_expands_and_random_order_is_seeded(tmp_path):
     _, results = run_validate(
         tmp_path,

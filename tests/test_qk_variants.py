@@ -62,6 +62,7 @@ def test_the_massive_qk_dims_are_the_planted_ones_and_zeroing_them_removes_the_s
 
 
 @pytest.mark.parametrize("name", ["massive", "control"])
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_each_variant_equals_the_hand_edited_checkpoint(run, tmp_path, name):
     entry = run["variants"][name]
     model_dir = _hand_edited(entry["edit"]["q_dims"], entry["edit"]["k_dims"], tmp_path / "edited")

@@ -9,6 +9,7 @@ import yaml
 from helpers import DEMO, run_validate
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_rank_heads_of_a_run_directory_writes_its_config_into_its_pruning_folder(tmp_path, capsys):
     """The form the tool's messages suggest (a run directory): the configs go into that run's
     pruning/ and are its config.yaml with the variant set, so they rerun the same model and

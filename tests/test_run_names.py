@@ -15,6 +15,7 @@ def _args(model_dir, corpus_jsonl, *extra: str) -> list[str]:
     return tiny_run_args(model_dir, corpus_jsonl, 32, 2, None, "--model.head_scores", "true", *extra)
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_runs_of_two_models_are_named_after_them_and_numbered_per_model(tmp_path, family_dir, corpus_jsonl, capsys):
     gpt2, llama = family_dir("gpt2"), family_dir("llama")
     first, _ = run_validate(tmp_path, *_args(gpt2, corpus_jsonl))
@@ -32,6 +33,7 @@ def test_runs_of_two_models_are_named_after_them_and_numbered_per_model(tmp_path
     assert yaml.safe_load((first / "config.yaml").read_text())["trainer"]["logger"] is None
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_the_same_tags_in_runs_of_different_models(tmp_path, family_dir, corpus_jsonl):
     """Selecting two runs in TensorBoard shows two curves per chart: no tag names the model."""
     tags = []

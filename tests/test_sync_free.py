@@ -27,6 +27,7 @@ def test_the_recorder_sees_host_reads():
     assert {"_local_scalar_dense", "boolean-mask index", "nonzero"} <= set(mode.found)
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_validation_step_with_every_feature_reads_nothing_back(tmp_path):
     layer = TRUTH.massive_layer
     variants = {

@@ -145,6 +145,7 @@ def tasks_run(tmp_path_factory):
     return run_dir, results, printed.getvalue()
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_zeroing_the_massive_activation_costs_a_known_accuracy(tasks_run):
     _, results, _ = tasks_run
     variants = results["variants"]
@@ -296,6 +297,7 @@ def test_without_lm_eval_one_line_names_the_extra(tmp_path, monkeypatch):
     assert 'pip install "lit_massive[tasks]"' in msg
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_unknown_task_names_the_closest(tmp_path):
     msg = _error(tmp_path, {"names": ["arc_eazy"]})
     assert "unknown task 'arc_eazy'" in msg and "arc_easy" in msg

@@ -1,6 +1,7 @@
 """The toy model: deterministic, its planted massive activation is found by a demo run, and
 it is the only massive token."""
 
+import pytest
 import torch
 
 from helpers import DEMO, run_validate
@@ -24,6 +25,7 @@ def test_demo_finds_planted_dim_position_and_first_block(tmp_path):
             assert 0.5 * truth.massive_value < row["top"][0] < 1.5 * truth.massive_value
 
 
+@pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_the_only_massive_token_is_position_0_so_the_two_head_scores_agree(tmp_path):
     """As in GPT-2, one massive token: the writer head's values (every position) are large
     but below the threshold, so the massive-token scores are the first-token scores and
