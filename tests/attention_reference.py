@@ -179,6 +179,20 @@ def entering_massive_tokens(block_outputs):
     return [none] + [massive_tokens(x) for x in block_outputs[:-1]]
 
 
+def secondary_sink_overflow(calls, epsilon=0.3, slots=8):
+    """(window, layer) pairs with more than `slots` keys k >= 1 that some head sinks on."""
+    count = 0
+    for call in calls:
+        p = call["weights"]
+        b, h, t, _ = p.shape
+        mask = call["mask"]
+        i = torch.arange(t)
+        allowed = (mask[..., :t, :t] > torch.finfo(mask.dtype).min / 2) if mask is not None else (i[None] <= i[:, None])
+        sinking = (key_attention(p, allowed.expand(b, h, t, t))[..., 1:] > epsilon).any(dim=1)  # (B, T - 1)
+        count += int((sinking.sum(dim=1) > slots).sum())
+    return count
+
+
 def secondary_sink_rows(calls, input_ids, entering, epsilon=0.3):
     """Per (layer, token id): the (window, head) pairs whose alpha_k > epsilon at a key k >= 1
     holding that token, their summed alpha, the positions (a Counter) and the pairs in windows
