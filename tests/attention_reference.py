@@ -134,23 +134,27 @@ def key_attention(weights, allowed):
     return weights.double().sum(-2) / allowed.sum(-2)
 
 
+def call_alpha(call):
+    """Gu et al.'s alpha_k (B, H, T) of one eager call: its weights over the mask it received
+    (causal when it got none)."""
+    p = call["weights"]
+    b, h, t, _ = p.shape
+    mask = call["mask"]
+    i = torch.arange(t)
+    allowed = (mask[..., :t, :t] > torch.finfo(mask.dtype).min / 2) if mask is not None else (i[None] <= i[:, None])
+    return key_attention(p, allowed.expand(b, h, t, t))
+
+
 def gu_sink_rates(calls, epsilon=0.3, positions=16):
     """From one eager pass (`calls`, one per layer): per layer the share of (window, head) with
     alpha_0 > epsilon, the share over every layer, and per (layer, key k < positions) the share
     with alpha_k > epsilon, written from the paper's formula."""
-    per_layer, per_key, total = [], [], []
+    per_layer, per_key = [], []
     for call in calls:
-        p = call["weights"]
-        b, h, t, _ = p.shape
-        mask = call["mask"]
-        i = torch.arange(t)
-        allowed = (mask[..., :t, :t] > torch.finfo(mask.dtype).min / 2) if mask is not None else (i[None] <= i[:, None])
-        alpha = key_attention(p, allowed.expand(b, h, t, t))
-        sinks = alpha > epsilon
+        sinks = call_alpha(call) > epsilon
         per_layer.append(sinks[..., 0].double().mean().item())
         per_key.append(sinks[..., :positions].double().mean(dim=(0, 1)).tolist())
-        total.append(sinks[..., 0].double().sum().item() / (b * h))
-    return per_layer, sum(total) / len(total), per_key
+    return per_layer, sum(per_layer) / len(per_layer), per_key  # every layer has as many (window, head) pairs
 
 
 def run_means(calls, massive):
@@ -183,12 +187,7 @@ def secondary_sink_overflow(calls, epsilon=0.3, slots=8):
     """(window, layer) pairs with more than `slots` keys k >= 1 that some head sinks on."""
     count = 0
     for call in calls:
-        p = call["weights"]
-        b, h, t, _ = p.shape
-        mask = call["mask"]
-        i = torch.arange(t)
-        allowed = (mask[..., :t, :t] > torch.finfo(mask.dtype).min / 2) if mask is not None else (i[None] <= i[:, None])
-        sinking = (key_attention(p, allowed.expand(b, h, t, t))[..., 1:] > epsilon).any(dim=1)  # (B, T - 1)
+        sinking = (call_alpha(call)[..., 1:] > epsilon).any(dim=1)  # (B, T - 1)
         count += int((sinking.sum(dim=1) > slots).sum())
     return count
 
@@ -201,12 +200,8 @@ def secondary_sink_rows(calls, input_ids, entering, epsilon=0.3):
 
     out = {}
     for layer, call in enumerate(calls):
-        p = call["weights"]
-        b, h, t, _ = p.shape
-        mask = call["mask"]
-        i = torch.arange(t)
-        allowed = (mask[..., :t, :t] > torch.finfo(mask.dtype).min / 2) if mask is not None else (i[None] <= i[:, None])
-        alpha = key_attention(p, allowed.expand(b, h, t, t))
+        alpha = call_alpha(call)
+        b, _, t = alpha.shape
         for w in range(b):
             for k in range(1, t):
                 heads = alpha[w, :, k] > epsilon
