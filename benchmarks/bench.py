@@ -23,10 +23,10 @@ machine-readable:
 
 `*_vs_*` are throughput ratios (higher is better); `head_internals_cost` is the time of a
 head-scores run with the attention internals (value norms, head outputs, the massive
-tokens' update, logit gaps: `model.head_internals`, on by default) over one with the head
+tokens' update, logit gaps: `model.analyses.head_internals.enabled`, on by default) over one with the head
 scores alone (lower is better); `attention_analyses_cost` the same with every attention
 analysis on (the internals, the logit factors, the secondary sinks and the Q/K/V massive
-dims: `model.qkv_dims`) over the head scores alone (target <= 1.3); `variants_cost` is the extra time of
+dims: `model.analyses.qkv_dims`) over the head scores alone (target <= 1.3); `variants_cost` is the extra time of
 one pruning variant divided by one bare forward pass (lower is better; 1.0 means a
 variant costs one more forward pass); `quantize_cost` the same for one W8A8 `quantize` variant
 (activations per tensor, weights per channel: target about 1, rounding adds a few passes over
@@ -40,7 +40,7 @@ a device value back to the host (target 0; on CUDA the step also runs under
 `torch.cuda.set_sync_debug_mode("error")`); `ppl_memory_ratio` is the peak memory of a
 profile + perplexity run over a profile-only run for a 128k vocabulary (Llama 3's) at
 2 x 1024 tokens, where whole (B, T, V) float32 logits alone would take 1 GiB;
-`outlier_stats_cost` is the time of a profile run with `model.outlier_stats` (one float64
+`outlier_stats_cost` is the time of a profile run with `model.analyses.outlier_stats.enabled` (one float64
 Gram and eigendecomposition of min(T, D)^2 per window and block) over one without (lower is
 better; 1.0 means free); `depth_memory_growth` is the memory a pass adds at 8 blocks over
 that at 2 (width 256, 2048 tokens, every feature on; target <= 1.1: flat in depth).
@@ -97,6 +97,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 import lit_massive
+from lit_massive.analyses import registry
 from lit_massive.data import UnpaddedDistributedSampler, Windows, collate_windows
 from lit_massive.data.given import text_windows
 from lit_massive.models import toy
@@ -155,10 +156,24 @@ def time_paper_loop(model: torch.nn.Module, windows, args) -> float:
     return best
 
 
+def grouped(kwargs: dict) -> dict:
+    """The rows' short options (``head_scores=True``, ``perplexity=False``) as the module's:
+    each analysis's under ``analyses`` (``{"head_scores": {"enabled": True}}``)."""
+    moved = registry.moved_options()
+    out, analyses = {}, {}
+    for key, value in kwargs.items():
+        if key not in moved:
+            out[key] = value
+            continue
+        group, *field = moved[key].split(".")[1:]
+        analyses[group] = {**analyses.get(group, {}), field[0]: value} if field else value
+    return {**out, "analyses": analyses} if analyses else out
+
+
 def _validate(model_dir: str, windows, args, while_running=None, **kwargs) -> MassiveActivations:
     """One validation pass of the project's module; `while_running` is entered around it only
     (after the model is loaded)."""
-    module = MassiveActivations(model_dir, **kwargs)
+    module = MassiveActivations(model_dir, **grouped(kwargs))
     module.configure_model()  # the weights (the Trainer would load them inside `while_running`)
     for p in module.parameters():  # read once: a memory-mapped checkpoint's pages are resident before
         p.detach().sum()
@@ -212,7 +227,7 @@ def _peak_child(model_dir: str, windows, args, queue, kwargs) -> None:
     resident set sampled every 2 ms, which can miss a short peak). Model loading happens
     before and is not counted."""
     if args.device == "cuda":
-        module = MassiveActivations(model_dir, **kwargs)
+        module = MassiveActivations(model_dir, **grouped(kwargs))
         module.configure_model()
         start = torch.cuda.memory_allocated()
         _validate(model_dir, windows, args, **kwargs)
@@ -273,8 +288,7 @@ def head_scores_memory(args) -> tuple[int, int]:
     GPT2LMHeadModel(config).save_pretrained(model_dir)
     one = argparse.Namespace(**{**vars(args), "batch_size": 1})
     return tuple(
-        peak_memory(model_dir, torch.randint(0, 1024, (1, t)), one, added=True, head_scores=True)
-        for t in (2048, 8192)
+        peak_memory(model_dir, torch.randint(0, 1024, (1, t)), one, added=True, head_scores=True) for t in (2048, 8192)
     )
 
 
@@ -347,7 +361,7 @@ def _cli_run(root: str, model_dir: str, args, processes: int, strategy: str | No
     """One `python -m lit_massive validate` run; its results.json."""
     command = [
         sys.executable, "-m", "lit_massive", "validate",
-        "--model.model_name_or_path", model_dir, "--model.head_scores", "true",
+        "--model.model_name_or_path", model_dir, "--model.analyses.head_scores.enabled", "true",
         "--data.data_files", str(toy.corpus_path()), "--data.seq_len", str(args.seq_len),
         "--data.num_sequences", str(args.windows or 8), "--data.batch_size", str(args.batch_size),
         "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu", "--trainer.devices", str(processes),
@@ -445,7 +459,7 @@ def smollm2_main(args) -> None:
     def module(**options) -> Callable[[], float]:
         def run() -> float:
             results = lit_massive.measure(model, tokenizer=tokenizer, windows=windows, batch_size=args.batch_size,
-                                          trainer=trainer, perplexity=False, **options)  # fmt: skip
+                                          trainer=trainer, **grouped({"perplexity": False, **options}))  # fmt: skip
             return results.timing["wall_s"]
 
         return run

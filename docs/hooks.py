@@ -3,8 +3,8 @@ time so they cannot go stale. They exist only in the built site:
 
 - `reference/options.md`: every `model.*` option (`MassiveActivations.__init__`) and `data.*`
   option (`WindowsDataModule.__init__`): name, type, default and the docstring's Args text;
-  then the `model.variants` forms, `model.sweep` and `model.feature_view`;
-- `reference/results-json.md`: the TypedDicts of `lit_massive.report.schema` (key, type, the
+  then the `model.variants` forms, `model.sweep` and `model.analyses.feature_view`;
+- `reference/results-json.md`: the TypedDicts of `lit_massive.results.schema` (key, type, the
   source's comment) and every registered analysis (`lit_massive.analyses.ANALYSES`): its
   option, its keys of a variant entry and of each `layers` row, its docstring;
 - `reference/configs.md`: the bundled configs, each with its description and its YAML.
@@ -158,8 +158,8 @@ def class_fields(cls: type) -> list[Field]:
 
 
 def schema_typeddicts() -> dict[str, type]:
-    """Every TypedDict defined in `lit_massive.report.schema`, in source order."""
-    from lit_massive.report import schema
+    """Every TypedDict defined in `lit_massive.results.schema`, in source order."""
+    from lit_massive.results import schema
 
     found = {
         name: obj
@@ -211,10 +211,9 @@ def _option_section(prefix: str, fields: list[Field]) -> list[str]:
 
 def options_reference() -> str:
     """The option reference page: `model.*`, `data.*`, the variant forms, sweep, feature view and tasks."""
-    from lit_massive.analyses.feature_view import FeatureView
+    from lit_massive.analyses import registry
     from lit_massive.data.datamodule import WindowsDataModule
     from lit_massive.module import MassiveActivations
-    from lit_massive.tasks.spec import Tasks
     from lit_massive.variants import specs
 
     out = [
@@ -260,23 +259,40 @@ def options_reference() -> str:
             nested = getattr(specs, f.type, None)
             if nested is not None and typing.is_typeddict(nested):
                 out += ["", f"`{f.name}` ({f.type}) takes:", "", *_field_table(class_fields(nested))]
-    for title, cls in (("model.sweep", specs.Sweep), ("model.feature_view", FeatureView), ("model.tasks", Tasks)):
-        doc = _markdown(inspect.getdoc(cls) or "")
-        out += ["", f"## {title}", "", f"`{cls.__name__}`: {doc}", "", *_field_table(class_fields(cls), defaults=True)]
+    doc = _markdown(inspect.getdoc(specs.Sweep) or "")
+    out += ["", "## model.sweep", "", f"`Sweep`: {doc}", "", *_field_table(class_fields(specs.Sweep), defaults=True)]
+    out += [
+        "",
+        "## model.analyses.*",
+        "",
+        "Each analysis declares its options in its own file (its `Options` dataclass); a config",
+        "groups them per analysis, e.g. `model.analyses.head_scores.enabled: true` or",
+        "`--model.analyses.sink_rate.epsilon 0.2`. A group that is null or whose `enabled` is",
+        "false is off; an analysis runs only when the groups it requires are on too.",
+    ]
+    for group, cls in registry.option_groups().items():
+        options = cls.Options
+        docs = docstring_args(options)
+        fields = [Field(f.name, f.type, f.default, docs.get(f.name) or f.doc) for f in class_fields(options)]
+        summary = _markdown((inspect.getdoc(options) or "").split("\n\n")[0])
+        requires = f" On only with {', '.join(f'`{r}`' for r in cls.requires)}." if cls.requires else ""
+        null = " Null (the default) turns it off." if cls.optional else ""
+        out += ["", f"### model.analyses.{group}", "", f"{summary}{requires}{null}", ""]
+        out += _field_table(fields, defaults=True)
     return "\n".join(out) + "\n"
 
 
 def results_reference() -> str:
     """The results.json reference page: the schema's TypedDicts and the registered analyses."""
     import lit_massive.module  # noqa: F401  (registers the analyses kept outside lit_massive.analyses: tasks)
-    from lit_massive.analyses import ANALYSES
-    from lit_massive.report import schema
+    from lit_massive.analyses import ANALYSES, registry
+    from lit_massive.results import schema
 
     out = [
         "# results.json reference",
         "",
         "Generated from the code when the site is built, from the TypedDicts of",
-        "`lit_massive.report.schema` and the analyses registered in `lit_massive.analyses.ANALYSES`.",
+        "`lit_massive.results.schema` and the analyses registered in `lit_massive.analyses.ANALYSES`.",
         "[Results](../results.md) describes the run directory around it.",
         "",
         _markdown(inspect.getdoc(schema) or ""),
@@ -291,7 +307,8 @@ def results_reference() -> str:
         "|---|---|---|---|",
     ]
     for name, cls in ANALYSES.items():
-        option = f"`model.{cls.option}`" if cls.option else "always on"
+        groups = [g for g in (cls.options_group(), *cls.requires) if g in registry.option_groups()]
+        option = ", ".join(f"`model.analyses.{g}`" for g in dict.fromkeys(groups)) or "always on"
         keys = ", ".join(f"`{k}`" for k in cls.keys) or "-"
         layer_keys = ", ".join(f"`{k}`" for k in cls.layer_keys) or "-"
         out.append(f"| `{name}` | {option} | {keys} | {layer_keys} |")

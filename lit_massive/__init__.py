@@ -14,13 +14,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lit_massive.version import __version__  # noqa: F401  (lit_massive.__version__)
+
 if TYPE_CHECKING:
     from lit_massive.analyses import ANALYSES, Analysis, register_analysis
     from lit_massive.api import measure
     from lit_massive.data import WindowsDataModule
     from lit_massive.errors import InputError
     from lit_massive.module import MassiveActivations
-    from lit_massive.report.schema import RunResults, read_results
+    from lit_massive.results.schema import RunResults, read_results
 
 # name -> the module that defines it
 _LAZY = {
@@ -31,8 +33,8 @@ _LAZY = {
     "WindowsDataModule": "lit_massive.data",
     "InputError": "lit_massive.errors",
     "MassiveActivations": "lit_massive.module",
-    "RunResults": "lit_massive.report.schema",
-    "read_results": "lit_massive.report.schema",
+    "RunResults": "lit_massive.results.schema",
+    "read_results": "lit_massive.results.schema",
 }
 
 __all__ = [
@@ -46,7 +48,6 @@ __all__ = [
     "read_results",
     "register_analysis",
 ]
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:

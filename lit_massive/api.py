@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +13,16 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
-from lit_massive.analyses import ANALYSES, analysis_class
+from lit_massive.analyses import analysis_class, registry
 from lit_massive.cli.console import quiet_lightning
 from lit_massive.data.datamodule import WindowsDataModule
 from lit_massive.data.given import GivenWindows, text_windows
 from lit_massive.errors import InputError
 from lit_massive.models.loading import ModelSource
 from lit_massive.module import MassiveActivations
+from lit_massive.prerun import check_before_run
 from lit_massive.report.callback import RunReport
-from lit_massive.report.schema import RunResults
+from lit_massive.results.schema import RunResults
 
 
 def _module(model: str | nn.Module, options: dict[str, Any]) -> MassiveActivations:
@@ -46,26 +46,32 @@ def _module(model: str | nn.Module, options: dict[str, Any]) -> MassiveActivatio
     return Loaded(model_name_or_path=getattr(model.config, "name_or_path", "") or "in-memory", **options)
 
 
-def _switches(analyses: Iterable[str] | None, given: Iterable[str] = ()) -> dict[str, Any]:
-    """`analyses` as module options: exactly the named optional analyses on, the others off
-    (a flag true or false; an option holding settings, such as ``feature_view``, its
-    defaults or null). Analyses that share an option go on together (``sink_rate`` with
-    ``head_scores``); the attention internals also need ``head_scores``. An option holding
-    settings that the caller gives (`given`: ``tasks={...}``) is left as given."""
-    if analyses is None:
-        return {}
-    wanted = {analysis_class(name).name for name in analyses}
-    defaults = inspect.signature(MassiveActivations.__init__).parameters
+def _switches(analyses: Iterable[str] | Mapping[str, Any] | None) -> Any:
+    """`measure`'s ``analyses`` as the module's: a mapping is ``model.analyses`` as a config
+    gives it; names turn exactly those analyses on (with the groups they require: the sink
+    rate with the head scores) and every other analysis with an on/off option off."""
+    if analyses is None or isinstance(analyses, Mapping):
+        return registry.analysis_options(analyses)
+    if isinstance(analyses, str):
+        analyses = [analyses]
+    wanted = [analysis_class(name) for name in analyses]
+    on = {group for cls in wanted for group in (cls.options_group(), *cls.requires)}
     out: dict[str, Any] = {}
-    for name, cls in ANALYSES.items():
-        if cls.option is None:
-            continue
-        flag = isinstance(defaults[cls.option].default, bool)
-        if not flag and cls.option in given:  # settings the caller gave
-            continue
-        on = name in wanted or bool(out.get(cls.option))
-        out[cls.option] = on if flag else ({} if on else None)
-    return out
+    for group, cls in registry.option_groups().items():
+        if cls.optional:
+            out[group] = {} if group in on else None
+        elif "enabled" in cls.Options.__dataclass_fields__:
+            out[group] = {"enabled": group in on}
+    return registry.analysis_options(out)
+
+
+def _moved(options: Mapping[str, Any]) -> None:
+    """An analysis option given in its old spelling (``head_scores=True``), as one line that
+    gives the new one."""
+    moved = registry.moved_options()
+    for key in options:
+        if key in moved:
+            raise InputError(f"measure: {key} is now analyses={{...}} ({moved[key]}); e.g. analyses=['head_scores']")
 
 
 def _loggers() -> list[logging.Logger]:
@@ -100,7 +106,7 @@ def measure(
     stride: int | None = None,
     num_sequences: int | None = None,
     batch_size: int = 1,
-    analyses: Iterable[str] | None = None,
+    analyses: Iterable[str] | Mapping[str, Any] | None = None,
     variants: dict[str, Any] | None = None,
     run_dir: str | Path | None = None,
     trainer: dict[str, Any] | None = None,
@@ -119,9 +125,11 @@ def measure(
             ``seq_len`` tokens every ``stride`` (default ``seq_len``) tokens; at most
             ``num_sequences`` windows (None: all).
         windows: a (N, T) long tensor of token ids, one window per row.
-        analyses: the optional analyses to run (``"head_scores"``, ``"perplexity"``,
-            ``"components"``, ``"feature_view"``); the layer profile and the locator always
-            run. None: the module's defaults (perplexity on).
+        analyses: names of the analyses to run (``["head_scores", "components"]``: exactly these
+            and the layer profile and locator, which always run), or ``model.analyses`` as a
+            config gives it (``{"head_scores": {"enabled": True}, "sink_rate": {"epsilon": 0.2}}``;
+            ``True``/``False`` stand for ``{"enabled": ...}``). None: the defaults (perplexity
+            and super weights on).
         variants: ``model.variants`` as in a config: name -> heads to prune, a selection,
             or an edit.
         run_dir: write results.json, figures and TensorBoard events there (None: nothing is written).
@@ -142,7 +150,8 @@ def measure(
     given = sum(x is not None for x in (data, text, windows))
     if given != 1:
         raise InputError("measure: give exactly one of data (data.* options), text (with tokenizer), or windows")
-    module = _module(model, {**options, **_switches(analyses, options), "variants": variants})
+    _moved(options)
+    module = _module(model, {**options, "analyses": _switches(analyses), "variants": variants})
     if data is not None:
         datamodule = WindowsDataModule(
             **{key: module.hparams[key] for key in ("model_name_or_path", "gguf_file", "revision")},
@@ -165,8 +174,6 @@ def measure(
     with _quiet():
         runner = L.Trainer(**settings)
         if isinstance(datamodule, WindowsDataModule):
-            datamodule.setup("validate")
-            module.check_windows(datamodule.windows.shape[1], datamodule.largest_token_id())
-            module.measure_corpora(datamodule.corpus_names)
+            check_before_run(runner, module, datamodule)  # the checks `validate` makes, before any work
         runner.validate(module, datamodule=datamodule, verbose=False)
     return module.results

@@ -67,10 +67,11 @@ def _check(name: str, hint: Any, value: Any) -> None:
     raise InputError(f"{name}={value!r} is not valid; valid: {valid}")
 
 
-def check_options(fn: Callable, values: Mapping[str, Any]) -> None:
+def check_options(fn: Callable, values: Mapping[str, Any], prefix: str = "") -> None:
     """Check `values` (a call's arguments, e.g. `locals()`) against the restricted and
-    `Literal` types of `fn`'s signature; an InputError names the first bad one."""
+    `Literal` types of `fn`'s signature; an InputError names the first bad one (as
+    `prefix` + its name)."""
     hints = typing.get_type_hints(fn)
     for name, hint in hints.items():
         if name in values and name != "return":
-            _check(name, hint, values[name])
+            _check(prefix + name, hint, values[name])

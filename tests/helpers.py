@@ -19,7 +19,7 @@ from transformers import AutoTokenizer
 
 from lit_massive.cli import cli_main
 from lit_massive.models.toy import ToyConfig
-from lit_massive.report.schema import read_results
+from lit_massive.results.schema import read_results
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")  # the offline demo: toy model, bundled corpus

@@ -1,15 +1,32 @@
-"""Adding an analysis is one file and one registry line: a small analysis defined here (the
-mean |block output| per layer) reaches results.json, TensorBoard and the terminal table
-without any other file knowing it."""
+"""Adding an analysis is one file: a small analysis defined here (the mean |block output|
+per layer) reaches results.json, TensorBoard and the terminal table, and one in its own file
+(first_token_excess.py: an option, a key, a per-head figure that ranks heads, a dependency
+on the head scores) reaches the CLI, --help, measure() and selections, without any other
+file knowing them."""
 
+import importlib
+import json
+import sys
+
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM
 
-from helpers import reference_block_outputs, reference_windows, run_validate, tensorboard_events, tiny_run_args
+import lit_massive
+from helpers import (
+    cli_output,
+    reference_block_outputs,
+    reference_windows,
+    run_validate,
+    tensorboard_events,
+    tiny_run_args,
+)
 from lit_massive.analyses import ANALYSES, Analysis, Column, Forward, Setup, SumStatesMetric, register_analysis
+from lit_massive.analyses.registry import unregister_analysis
 from lit_massive.errors import InputError
+from lit_massive.results.names import SCORES
 
 
 class MeanAbs(SumStatesMetric):
@@ -61,7 +78,7 @@ def mean_abs():
     """The analysis registered for one test: registries are global state."""
     register_analysis(MeanAbsAnalysis)
     yield MeanAbsAnalysis
-    del ANALYSES[MeanAbsAnalysis.name]
+    unregister_analysis(MeanAbsAnalysis.name)
 
 
 def test_a_registered_analysis_reaches_results_tensorboard_and_terminal(
@@ -88,7 +105,7 @@ def test_without_it_the_key_is_not_there(tmp_path, tiny_gpt2_dir, corpus_jsonl):
     assert "mean_abs_block_output" not in results["variants"]["baseline"]
     # the built-ins, in results.json key order (the test's own analysis was removed again)
     assert list(ANALYSES) == [
-        "layer_profile", "outliers", "head_scores", "sink_rate", "learned_sinks", "secondary_sinks", "value_norms",
+        "layer_profile", "outlier_stats", "head_scores", "sink_rate", "learned_sinks", "secondary_sinks", "value_norms",
         "head_output_norm",
         "massive_update", "first_token_logit_gap", "logit_factors", "qkv_dims", "perplexity", "locator", "components",
         "super_weights", "linear_inputs", "feature_view", "tasks",
@@ -102,7 +119,57 @@ def test_a_name_is_registered_once():
             name = "layer_profile"
 
         register_analysis(Twin)
-    with pytest.raises(InputError, match="registered: layer_profile, outliers, head_scores"):
+    with pytest.raises(InputError, match="registered: layer_profile, outlier_stats, head_scores"):
         from lit_massive.analyses import analysis_class
 
         analysis_class("no_such")
+
+
+@pytest.fixture
+def excess():
+    """tests/first_token_excess.py, imported (which registers it) for one test, then taken out."""
+    module = importlib.import_module("first_token_excess")
+    yield module
+    unregister_analysis(module.FirstTokenExcess.name)
+    del sys.modules["first_token_excess"]
+
+
+def test_an_analysis_in_its_own_file_reaches_the_cli_help_results_and_selections(
+    tmp_path, tiny_gpt2_dir, corpus_jsonl, excess, capsys
+):
+    assert "--model.analyses.first_token_excess.share" in cli_output(capsys, "validate", "--help")
+    variants = {"by_excess": {"select": "top", "k": 2, "by": "first_token_excess"},
+                "by_first": {"select": "top", "k": 2, "by": "first_token"}}  # fmt: skip
+    _, results = run_validate(
+        tmp_path,
+        *tiny_run_args(tiny_gpt2_dir, corpus_jsonl, 32, 4, 2),
+        "--model.analyses.head_scores.enabled", "true",
+        "--model.analyses.first_token_excess.enabled", "true",
+        "--model.analyses.first_token_excess.share", "0.5",
+        "--model.variants", json.dumps(variants),
+    )  # fmt: skip
+    baseline = results["variants"]["baseline"]
+    expected = np.array(baseline["head_scores"]) - 0.5
+    np.testing.assert_allclose(baseline["first_token_excess"], expected, rtol=1e-12)
+    # a per-head figure that ranks heads: the order of the first-token scores, shifted
+    by_excess, by_first = results["variants"]["by_excess"], results["variants"]["by_first"]
+    assert by_excess["pruned_heads"] == by_first["pruned_heads"] and len(by_excess["pruned_heads"]) == 2
+    # the same from Python, with its option; off, its key is null; its dependency off, it does not run
+    data = {"dataset": "toy", "seq_len": 32, "num_sequences": 2}
+    on = {"head_scores": True, "first_token_excess": {"enabled": True, "share": 0.0}}
+    measured = lit_massive.measure("toy", data, analyses=on).variants["baseline"]
+    np.testing.assert_allclose(measured["first_token_excess"], measured["head_scores"], rtol=1e-12)
+    off = lit_massive.measure("toy", data, analyses={"first_token_excess": True}).variants["baseline"]
+    assert off["first_token_excess"] is None and off["head_scores"] is None
+
+
+def test_bad_options_of_a_registered_analysis_are_one_line(excess):
+    with pytest.raises(InputError, match="analyses.first_token_excess: no option 'shares'; valid: enabled, share"):
+        lit_massive.measure("toy", {"dataset": "toy"}, analyses={"first_token_excess": {"shares": 1}})
+    with pytest.raises(InputError, match="measure: head_scores is now analyses="):
+        lit_massive.measure("toy", {"dataset": "toy"}, head_scores=True)
+
+
+def test_the_head_figures_rank_heads_knows_without_torch_are_the_ones_the_analyses_declare():
+    declared = {by: key for cls in ANALYSES.values() for by, key in cls.head_figures.items()}
+    assert declared == SCORES

@@ -14,7 +14,7 @@ from helpers import assert_same_numbers, run_validate
 from lit_massive.data import WindowsDataModule
 from lit_massive.errors import RunWarning
 from lit_massive.models.toy import ToyConfig, build_toy_model, build_toy_tokenizer, corpus_path
-from lit_massive.report.schema import read_results
+from lit_massive.results.schema import read_results
 
 TOY_DATA = {"dataset": "toy", "seq_len": 64, "num_sequences": 4, "batch_size": 2}
 VARIANTS = {"cut": [[5, 1], [8, 3]]}
@@ -29,14 +29,20 @@ def test_measure_equals_the_cli(tmp_path, measured):
     _, cli = run_validate(
         tmp_path,
         "--model.model_name_or_path", "toy", "--data.dataset", "toy", "--data.seq_len", "64",
-        "--data.num_sequences", "4", "--data.batch_size", "2", "--model.head_scores", "true",
-        "--model.head_internals", "false", "--model.super_weights", "false",
+        "--data.num_sequences", "4", "--data.batch_size", "2", "--model.analyses.head_scores.enabled", "true",
+        "--model.analyses.head_internals.enabled", "false", "--model.analyses.super_weights.enabled", "false",
         "--model.variants", '{"cut": [[5, 1], [8, 3]]}',
     )  # fmt: skip
     assert_same_numbers(measured.to_json()["variants"], cli["variants"])
     # sink_rate comes with head_scores (one option); the internals were not named
     assert measured.analyses == [
-        "layer_profile", "head_scores", "sink_rate", "learned_sinks", "secondary_sinks", "perplexity", "locator",
+        "layer_profile",
+        "head_scores",
+        "sink_rate",
+        "learned_sinks",
+        "secondary_sinks",
+        "perplexity",
+        "locator",
     ]
 
 
@@ -90,7 +96,7 @@ INTERNALS = [
 @pytest.fixture(scope="module")
 def measured_all():
     """Head scores, every attention internal, the outlier statistics and the super-weight locator on."""
-    analyses = [*INTERNALS, "outliers", "super_weights"]
+    analyses = [*INTERNALS, "outlier_stats", "super_weights"]
     return lit_massive.measure("toy", TOY_DATA, analyses=analyses, variants=VARIANTS)
 
 

@@ -19,7 +19,7 @@ from lit_massive.probes.attention import (
     queries_per_key,
     received_in_tiles,
 )
-from lit_massive.report.ranking import rank_heads
+from lit_massive.results.ranking import rank_heads
 
 TRUTH = ToyConfig()
 
@@ -233,7 +233,7 @@ def test_record_stays_float32_under_a_half_default_dtype(tile):
 @pytest.mark.slow
 def test_two_processes_equal_one_inside_the_heads(tmp_path, tiny_gpt2_dir, corpus_jsonl):
     variants = {"dormant": {"select": "bottom", "k": 2, "by": "head_output_norm"}}
-    args = tiny_run_args(tiny_gpt2_dir, corpus_jsonl, 16, 6, 2, "--model.head_scores", "true",
+    args = tiny_run_args(tiny_gpt2_dir, corpus_jsonl, 16, 6, 2, "--model.analyses.head_scores.enabled", "true",
                          "--model.variants", json.dumps(variants))  # fmt: skip
     _, single = run_validate(tmp_path / "one", *args)
     double = run_validate_ddp(tmp_path / "two", *args)
@@ -284,8 +284,8 @@ def test_secondary_sinks_keep_the_most_sunk_on_keys_and_mark_massive_tokens():
     makes massive: the stream entering layer 1."""
     from types import SimpleNamespace
 
-    from lit_massive.analyses.block_stats import block_stats
     from lit_massive.analyses.secondary_sinks import SLOTS, SinkKeys, secondary_sinks
+    from lit_massive.probes.block_stats import block_stats
 
     t, eps = 12, 0.3
     attended = (t - torch.arange(t)).float()[None, None]  # causal: T - k queries per key

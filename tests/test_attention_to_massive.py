@@ -44,8 +44,8 @@ def test_massive_token_scores_equal_a_hand_computation(tmp_path, family_dir, cor
     run_dir, results = run_validate(
         tmp_path,
         *tiny_run_args(model_dir, corpus_jsonl, SEQ, N, 2),
-        "--model.head_scores", "true",
-        "--model.received_positions", "8",
+        "--model.analyses.head_scores.enabled", "true",
+        "--model.analyses.head_scores.received_positions", "8",
         "--model.variants", json.dumps(variants),
     )  # fmt: skip
     attentions, massive = _reference(model_dir, corpus_jsonl)

@@ -117,7 +117,7 @@ def test_text_less_table_leaves_no_run_directory(tmp_path, capfd, suffix):
         (["--model.top_k", "0"], ["top_k=0", "must be > 0"]),
         (["--model.dtype", "float8"], ["dtype='float8'", "float32", "bfloat16", "auto"]),
         (["--model.top_k", "100000"], ["top_k=100000", "128 tokens x 96 dims", "top_k <= 12288"]),
-        (["--model.feature_view.layers", "[50]"], ["feature_view.layers=[50]", "0..11"]),
+        (["--model.analyses.feature_view.layers", "[50]"], ["feature_view.layers=[50]", "0..11"]),
         (["--trainer.precision", "8-true"], ["trainer.precision='8-true'", "bf16-mixed", "32-true"]),
         (["--data.bos", "maybe"], ["data.bos='maybe' is not valid; valid: true, false, auto"]),
         (["--model.trust_remote_code", "maybe"], ["trust_remote_code='maybe' is not valid; valid: true, false"]),

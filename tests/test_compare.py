@@ -27,7 +27,7 @@ def runs(tmp_path_factory, family_dir, corpus_jsonl) -> dict[str, Path]:
     made = {
         "llama_heads": run_validate(
             root,
-            *tiny_run_args(llama, corpus_jsonl, 32, 3, None, "--model.head_scores", "true"),
+            *tiny_run_args(llama, corpus_jsonl, 32, 3, None, "--model.analyses.head_scores.enabled", "true"),
             "--model.variants",
             json.dumps({"cut": [[1, 0], [2, 3]]}),
         )[0],

@@ -18,7 +18,7 @@ from helpers import run_validate, tiny_run_args
 from lit_massive.cli import cli_main
 from lit_massive.report import comparison, step_figures
 from lit_massive.report.comparison import Run, model_run_name, order_by_step, training_step
-from lit_massive.report.schema import read_results
+from lit_massive.results.schema import read_results
 
 PNG_START = b"\x89PNG\r\n\x1a\n"
 MODEL = "EleutherAI/pythia-160m"
@@ -202,7 +202,7 @@ def test_a_statistic_no_run_has_is_skipped_with_a_line(stepped):
         run.results["variants"]["baseline"].pop("model_sink_rate")
     figures, skipped = step_figures.step_figures(runs)
     assert skipped == [
-        "no training-step sink-rate figure: no run has a model sink rate (run with model.head_scores: true)"
+        "no training-step sink-rate figure: no run has a model sink rate (run with model.analyses.head_scores on)"
     ]
     assert "step_sink_rate" not in figures and len(figures) == len(STEP_FIGURES) - 1
 

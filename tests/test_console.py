@@ -11,7 +11,7 @@ import pytest
 
 from helpers import DEMO, REPO, cli_output, run_validate
 from lit_massive.cli import cli_main
-from lit_massive.report.schema import read_results
+from lit_massive.results.schema import read_results
 
 # what the `lit-massive` console script runs (pip's wrapper passes cli_main()'s return to sys.exit)
 CONSOLE_SCRIPT = "import sys; from lit_massive.cli import cli_main; sys.exit(cli_main())"

@@ -29,7 +29,7 @@ from lit_massive.models.toy import corpus_path
 VARIANTS = {"zero": {"set_massive": {"layer": 2, "to": "zero"}}, "control": {"set_random": {"layer": 2}}}
 # the toy in 2 windows of 128 tokens per corpus, in one batch (super weights off: they cost half a run)
 TOY = ["--model.model_name_or_path", "toy", "--data.seq_len", "128", "--data.num_sequences", "2", "--data.batch_size",
-       "2", "--model.super_weights", "false", "--model.variants", json.dumps(VARIANTS)]  # fmt: skip
+       "2", "--model.analyses.super_weights.enabled", "false", "--model.variants", json.dumps(VARIANTS)]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -171,9 +171,22 @@ def test_two_processes_equal_one_on_every_corpus(tmp_path, tiny_gpt2_dir, corpus
     """5 windows per corpus, split 3 + 2: the second corpus's numbers, like the default's, are
     one process's; sharded, every corpus's loader keeps the processes in lockstep."""
     corpora = [{"name": "jsonl", "data_files": str(corpus_jsonl)}, {"name": "half", "data_files": str(halves["wiki2"])}]
-    args = ["--model.model_name_or_path", str(tiny_gpt2_dir), "--data.corpora", json.dumps(corpora),
-            "--data.seq_len", "16", "--data.num_sequences", "5", "--data.batch_size", "2",
-            "--model.head_scores", "true", "--model.variants", json.dumps({"cut": [[1, 2]]})]  # fmt: skip
+    args = [
+        "--model.model_name_or_path",
+        str(tiny_gpt2_dir),
+        "--data.corpora",
+        json.dumps(corpora),
+        "--data.seq_len",
+        "16",
+        "--data.num_sequences",
+        "5",
+        "--data.batch_size",
+        "2",
+        "--model.analyses.head_scores.enabled",
+        "true",
+        "--model.variants",
+        json.dumps({"cut": [[1, 2]]}),
+    ]
     _, single = run_validate(tmp_path / "one", *args)
     double = run_validate_ddp(tmp_path / "two", *args, strategy=strategy)
     assert double["world_size"] == 2 and list(double["corpora"]) == ["half"]

@@ -47,8 +47,19 @@ def _tied_groups(model_dir, jsonl, seq_len, n, thr, ratio) -> int:
 def test_two_processes_equal_one_when_locator_tokens_tie(tmp_path, tiny_gpt2_dir, corpus_jsonl):
     seq_len, n, thr, ratio = 16, 6, 0.0, 3.0
     assert _tied_groups(tiny_gpt2_dir, corpus_jsonl, seq_len, n, thr, ratio) > 0  # the case has ties
-    args = tiny_run_args(tiny_gpt2_dir, corpus_jsonl, seq_len, n, 2, "--model.massive_threshold", str(thr),
-                         "--model.massive_ratio", str(ratio), "--model.perplexity", "false")  # fmt: skip
+    args = tiny_run_args(
+        tiny_gpt2_dir,
+        corpus_jsonl,
+        seq_len,
+        n,
+        2,
+        "--model.massive_threshold",
+        str(thr),
+        "--model.massive_ratio",
+        str(ratio),
+        "--model.analyses.perplexity.enabled",
+        "false",
+    )
     _, single = run_validate(tmp_path / "one", *args)
     double = run_validate_ddp(tmp_path / "two", *args)
     massive = single["variants"]["baseline"]["massive"]
@@ -83,7 +94,9 @@ def test_two_processes_equal_one_for_super_weights(tmp_path, corpus_jsonl, strat
     from test_super_weights import COL, PLANT_LAYER, ROW, WEIGHT, _plant
 
     model_dir = _plant("llama", tmp_path / "planted")
-    args = tiny_run_args(model_dir, corpus_jsonl, 24, 5, 2, "--model.super_weights", "true")  # 3 + 2 windows
+    args = tiny_run_args(
+        model_dir, corpus_jsonl, 24, 5, 2, "--model.analyses.super_weights.enabled", "true"
+    )  # 3 + 2 windows
     _, single = run_validate(tmp_path / "one", *args)
     double = run_validate_ddp(tmp_path / "two", *args, strategy=strategy)
     assert double["world_size"] == 2
@@ -99,8 +112,19 @@ def test_two_processes_equal_one_for_outlier_stats(tmp_path, tiny_gpt2_dir, corp
     """Kurtosis, top-direction share and matrix entropy are sums over windows synced across
     processes: 5 windows split 3 + 2 give the numbers of one process."""
     keys = ("kurtosis", "top_direction_share", "matrix_entropy", "outlier_left_out")
-    args = tiny_run_args(tiny_gpt2_dir, corpus_jsonl, 16, 5, 2, "--model.outlier_stats", "true",
-                         "--model.perplexity", "false", "--model.variants", '{"cut": [[1, 2]]}')  # fmt: skip
+    args = tiny_run_args(
+        tiny_gpt2_dir,
+        corpus_jsonl,
+        16,
+        5,
+        2,
+        "--model.analyses.outlier_stats.enabled",
+        "true",
+        "--model.analyses.perplexity.enabled",
+        "false",
+        "--model.variants",
+        '{"cut": [[1, 2]]}',
+    )
     _, single = run_validate(tmp_path / "one", *args)
     double = run_validate_ddp(tmp_path / "two", *args)
     for name in ("baseline", "cut"):

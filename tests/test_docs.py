@@ -4,6 +4,7 @@ Python example, and the reference pages that docs/hooks.py generates cover the c
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import inspect
@@ -19,11 +20,11 @@ import pytest
 import torch
 
 from helpers import REPO, run_validate
-from lit_massive.analyses import ANALYSES
+from lit_massive.analyses import ANALYSES, registry
 from lit_massive.cli.configs import bundled_configs
 from lit_massive.data.datamodule import WindowsDataModule
 from lit_massive.module import MassiveActivations
-from lit_massive.report import schema
+from lit_massive.results import schema
 from lit_massive.variants import specs
 
 README = REPO / "README.md"
@@ -150,9 +151,15 @@ def test_the_option_reference_has_every_model_and_data_option():
             if p.default is not inspect.Parameter.empty:
                 assert f"default `{hooks().yaml_value(p.default)}`" in section
             assert "(not documented in the code)" not in section, f"{prefix}.{p.name} has no Args text"
-    # a multi-line Args entry is read whole: model.variants ends with the zeroed-weight forms
+    # a multi-line Args entry is read whole: model.variants ends with the quantize form
     variants = page.split("### `model.variants`", 1)[1].split("\n### ", 1)[0]
-    assert "ZeroRandomWeights" in variants and "``" not in variants
+    assert "`quantize` (docs/variants.md)" in variants and "``" not in variants
+    # every analysis's options, from its own file, each field with its Args text
+    for group, cls in registry.option_groups().items():
+        section = page.split(f"### model.analyses.{group}\n", 1)[1].split("\n### ", 1)[0]
+        for field in dataclasses.fields(cls.Options):
+            row = next(line for line in section.splitlines() if line.startswith(f"| `{field.name}` |"))
+            assert row.split("|")[-2].strip(), f"{group}.{field.name} has no text: {row}"
     for form in typing.get_args(specs.VariantSpec):
         if isinstance(form, type) and typing.get_origin(form) is None:
             assert f"### {form.__name__}" in page
@@ -174,7 +181,8 @@ def test_the_results_reference_has_every_schema_key_and_analysis():
     for name, cls in ANALYSES.items():
         row = rows[f"`{name}`"]
         assert all(f"`{key}`" in row for key in (*cls.keys, *cls.layer_keys)), row
-        assert (f"`model.{cls.option}`" if cls.option else "always on") in row
+        groups = [g for g in (cls.options_group(), *cls.requires) if g in registry.option_groups()]
+        assert (f"`model.analyses.{groups[0]}`" if groups else "always on") in row
     # a comment in the source is a key's note; a lint directive is not
     assert "mean over windows of the k largest |block output|".replace("|", "\\|") in page
     assert "noqa" not in page + hooks().options_reference()

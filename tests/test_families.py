@@ -109,11 +109,11 @@ def test_family_matches_plain_transformers(tmp_path, family_dir, corpus_jsonl, m
     _, results = run_validate(
         tmp_path,
         *tiny_run_args(model_dir, corpus_jsonl, SEQ, N, 2),
-        "--model.head_scores", "true",
-        "--model.components", "true",
+        "--model.analyses.head_scores.enabled", "true",
+        "--model.analyses.components.enabled", "true",
         "--model.variants", json.dumps({"cut": [list(PRUNED)]}),
         "--model.attention_tile", str(TILE),
-        "--model.sink_epsilon", str(EPSILON),
+        "--model.analyses.sink_rate.epsilon", str(EPSILON),
     )  # fmt: skip
     assert results["model"]["model_type"] == model_type
     assert results["data"]["uses_bos"] is bos  # bos: auto follows the tokenizer
@@ -217,7 +217,7 @@ def test_bos_windows_and_perplexity_by_hand(tmp_path, family_dir, corpus_jsonl):
     the last 6 of each."""
     model_dir = family_dir("llama")
     seq_len, stride, n = 12, 6, 4
-    args = tiny_run_args(model_dir, corpus_jsonl, seq_len, n, None, "--model.head_scores", "true")
+    args = tiny_run_args(model_dir, corpus_jsonl, seq_len, n, None, "--model.analyses.head_scores.enabled", "true")
     _, results = run_validate(tmp_path / "bos", *args, "--data.stride", str(stride))
     text = "\n\n".join(read_texts(corpus_jsonl))
     ids = AutoTokenizer.from_pretrained(model_dir)(text, add_special_tokens=False)["input_ids"]
@@ -263,7 +263,10 @@ def test_components_refused_where_no_sublayer_adds(tmp_path, family_dir, corpus_
     """OPT-350m normalises after each residual sum: components cannot add up there."""
     model_dir = save_family("opt", tmp_path / "post_ln", do_layer_norm_before=False)
     with pytest.raises(SystemExit) as info:
-        run_validate(tmp_path, *tiny_run_args(model_dir, corpus_jsonl, SEQ, None, None, "--model.components", "true"))
+        run_validate(
+            tmp_path,
+            *tiny_run_args(model_dir, corpus_jsonl, SEQ, None, None, "--model.analyses.components.enabled", "true"),
+        )
     message = str(info.value.code)
     assert message.startswith("lit_massive: error: components:") and "do_layer_norm_before" in message
     assert "\n" not in message
@@ -288,7 +291,9 @@ def test_feature_view_sees_the_text_as_the_windows_do(tmp_path, family_dir, corp
     """With BOS windows the feature view puts BOS first too, so its massive dims are found;
     the planted "." dim is found at the text's full stops."""
     shown = {"text": "Summer is warm. Winter is cold.", "layers": [0, 2]}
-    args = tiny_run_args(family_dir("llama"), corpus_jsonl, SEQ, 2, None, "--model.feature_view", json.dumps(shown))
+    args = tiny_run_args(
+        family_dir("llama"), corpus_jsonl, SEQ, 2, None, "--model.analyses.feature_view", json.dumps(shown)
+    )
     _, results = run_validate(tmp_path, *args)
     view = results["feature_view"]
     assert view["tokens"][0] == "<|endoftext|>" and view["tokens"][1:] == "Summer is warm . Winter is cold .".split()

@@ -9,12 +9,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import DEMO, run_validate
-from lit_massive.analyses.block_stats import massive_dims
 from lit_massive.analyses.feature_view import FeatureView, choose_heads, measure_feature_view, top_heads
+from lit_massive.figures.figures import attention_view_figure, feature_view_figure
+from lit_massive.figures.style import NAN
 from lit_massive.models.families import decoder_layout
 from lit_massive.models.toy import ToyConfig, build_toy_model, build_toy_tokenizer
+from lit_massive.probes.block_stats import massive_dims
 from lit_massive.probes.hooks import Needs, probes
-from lit_massive.report.figures import NAN, attention_view_figure, feature_view_figure
 
 TRUTH = ToyConfig()
 
@@ -173,7 +174,7 @@ def test_the_run_shows_the_heads_that_sink_most(massive_run):
 def test_configured_heads_are_shown_in_their_order(tmp_path):
     shown = {"text": TEXT, "layers": [TRUTH.sink_head[0]], "heads": [7, TRUTH.sink_head[1]]}
     run_dir, results = run_validate(
-        tmp_path, "--config", DEMO, "--data.num_sequences", "2", "--model.feature_view", json.dumps(shown)
+        tmp_path, "--config", DEMO, "--data.num_sequences", "2", "--model.analyses.feature_view", json.dumps(shown)
     )
     view = results["feature_view"]
     layer = str(TRUTH.sink_head[0])
@@ -191,7 +192,7 @@ def test_configured_heads_are_shown_in_their_order(tmp_path):
 )
 def test_a_head_out_of_range_stops_the_run_before_it_starts(tmp_path, heads, expected):
     with pytest.raises(SystemExit) as info:
-        run_validate(tmp_path, "--config", DEMO, "--model.feature_view.heads", heads)
+        run_validate(tmp_path, "--config", DEMO, "--model.analyses.feature_view.heads", heads)
     message = str(info.value.code)
     assert message.startswith("lit_massive: error: ") and "\n" not in message
     assert f"feature_view.heads={json.loads(heads)}" in message and expected in message and "0..11" in message

@@ -8,7 +8,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from lit_massive.analyses import columns_of, summary_columns_of
 from lit_massive.analyses.locator import locator_table
-from lit_massive.report import figures, head_figures
+from lit_massive.figures import figures, head_figures
 from lit_massive.report.tables import summary_table, terminal_summary
 
 

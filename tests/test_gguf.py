@@ -172,9 +172,7 @@ def test_a_sharded_run_of_a_gguf_model_is_refused(tiny):
 
 
 def test_a_hub_revision_that_is_not_cached_offline_names_the_revision(tmp_path, corpus_jsonl, capsys):
-    message = _refused(
-        capsys, tmp_path, *_args("EleutherAI/pythia-160m", corpus_jsonl, "--model.revision", "step1000")
-    )
+    message = _refused(capsys, tmp_path, *_args("EleutherAI/pythia-160m", corpus_jsonl, "--model.revision", "step1000"))
     assert "'EleutherAI/pythia-160m' at revision 'step1000' could not be loaded" in message
 
 

@@ -13,7 +13,7 @@ def _run(tmp_path, model_dir, jsonl, *args):
 
 
 def test_head_scores_match_eager_attention(tmp_path, tiny_gpt2_dir, corpus_jsonl):
-    results = _run(tmp_path, tiny_gpt2_dir, corpus_jsonl, "--model.head_scores", "true")
+    results = _run(tmp_path, tiny_gpt2_dir, corpus_jsonl, "--model.analyses.head_scores.enabled", "true")
     assert results["model"]["attn_implementation"] == "sdpa"
     eager = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir, attn_implementation="eager").eval()
     windows = reference_windows(tiny_gpt2_dir, corpus_jsonl, SEQ, SEQ, N)

@@ -26,7 +26,7 @@ from helpers import DEMO, run_validate
 from lit_massive.cli import cli_main
 from lit_massive.report import callback, publisher
 from lit_massive.report.callback import INTERRUPTED, shown
-from lit_massive.report.schema import read_results
+from lit_massive.results.schema import read_results
 
 SMALL = ("--config", DEMO, "--data.num_sequences", "4")
 PRUNED = json.dumps({"p1": [[1, 1]], "p2": [[2, 2]], "p3": [[3, 3]]})  # more figures: a longer write

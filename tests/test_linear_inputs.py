@@ -1,4 +1,4 @@
-"""Spikes at every linear input (`model.linear_inputs`): per block, the inputs of the real
+"""Spikes at every linear input (`model.analyses.linear_inputs.enabled`): per block, the inputs of the real
 projection modules (read here with plain hooks on each family's own q/k/v, output, MLP input
 and MLP output projections) give the same top-1, median, location and 8-bit rounding errors,
 computed by hand in float64; on the toy, the planted massive activation's MLP input makes
@@ -52,9 +52,16 @@ def _reference(model, model_type, windows):
                 for w in x.float():  # the probe reduces in float32
                     a = w.abs().flatten()
                     index = int(a.argmax())
-                    rows.append((float(a.max()), index % w.shape[-1], index // w.shape[-1], float(a.median()),
-                                 _rtn_error(w.double(), w.abs().max().double()),
-                                 _rtn_error(w.double(), w.abs().amax(-1, keepdim=True).double())))  # fmt: skip
+                    rows.append(
+                        (
+                            float(a.max()),
+                            index % w.shape[-1],
+                            index // w.shape[-1],
+                            float(a.median()),
+                            _rtn_error(w.double(), w.abs().max().double()),
+                            _rtn_error(w.double(), w.abs().amax(-1, keepdim=True).double()),
+                        )
+                    )
                 out[(kind, i)] = rows
 
             handles.append(module.register_forward_pre_hook(hook))
@@ -80,7 +87,7 @@ def test_every_linear_input_equals_the_projections_own(tmp_path, family_dir, cor
     model_dir = family_dir(model_type)
     bos = FAMILY_CONFIGS[model_type][1]
     _, results = run_validate(
-        tmp_path, *tiny_run_args(model_dir, corpus_jsonl, SEQ, N, 2, "--model.linear_inputs", "true")
+        tmp_path, *tiny_run_args(model_dir, corpus_jsonl, SEQ, N, 2, "--model.analyses.linear_inputs.enabled", "true")
     )
     windows = _windows(model_dir, corpus_jsonl, bos)
     reference = _reference(AutoModelForCausalLM.from_pretrained(model_dir).eval(), model_type, windows)
@@ -105,7 +112,7 @@ def test_every_linear_input_equals_the_projections_own(tmp_path, family_dir, cor
 
 
 def test_the_toy_massive_mlp_input_wrecks_per_tensor_rounding_only(tmp_path):
-    run_dir, results = run_validate(tmp_path, *toy_run_args("--model.linear_inputs", "true", n=4))
+    run_dir, results = run_validate(tmp_path, *toy_run_args("--model.analyses.linear_inputs.enabled", "true", n=4))
     rows = results["variants"]["baseline"]["linear_inputs"]
     planted = rows[2]["mlp_down_in"]  # block 2's MLP writes the massive activation (toy.py)
     assert planted["top1_position"] == 0 and planted["top1_position_fraction"] == 1.0
@@ -119,8 +126,17 @@ def test_the_toy_massive_mlp_input_wrecks_per_tensor_rounding_only(tmp_path):
 def test_off_by_default_and_null_for_fused_experts(tmp_path, family_dir, corpus_jsonl):
     _, off = run_validate(tmp_path / "off", *toy_run_args(n=2))
     assert off["variants"]["baseline"]["linear_inputs"] is None
-    args = tiny_run_args(family_dir("gpt_oss"), corpus_jsonl, SEQ, 2, 2, "--model.linear_inputs", "true",
-                         "--model.super_weights", "false")  # fmt: skip
+    args = tiny_run_args(
+        family_dir("gpt_oss"),
+        corpus_jsonl,
+        SEQ,
+        2,
+        2,
+        "--model.analyses.linear_inputs.enabled",
+        "true",
+        "--model.analyses.super_weights.enabled",
+        "false",
+    )
     _, moe = run_validate(tmp_path / "moe", *args)
     rows = moe["variants"]["baseline"]["linear_inputs"]
     assert all(r["mlp_down_in"] is None and r["mlp_in"]["top1"] > 0 for r in rows)

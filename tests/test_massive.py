@@ -48,7 +48,7 @@ def test_components_add_up_to_the_hooked_block_output():
     ids = torch.arange(2, 50).view(2, 24)
 
     def parts(x, i, probed):  # a reducer: it runs inside block i's hook
-        return probed.block_in[i], probed.block_in[i] + probed.attn_out[i] + probed.mlp_out[i]
+        return probed.resid_in[i], probed.resid_in[i] + probed.attn[i] + probed.mlp[i]
 
     with torch.no_grad(), probes(layout, Needs(block_out=True, sublayers=True), reducers={"parts": parts}) as probed:
         layout.backbone(input_ids=ids)
@@ -57,7 +57,7 @@ def test_components_add_up_to_the_hooked_block_output():
         torch.testing.assert_close(added_up, out, rtol=1e-5, atol=1e-5)
         if i:
             assert block_in is probed.block_out[i - 1]
-    assert probed.block_in == probed.attn_out == probed.mlp_out == [None] * TRUTH.n_layer
+    assert probed.resid_in == probed.attn == probed.mlp == [None] * TRUTH.n_layer
 
 
 def test_more_massive_entries_than_candidates_are_counted_not_hidden(tmp_path, massive_run):
@@ -67,11 +67,11 @@ def test_more_massive_entries_than_candidates_are_counted_not_hidden(tmp_path, m
     window) everything equals the full run at the default threshold."""
     _, full = massive_run
     args = toy_run_args(
-        "--model.components", "true", "--model.massive_candidates", "16",
+        "--model.analyses.components.enabled", "true", "--model.massive_candidates", "16",
         "--model.massive_threshold", "20",  # above ordinary |x| (about 1), below the writer's 50
         n=6, batch_size=3,
     )  # fmt: skip
-    with pytest.warns(UserWarning, match="more massive entries per sequence than model.massive_candidates"):
+    with pytest.warns(UserWarning, match="more massive entries per window than model.massive_candidates"):
         _, cut = run_validate(tmp_path, *args)
     writer = TRUTH.writer_head[0]
     layers = cut["variants"]["baseline"]["layers"]

@@ -56,15 +56,26 @@ def _live_by_block(monkeypatch, tmp_path, *args: str) -> dict[int, list[int]]:
 
 
 EVERY_FEATURE = (
-    "--model.head_scores", "true", "--model.head_internals", "true", "--model.components", "true",
-    "--model.outlier_stats", "true", "--model.super_weights", "true",
-)  # fmt: skip
+    "--model.analyses.head_scores.enabled",
+    "true",
+    "--model.analyses.head_internals.enabled",
+    "true",
+    "--model.analyses.components.enabled",
+    "true",
+    "--model.analyses.outlier_stats.enabled",
+    "true",
+    "--model.analyses.super_weights.enabled",
+    "true",
+)
 
 
 @pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_nothing_of_t_by_d_per_block_outlives_its_block(monkeypatch, tmp_path):
-    variants = {"cut": [[5, 1]], "zero": {"set_massive": {"layer": "all", "to": "zero"}},
-                "weights": {"zero_weights": "super"}}  # fmt: skip
+    variants = {
+        "cut": [[5, 1]],
+        "zero": {"set_massive": {"layer": "all", "to": "zero"}},
+        "weights": {"zero_weights": "super"},
+    }
     seen = _live_by_block(monkeypatch, tmp_path, *EVERY_FEATURE, "--model.variants", json.dumps(variants))
     first, last = seen[0], seen[max(seen)]
     assert len(first) == len(last) == 5  # the first pass (super weights), then 4 variants

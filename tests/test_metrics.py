@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from helpers import reference_profile
-from lit_massive.analyses.block_stats import block_stats
 from lit_massive.analyses.layer_profile import LayerProfile
+from lit_massive.probes.block_stats import block_stats
 
 
 def _blocks(n_layer=3, batch=5, seq=7, dim=6, seed=0):

@@ -25,8 +25,8 @@ def test_a_one_layer_one_head_model_has_one_row_of_everything(tmp_path, one_laye
     _, results = run_validate(
         tmp_path, "--config", DEMO, "--model.model_name_or_path", str(one_layer_dir),
         "--data.tokenizer", "toy", "--data.seq_len", "32", "--data.num_sequences", "4",
-        "--model.components", "true", "--model.outlier_stats", "true",
-        "--model.feature_view", "null", "--model.variants", json.dumps({"cut": [[0, 0]]}),
+        "--model.analyses.components.enabled", "true", "--model.analyses.outlier_stats.enabled", "true",
+        "--model.analyses.feature_view", "null", "--model.variants", json.dumps({"cut": [[0, 0]]}),
     )  # fmt: skip
     baseline = results["variants"]["baseline"]
     assert [row["layer"] for row in baseline["layers"]] == [0]

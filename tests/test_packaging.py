@@ -20,8 +20,8 @@ from helpers import DEMO, REPO, run_validate, toy_run_args
 from lit_massive.cli import cli_main
 from lit_massive.cli import configs as bundled
 from lit_massive.models import toy
-from lit_massive.report.provenance import _hub_revision, run_provenance
-from lit_massive.report.schema import read_results
+from lit_massive.results.provenance import _hub_revision, run_provenance
+from lit_massive.results.schema import read_results
 
 NAMES = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
 
@@ -47,7 +47,7 @@ def test_an_existing_path_wins_over_a_bundled_name(tmp_path, monkeypatch):
     mine["data"]["num_sequences"] = 2
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(mine))
     monkeypatch.chdir(tmp_path)
-    _, results = run_validate(tmp_path, "--config", "demo.yaml", "--model.head_scores", "false")
+    _, results = run_validate(tmp_path, "--config", "demo.yaml", "--model.analyses.head_scores.enabled", "false")
     assert results["data"]["num_windows"] == 2
     absolute = str(tmp_path / "demo.yaml")
     assert bundled.resolve_config_args(["validate", "--config", absolute]) == ["validate", "--config", absolute]
@@ -120,7 +120,7 @@ def _tiny_run(root: Path, model_dir: Path) -> dict:
         DEMO,
         "--model.model_name_or_path",
         str(model_dir),
-        "--model.feature_view",
+        "--model.analyses.feature_view",
         "null",
         "--data.seq_len",
         "32",

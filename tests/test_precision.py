@@ -15,7 +15,7 @@ from lit_massive.models.toy import ToyConfig, save_toy
 
 @pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_bf16_mixed_stays_close_to_32_true(tmp_path):
-    args = ["--config", DEMO, "--data.num_sequences", "6", "--model.head_scores", "true"]
+    args = ["--config", DEMO, "--data.num_sequences", "6", "--model.analyses.head_scores.enabled", "true"]
     _, full = run_validate(tmp_path / "a", *args)
     _, bf16 = run_validate(tmp_path / "b", *args, "--trainer.precision", "bf16-mixed")
     assert (full["precision"], bf16["precision"]) == ("32-true", "bf16-mixed")
@@ -81,7 +81,7 @@ def test_metric_sums_stay_wide_when_the_module_is_cast(dtype):
 def test_inf_and_nan_are_counted_among_the_largest_values_and_flagged_beyond():
     """inf/NaN sort above every finite |value|, so the K + 1 largest hold them all while there
     are at most K + 1; beyond, the count is K + 1 per sequence and flagged."""
-    from lit_massive.analyses.block_stats import block_stats
+    from lit_massive.probes.block_stats import block_stats
 
     x = torch.randn(2, 6, 5)
     x[0, 1, 2], x[0, 3, 4], x[0, 5, 0] = float("inf"), float("nan"), -float("inf")  # 3 in window 0

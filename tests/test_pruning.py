@@ -44,12 +44,12 @@ def test_pruned_variant_equals_zeroed_projection_rows(tmp_path, tiny_gpt2_dir, c
 
 @pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes
 def test_baseline_is_bit_identical_with_and_without_variants(tmp_path, tiny_gpt2_dir, corpus_jsonl):
-    alone = _run(tmp_path / "a", tiny_gpt2_dir, corpus_jsonl, "--model.head_scores", "true")
+    alone = _run(tmp_path / "a", tiny_gpt2_dir, corpus_jsonl, "--model.analyses.head_scores.enabled", "true")
     with_variants = _run(
         tmp_path / "b",
         tiny_gpt2_dir,
         corpus_jsonl,
-        "--model.head_scores",
+        "--model.analyses.head_scores.enabled",
         "true",
         "--model.variants",
         json.dumps({"x": [[1, 1]], "y": {"select": "top", "k": 2}}),
@@ -67,7 +67,7 @@ def test_toy_sink_head_and_attention_written_activation_are_recovered(tmp_path):
         DEMO,
         "--data.num_sequences",
         "6",
-        "--model.head_scores",
+        "--model.analyses.head_scores.enabled",
         "true",
         "--model.variants",
         json.dumps(variants),

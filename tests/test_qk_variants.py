@@ -29,8 +29,15 @@ COMPARED = ("layers", "first_massive_layer", "perplexity", "nll_sum", "head_scor
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("qk")
-    args = toy_run_args("--model.head_scores", "true", "--model.head_internals", "false",
-                        "--model.variants", json.dumps(VARIANTS), n=N)  # fmt: skip
+    args = toy_run_args(
+        "--model.analyses.head_scores.enabled",
+        "true",
+        "--model.analyses.head_internals.enabled",
+        "false",
+        "--model.variants",
+        json.dumps(VARIANTS),
+        n=N,
+    )
     return run_validate(root, *args)[1]
 
 
@@ -66,7 +73,9 @@ def test_the_massive_qk_dims_are_the_planted_ones_and_zeroing_them_removes_the_s
 def test_each_variant_equals_the_hand_edited_checkpoint(run, tmp_path, name):
     entry = run["variants"][name]
     model_dir = _hand_edited(entry["edit"]["q_dims"], entry["edit"]["k_dims"], tmp_path / "edited")
-    args = toy_run_args("--model.head_scores", "true", "--model.head_internals", "false", n=N)
+    args = toy_run_args(
+        "--model.analyses.head_scores.enabled", "true", "--model.analyses.head_internals.enabled", "false", n=N
+    )
     args[args.index("toy")] = str(model_dir)  # the edited checkpoint, the same bundled windows
     _, edited = run_validate(tmp_path, *args)
     for key in COMPARED:

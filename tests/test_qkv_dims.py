@@ -1,4 +1,4 @@
-"""Massive dims of q, k and v (`model.qkv_dims`), against projections' outputs rotated by each
+"""Massive dims of q, k and v (`model.analyses.qkv_dims.enabled`), against projections' outputs rotated by each
 family's own rotary embedding, written without project code; a planted model; the
 aggregation over windows and processes; off by default."""
 
@@ -125,9 +125,15 @@ def test_norms_per_dim_and_pair_equal_the_projections_rotated_by_the_family(
 ):
     model_dir = family_dir(model_type)
     _, results = run_validate(
-        tmp_path, *tiny_run_args(model_dir, corpus_jsonl, SEQ, N, 2),
-        "--model.qkv_dims", "true", "--model.qkv_massive_ratio", str(RATIO), "--model.perplexity", "false",
-    )  # fmt: skip
+        tmp_path,
+        *tiny_run_args(model_dir, corpus_jsonl, SEQ, N, 2),
+        "--model.analyses.qkv_dims.enabled",
+        "true",
+        "--model.analyses.qkv_dims.massive_ratio",
+        str(RATIO),
+        "--model.analyses.perplexity.enabled",
+        "false",
+    )
     entry = results["variants"]["baseline"]
     assert results["model"]["qkv_dims"] is True and entry["qkv_massive_ratio"] == RATIO
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
@@ -173,9 +179,13 @@ def test_planted_query_and_key_dims_are_found_and_nothing_else(tmp_path, family_
     model.save_pretrained(tmp_path / "planted")
     AutoTokenizer.from_pretrained(family_dir("llama")).save_pretrained(tmp_path / "planted")
     run_dir, results = run_validate(
-        tmp_path, *tiny_run_args(tmp_path / "planted", corpus_jsonl, SEQ, N, 2),
-        "--model.qkv_dims", "true", "--model.perplexity", "false",
-    )  # fmt: skip
+        tmp_path,
+        *tiny_run_args(tmp_path / "planted", corpus_jsonl, SEQ, N, 2),
+        "--model.analyses.qkv_dims.enabled",
+        "true",
+        "--model.analyses.perplexity.enabled",
+        "false",
+    )
     entry = results["variants"]["baseline"]
     dims, pairs = entry["qkv_massive_dims"], entry["qk_rotary_pairs"]
     expected_dims = {"q": {(1, 2): [7], (2, 0): [0, 8]}, "k": {(1, 1): [7]}, "v": {}}
@@ -199,7 +209,7 @@ def test_planted_query_and_key_dims_are_found_and_nothing_else(tmp_path, family_
 
 
 def test_off_by_default_the_keys_are_null(tmp_path, tiny_gpt2_dir, corpus_jsonl):
-    args = tiny_run_args(tiny_gpt2_dir, corpus_jsonl, 16, 2, 2, "--model.perplexity", "false")
+    args = tiny_run_args(tiny_gpt2_dir, corpus_jsonl, 16, 2, 2, "--model.analyses.perplexity.enabled", "false")
     _, results = run_validate(tmp_path, *args)
     entry = results["variants"]["baseline"]
     assert results["model"]["qkv_dims"] is False
@@ -248,11 +258,13 @@ def test_rotary_pairs_follow_the_model_per_layer_on_the_meta_device():
     """Gemma 3 rotates sliding and full layers at different bases; GPT-NeoX rotates a quarter of
     each head (rotary_pct). Read from a model on the meta device, as the run reads it."""
     meta, model = _meta_and_cpu(
-        "gemma3_text", **FAMILY_CONFIGS["gemma3_text"][0], rope_parameters={
+        "gemma3_text",
+        **FAMILY_CONFIGS["gemma3_text"][0],
+        rope_parameters={
             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
             "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0},
         },
-    )  # fmt: skip
+    )
     pairs = rotary_pairs(decoder_layout(meta))
     kinds = model.config.layer_types
     want = torch.stack([getattr(model.model.rotary_emb, f"{kind}_inv_freq") for kind in kinds]).double()
@@ -308,8 +320,19 @@ def test_the_aggregation_over_windows_and_processes_is_exact_and_reads_nothing_b
 
 @pytest.mark.slow  # a DDP run: two processes
 def test_two_processes_equal_one(tmp_path, family_dir, corpus_jsonl):
-    args = tiny_run_args(family_dir("gemma2"), corpus_jsonl, SEQ, 5, 2, "--model.qkv_dims", "true",
-                         "--model.qkv_massive_ratio", str(RATIO), "--model.perplexity", "false")  # fmt: skip
+    args = tiny_run_args(
+        family_dir("gemma2"),
+        corpus_jsonl,
+        SEQ,
+        5,
+        2,
+        "--model.analyses.qkv_dims.enabled",
+        "true",
+        "--model.analyses.qkv_dims.massive_ratio",
+        str(RATIO),
+        "--model.analyses.perplexity.enabled",
+        "false",
+    )
     _, single = run_validate(tmp_path / "one", *args)
     double = run_validate_ddp(tmp_path / "two", *args)
     assert double["world_size"] == 2

@@ -20,7 +20,7 @@ def test_rank_heads_of_a_run_directory_writes_its_config_into_its_pruning_folder
         DEMO,
         "--data.num_sequences",
         "2",
-        "--model.head_scores",
+        "--model.analyses.head_scores.enabled",
         "true",
     )
     from lit_massive.cli import cli_main
@@ -76,13 +76,13 @@ def test_rank_heads_prints_top_and_bottom_unless_all(capsys, scored_run, tmp_pat
 
 
 def test_the_plain_python_ranking_orders_heads_as_torch_argsort():
-    """report/ranking.py (no torch) against `torch.argsort(-x, stable=True)`, the order it
+    """results/ranking.py (no torch) against `torch.argsort(-x, stable=True)`, the order it
     replaces: ties in (layer, head) order, NaN (null) last in both orders, +-inf and -0.0."""
     import random
 
     import torch
 
-    from lit_massive.report.ranking import rank_heads
+    from lit_massive.results.ranking import rank_heads
     from lit_massive.variants import rank_heads as tensor_rank_heads
 
     rng = random.Random(0)
@@ -135,7 +135,7 @@ def test_an_unknown_variant_is_named_with_the_runs_variants(tmp_path, capsys):
     message = _refusal("rank-heads", run, "--variant", "nope")
     assert message.endswith(f"--variant 'nope': run '{run}' has no such variant; its variants: baseline, cut")
     message = _refusal("rank-heads", run, "--variant", "cut")  # there, but measured without head scores
-    assert message.endswith("variant 'cut' has no head_scores; run it with model.head_scores: true")
+    assert message.endswith("variant 'cut' has no head_scores; run it with model.analyses.head_scores.enabled: true")
     assert capsys.readouterr().out == "" and not (tmp_path / "run" / "pruning").exists()
 
 

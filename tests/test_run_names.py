@@ -12,7 +12,7 @@ from lit_massive.report.comparison import model_run_name
 
 
 def _args(model_dir, corpus_jsonl, *extra: str) -> list[str]:
-    return tiny_run_args(model_dir, corpus_jsonl, 32, 2, None, "--model.head_scores", "true", *extra)
+    return tiny_run_args(model_dir, corpus_jsonl, 32, 2, None, "--model.analyses.head_scores.enabled", "true", *extra)
 
 
 @pytest.mark.slow  # in the full suite only: keeps the fast loop under 5 minutes

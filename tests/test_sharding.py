@@ -33,8 +33,8 @@ def llama_args(family_dir, corpus_jsonl) -> list[str]:
     }
     return tiny_run_args(
         family_dir("llama"), corpus_jsonl, 24, 5, 2,
-        "--model.head_scores", "true",
-        "--model.components", "true",
+        "--model.analyses.head_scores.enabled", "true",
+        "--model.analyses.components.enabled", "true",
         "--model.variants", json.dumps(variants),
     )  # fmt: skip
 
@@ -57,7 +57,7 @@ def test_sharded_toy_equals_one_process_and_holds_half_the_layers(tmp_path, corp
         "--data.data_files", str(corpus_jsonl),
         "--data.num_sequences", "5",
         "--data.batch_size", "2",
-        "--model.head_scores", "true",
+        "--model.analyses.head_scores.enabled", "true",
         "--model.variants", json.dumps({
             "pruned": [[5, 1], [2, 7]],
             "low": {"select": "bottom", "k": 2},  # needs a first pass, on the sharded model too

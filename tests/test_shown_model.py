@@ -10,7 +10,7 @@ import lit_massive
 from lit_massive.report import callback
 from lit_massive.report.callback import shown_model
 from lit_massive.report.publisher import Publisher
-from lit_massive.report.schema import read_results
+from lit_massive.results.schema import read_results
 
 
 class Titles(Publisher):

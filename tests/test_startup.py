@@ -112,8 +112,9 @@ def test_compare_imports_no_torch(tmp_path):
 def test_the_package_and_the_results_reader_import_no_torch(tmp_path, scores_file):
     code = (
         "import sys, lit_massive; from lit_massive import read_results; "
-        "from lit_massive.report.schema import load_score_rows; "
-        "from lit_massive.report.ranking import BASELINE, SCORES; "
+        "from lit_massive.results.schema import load_score_rows; "
+        "from lit_massive.results.names import BASELINE, SCORES; "
+        "from lit_massive.results.ranking import rank_heads; "
         f"assert read_results({str(scores_file)!r})['variants']; "
         f"assert load_score_rows({str(scores_file)!r})[0][1] == 0.9; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in " + repr(HEAVY) + "))"

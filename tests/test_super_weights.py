@@ -13,12 +13,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import read_texts, run_validate, tiny_run_args, toy_run_args
 from lit_massive.analyses.super_weights import TABLE_ROWS, candidates_table
+from lit_massive.figures import weight_figures
 from lit_massive.models.families import decoder_layout
 from lit_massive.models.toy import ToyConfig, build_toy_model
 from lit_massive.module import MassiveActivations
 from lit_massive.probes import Needs, probes
 from lit_massive.probes.host_reads import HostReads
-from lit_massive.report import weight_figures
 from tiny_families import BOS_DIM, DOT_DIM, FAMILIES, FAMILY_CONFIGS, save_family
 
 SEQ, N = 24, 4
@@ -256,11 +256,13 @@ def test_mixtral_is_skipped_in_one_line(family_dir):
         module = MassiveActivations(str(family_dir("mixtral")))
     (message,) = [str(w.message) for w in caught if str(w.message).startswith("super_weights")]
     assert "\n" not in message and "mlp_down and super_weights are null" in message
-    assert not module.needs.mlp_down  # no probe: nothing is measured, its keys are null
+    assert not module.analyses.needs.mlp_down  # no probe: nothing is measured, its keys are null
 
 
 def test_off_leaves_null_keys_and_no_probe(tmp_path):
-    _, results = run_validate(tmp_path, *toy_run_args("--model.super_weights", "false", n=2, batch_size=2))
+    _, results = run_validate(
+        tmp_path, *toy_run_args("--model.analyses.super_weights.enabled", "false", n=2, batch_size=2)
+    )
     baseline = results["variants"]["baseline"]
     assert baseline["mlp_down"] is None and baseline["super_weights"] is None
     assert results["model"]["super_weights"] is False
@@ -279,7 +281,14 @@ def test_step_with_super_weights_reads_nothing_back(tmp_path):
     with mock.patch.object(MassiveActivations, "validation_step", recorded_step):
         _, results = run_validate(
             tmp_path,
-            *toy_run_args("--model.super_weights", "true", "--model.variants", json.dumps(variants), n=2, batch_size=2),
+            *toy_run_args(
+                "--model.analyses.super_weights.enabled",
+                "true",
+                "--model.variants",
+                json.dumps(variants),
+                n=2,
+                batch_size=2,
+            ),
         )
     (mode,) = recorded
     assert {"argmax", "gather", "index"} <= set(mode.ops)  # the probe ran in the step

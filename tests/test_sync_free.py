@@ -53,8 +53,8 @@ def test_validation_step_with_every_feature_reads_nothing_back(tmp_path):
             "--config", DEMO,
             "--data.num_sequences", "2",
             "--data.batch_size", "2",
-            "--model.components", "true",
-            "--model.outlier_stats", "true",
+            "--model.analyses.components.enabled", "true",
+            "--model.analyses.outlier_stats.enabled", "true",
             "--model.variants", json.dumps(variants),
         )  # fmt: skip
     (mode,) = recorded

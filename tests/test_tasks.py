@@ -1,4 +1,4 @@
-"""model.tasks: every variant through lm-evaluation-harness after the pass, on two small task
+"""model.analyses.tasks: every variant through lm-evaluation-harness after the pass, on two small task
 files of tests/data/tasks whose answers the toy's planted structure decides (their YAML and
 make_toy_tasks.py say how). The references are written without project code: the choices'
 log-likelihoods computed by hand on the toy with the edit made by a hook of the test's own,
@@ -139,7 +139,7 @@ def tasks_run(tmp_path_factory):
         run_dir, results = run_validate(
             tmp_path_factory.mktemp("tasks"),
             *toy_run_args("--model.variants", json.dumps(VARIANTS), n=2, batch_size=2),
-            "--model.tasks",
+            "--model.analyses.tasks",
             json.dumps(TASK_OPTION),
         )
     return run_dir, results, printed.getvalue()
@@ -260,14 +260,15 @@ def generating_task(tmp_path: Path) -> Path:
 
 
 def test_from_python_with_generation_and_pruned_heads(tmp_path):
-    """`measure(tasks=...)` (the option kept with `analyses` given); a task that generates
+    """`measure(analyses={"tasks": ...})`; a task that generates
     text runs with head pruning, whose hooks work with the KV cache: the toy generates the
     planted writer's word, and without the writer another."""
     import lit_massive
 
     tasks = {"names": [str(CHOICE), str(generating_task(tmp_path))], "limit": 2, "bootstrap_iters": 0}
     data = {"dataset": "toy", "seq_len": 128, "num_sequences": 1}
-    results = lit_massive.measure("toy", data, analyses=["perplexity"], variants={"cut": [list(WRITER)]}, tasks=tasks)
+    analyses = {"perplexity": True, "super_weights": False, "tasks": tasks}
+    results = lit_massive.measure("toy", data, analyses=analyses, variants={"cut": [list(WRITER)]})
     for name in ("baseline", "cut"):
         scores = results.variants[name]["tasks"]
         assert set(scores) == {"toy_choice", "toy_generate"}
@@ -284,7 +285,7 @@ def test_from_python_with_generation_and_pruned_heads(tmp_path):
 
 def _error(tmp_path, tasks: dict, *args: str) -> str:
     with pytest.raises(SystemExit) as info:
-        run_validate(tmp_path, *toy_run_args(*args, n=1), "--model.tasks", json.dumps(tasks))
+        run_validate(tmp_path, *toy_run_args(*args, n=1), "--model.analyses.tasks", json.dumps(tasks))
     message = str(info.value.code)
     assert message.startswith("lit_massive: error: ") and "\n" not in message, message
     assert not list(tmp_path.glob("lightning_logs/*"))
@@ -322,8 +323,9 @@ def test_generation_under_an_edit_is_refused(tmp_path):
 def test_from_python_a_bad_value_is_one_line():
     import lit_massive
 
-    with pytest.raises(InputError, match=r"^model.tasks: limit=0: must be > 0$"):
-        lit_massive.measure("toy", {"dataset": "toy", "seq_len": 128}, tasks={"names": [str(CHOICE)], "limit": 0})
+    with pytest.raises(InputError, match=r"^analyses.tasks.limit=0: must be > 0$"):
+        analyses = {"tasks": {"names": [str(CHOICE)], "limit": 0}}
+        lit_massive.measure("toy", {"dataset": "toy", "seq_len": 128}, analyses=analyses)
 
 
 def test_a_sharded_run_is_refused():
@@ -342,7 +344,7 @@ def test_two_processes_share_the_documents_and_agree_with_one(tasks_run, tmp_pat
     two = run_validate_ddp(
         tmp_path,
         *toy_run_args("--model.variants", json.dumps(VARIANTS), n=2, batch_size=1),
-        "--model.tasks",
+        "--model.analyses.tasks",
         json.dumps(TASK_OPTION),
     )
     assert two["tasks"]["processes"] == 2

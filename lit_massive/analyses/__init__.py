@@ -20,7 +20,7 @@ from lit_massive.analyses.registry import (
 # importing a file registers its analysis. The order matters, so no import sorting here.
 # isort: off
 from lit_massive.analyses import layer_profile  # noqa: F401
-from lit_massive.analyses import outliers  # noqa: F401
+from lit_massive.analyses import outlier_stats  # noqa: F401
 from lit_massive.analyses import head_scores  # noqa: F401
 from lit_massive.analyses import sink_rate  # noqa: F401
 from lit_massive.analyses import learned_sinks  # noqa: F401

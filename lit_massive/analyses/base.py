@@ -22,14 +22,14 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities.data import apply_to_collection
 
-from lit_massive.analyses.block_stats import BlockStats, massive_positions
 from lit_massive.models.families import DecoderLayout
 from lit_massive.probes import Needs, Probed
 from lit_massive.probes.attention import HeadRecord
+from lit_massive.probes.block_stats import BlockStats, massive_positions
 
 if TYPE_CHECKING:
-    from lit_massive.report.publisher import Publisher
-    from lit_massive.report.schema import RunResults
+    from lit_massive.figures.publishing import Publisher
+    from lit_massive.results.schema import RunResults
 
 
 class _Unsqueezed:
@@ -127,7 +127,7 @@ class Block:
     def sublayers(self) -> tuple[Tensor, Tensor, Tensor]:
         """(block input, what attention adds, what the MLP adds), each (B, T, D) (`Needs.sublayers`)."""
         p, i = self.probed, self.index
-        return p.block_in[i], p.attn_out[i], p.mlp_out[i]
+        return p.resid_in[i], p.attn[i], p.mlp[i]
 
     def entering_tokens(self) -> Tensor:
         """(B, T) bool: the massive tokens of the stream this block reads, the positions where
@@ -141,11 +141,16 @@ class Block:
 @dataclass(frozen=True)
 class Setup:
     """What an analysis is built from: the model's layout, the run's options (the module's
-    ``model.*`` hyperparameters) and the variants it measures."""
+    ``model.*`` hyperparameters, each analysis's own under ``analyses``: `of`) and the
+    variants it measures."""
 
     layout: DecoderLayout
     options: Mapping[str, Any]
     variants: tuple[str, ...]
+
+    def of(self, group: str) -> Any:
+        """The options of one analysis group (its `Options` dataclass; None when it is off)."""
+        return getattr(self.options["analyses"], group)
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,20 @@ class Analysis(nn.Module):
     implement `new_metric` and `section`; everything else has a default that does nothing."""
 
     name: ClassVar[str]  # the registry name
-    option: ClassVar[str | None] = None  # the model.* option that turns it on; None: always on
+    # its options (``model.analyses.GROUP.*``): a dataclass with typed, documented fields; a
+    # field ``enabled`` turns it on and off; `optional`: the group is null (off) or settings
+    Options: ClassVar[type | None] = None
+    group: ClassVar[str | None] = None  # whose options it reads and shares; None: its own name
+    optional: ClassVar[bool] = False
+    requires: ClassVar[tuple[str, ...]] = ()  # groups that must be on for it to run (it reads their options)
+    # an option's old spelling, model.OLD, -> its field here: a config in it fails with the new one
+    moved: ClassVar[dict[str, str]] = {}
+    # analyses whose computed state its `section` reads (one copy of each state): the state of
+    # each is under its name in the `computed` that `section` gets; it runs only with them
+    reads: ClassVar[tuple[str, ...]] = ()
+    # the per-head (L, H) figures it writes that can rank heads (selections, sweeps,
+    # rank-heads): the name a `by` gives -> its results.json key
+    head_figures: ClassVar[dict[str, str]] = {}
     needs: ClassVar[Needs] = Needs()
     keys: ClassVar[tuple[str, ...]] = ()  # its keys of a variant's entry; null when it is off
     # its keys of each `layers` row (a section returning `layers` adds them to the layer
@@ -179,9 +197,20 @@ class Analysis(nn.Module):
         self.metrics = nn.ModuleDict({v: m for v, m in metrics.items() if m is not None})
 
     @classmethod
-    def enabled(cls, options: Mapping[str, Any]) -> bool:
-        """Whether this run's options turn the analysis on."""
-        return cls.option is None or options.get(cls.option) not in (None, False)
+    def options_group(cls) -> str:
+        """The name of the options group it reads: ``model.analyses.<group>``."""
+        return cls.group or cls.name
+
+    @classmethod
+    def enabled(cls, analyses: Any) -> bool:
+        """Whether this run's analysis options (an `AnalysisOptions`) turn the analysis on:
+        its group is on, and so is every group it requires."""
+        return all(group_on(analyses, g) for g in (cls.options_group(), *cls.requires))
+
+    @classmethod
+    def check(cls, setup: Setup, plan: Any) -> None:
+        """Refuse, in one line and before any work, options this run cannot honour (`plan`:
+        the run's `VariantPlan`)."""
 
     def new_metric(self, setup: Setup) -> Metric | None:
         """A new, empty state for one variant (None: the analysis measures after the pass)."""
@@ -246,6 +275,13 @@ class Analysis(nn.Module):
     def warnings(cls, name: str, entry: dict[str, Any]) -> list[str]:
         """What a user must be told about this variant's numbers (overflow, cut-off lists)."""
         return []
+
+
+def group_on(analyses: Any, group: str) -> bool:
+    """Whether an options group is on: not null, and its ``enabled`` field (if any) true; a
+    group no analysis declares options for is always on."""
+    options = getattr(analyses, group, True)
+    return options is not None and getattr(options, "enabled", True) is not False
 
 
 class TokenCount(SumStatesMetric):

@@ -12,29 +12,30 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from lit_massive.analyses.base import Analysis, Block, Forward, Setup, SumStatesMetric, cat_rows, valid_rows
-from lit_massive.analyses.block_stats import flat_location, massive_union
 from lit_massive.analyses.registry import register_analysis
 from lit_massive.errors import InputError
+from lit_massive.figures import figures
 from lit_massive.probes import Needs
-from lit_massive.report import figures
+from lit_massive.probes.block_stats import flat_location, massive_union
 
 COMPONENT_FIGURES = 3  # (dim, position) pairs with the largest value get a components figure
 
 
 class Components(SumStatesMetric):
-    """For each (dim, position) of a sequence massive at a block's input or output, what
+    """For each (dim, position) of a window massive at a block's input or output, what
     enters that block there and what its attention and MLP add: rows of (dim, position,
     layer, resid_in, attn, mlp), kept as fixed-shape candidate rows with a validity column
     until `compute`."""
 
     rows: list[Tensor]  # (n, 7) float32 each: dim, position, layer, resid_in, attn, mlp, valid
-    overflow: Tensor  # () int64, sequences with more massive entries than candidates
+    overflow: Tensor  # () int64, windows with more massive entries than candidates
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -42,9 +43,9 @@ class Components(SumStatesMetric):
         self.add_state("overflow", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, blocks: list[tuple[Tensor, Tensor]]) -> None:
-        """Per block, `block_rows`: its (B * K, 7) rows and which sequences overflowed (B,)."""
+        """Per block, `block_rows`: its (B * K, 7) rows and which windows overflowed (B,)."""
         self.rows.append(torch.cat([rows for rows, _ in blocks]))
-        # a sequence counts once, however many blocks it overflowed in
+        # a window counts once, however many blocks it overflowed in
         self.overflow += torch.stack([over for _, over in blocks]).any(dim=0).sum()
 
     def compute(self) -> dict[str, Tensor]:
@@ -54,7 +55,7 @@ class Components(SumStatesMetric):
 def block_rows(block: Block, candidates: int) -> tuple[Tensor, Tensor]:
     """The entries massive in the block's input or output, `massive_union`'d into K =
     `candidates` slots, and the block input, attention and MLP there: rows (B * K, 7) of
-    (dim, position, layer, resid_in, attn, mlp, valid), and which sequences had more (B,)."""
+    (dim, position, layer, resid_in, attn, mlp, valid), and which windows had more (B,)."""
     seen = [s for s in (block.entering, block.stats) if s is not None]
     index, valid, overflow = massive_union(seen, candidates)
     dim, position = flat_location(index, block.output.shape[-1])
@@ -80,13 +81,26 @@ def component_entries(rows: Tensor) -> list[dict]:
     ]  # fmt: skip
 
 
+@dataclass
+class ComponentsOptions:
+    """For every massive (dim, position), what enters each block there and what its attention
+    and MLP add (who writes massive activations).
+
+    Args:
+        enabled: measure it.
+    """
+
+    enabled: bool = False
+
+
 @register_analysis
 class ComponentsAnalysis(Analysis):
     """Follows each window's massive entries through the input, attention and MLP of every
     block they enter or leave massive."""
 
     name = "components"
-    option = "components"
+    Options = ComponentsOptions
+    moved = {"components": "enabled"}
     needs = Needs(sublayers=True)
     reduces_blocks = True
     keys = ("components", "components_overflow")
@@ -112,7 +126,7 @@ class ComponentsAnalysis(Analysis):
     def section(self, computed: dict[str, Tensor], decode: Callable[[int], str]) -> dict[str, Any]:
         return {
             "components": component_entries(computed["rows"]),
-            # sequences with more massive entries than model.massive_candidates at some block's
+            # windows with more massive entries than model.massive_candidates at some block's
             # input and output together: some were not followed there
             "components_overflow": int(computed["overflow"]),
         }
@@ -139,7 +153,7 @@ class ComponentsAnalysis(Analysis):
         if not entry["components_overflow"]:
             return []
         return [
-            f"{name}: more massive entries per sequence than model.massive_candidates in "
-            f"{entry['components_overflow']} sequences; the components followed that many of them only. "
+            f"{name}: more massive entries per window than model.massive_candidates in "
+            f"{entry['components_overflow']} windows; the components followed that many of them only. "
             f"Raise model.massive_candidates to record them all"
         ]

@@ -13,19 +13,26 @@ import torch
 from torch import Tensor
 
 from lit_massive.analyses.base import Analysis, Setup
-from lit_massive.analyses.block_stats import massive_dims
 from lit_massive.analyses.registry import register_analysis
 from lit_massive.errors import InputError
+from lit_massive.figures import figures
 from lit_massive.models.families import DecoderLayout
 from lit_massive.probes import Needs, probes
 from lit_massive.probes.attention import AttentionCall, attention_probe, masked_softmax_, received_attention
-from lit_massive.report import figures
+from lit_massive.probes.block_stats import massive_dims
 from lit_massive.variants.specs import BASELINE
 
 
 @dataclass
 class FeatureView:
-    """Experiment 1: |block output| of one text over tokens x feature dims, as a 3D plot."""
+    """Experiment 1: |block output| of one text over tokens x feature dims (a 3D plot) and
+    the attention of its top heads, after the pass; null: none.
+
+    Args:
+        text: the text.
+        layers: the layers shown; null: the first layer with a massive activation.
+        heads: the heads of the attention view at each shown layer; null: the top first-token heads.
+    """
 
     text: str = "Summer is warm. Winter is cold."
     layers: list[int] | None = None  # null: the first layer with a massive activation
@@ -186,12 +193,13 @@ class FeatureViewAnalysis(Analysis):
     """One text through the unpruned model after the pass; a top-level section of results.json."""
 
     name = "feature_view"
-    option = "feature_view"
+    Options = FeatureView
+    optional = True
+    moved = {"feature_view": ""}
 
     def __init__(self, setup: Setup) -> None:
         super().__init__(setup)
-        view = setup.options["feature_view"]
-        self.view = view if isinstance(view, FeatureView) else FeatureView(**view)  # hparams may hold a dict
+        self.view = setup.of("feature_view")
         n_layer = setup.layout.n_layer
         if self.view.layers is not None:
             wrong = [layer for layer in self.view.layers if not 0 <= layer < n_layer]

@@ -4,7 +4,8 @@ and their results.json form, an L x H matrix like `head_scores`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,18 +45,29 @@ class HeadMeans(SumStatesMetric):
         return {figure: means[f] for f, figure in enumerate(self.figures)}
 
 
+@dataclass
+class HeadInternalsOptions:
+    """What happens inside every head: value norms, output norms, the massive tokens' value
+    update, logit gaps and the first-token logit's factors (on with head scores).
+
+    Args:
+        enabled: measure them with the head scores, in the same pass; false: cheaper.
+    """
+
+    enabled: bool = True
+
+
 class HeadFiguresAnalysis(Analysis):
     """An analysis whose keys are (L, H) per-head figures, each a `HeadMeans` mean over
     windows, measured from the attention internals (`Needs.heads`) when head scores are on.
     Subclasses say how a forward pass gives each key's (B, H) values per layer (`values`).
-    On with head scores unless ``model.head_internals: false``."""
+    On with head scores unless ``model.analyses.head_internals.enabled: false``."""
 
-    option = "head_internals"
+    Options = HeadInternalsOptions
+    group = "head_internals"
+    requires = ("head_scores",)
+    moved = {"head_internals": "enabled"}
     needs = Needs(heads=True)
-
-    @classmethod
-    def enabled(cls, options: Mapping[str, Any]) -> bool:
-        return bool(options.get("head_scores")) and options.get("head_internals", True) is not False
 
     def new_metric(self, setup: Setup) -> HeadMeans:
         return HeadMeans(self.keys, setup.layout.n_layer, setup.layout.n_head)
@@ -69,4 +81,3 @@ class HeadFiguresAnalysis(Analysis):
 
     def section(self, computed: dict[str, Tensor], decode: Callable[[int], str]) -> dict[str, Any]:
         return {key: matrix(computed[key]) for key in self.keys}
-

@@ -11,9 +11,9 @@ from torch import Tensor
 from lit_massive.analyses.base import Forward
 from lit_massive.analyses.head_means import HeadFiguresAnalysis
 from lit_massive.analyses.registry import register_analysis
-from lit_massive.report import head_figures
-from lit_massive.report.ranking import RANKING_HEAD, TOP_HEADS, rank_heads
-from lit_massive.report.tables import markdown_table
+from lit_massive.figures import head_figures
+from lit_massive.results.markdown import markdown_table
+from lit_massive.results.ranking import RANKING_HEAD, TOP_HEADS, rank_heads
 
 
 def dormant_table(norms: list[list[float | None]]) -> str:
@@ -32,6 +32,7 @@ class HeadOutputNorm(HeadFiguresAnalysis):
 
     name = "head_output_norm"
     keys = ("head_output_norm",)
+    head_figures = {key: key for key in keys}
 
     def values(self, forward: Forward) -> dict[str, list[Tensor]]:
         return {"head_output_norm": [r.output_norm for r in forward.probed.heads]}

@@ -4,6 +4,7 @@ massive tokens, and what each leading key position receives per layer (attention
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,15 +13,16 @@ from torch import Tensor
 from lit_massive.analyses.base import Analysis, Forward, Setup, SumStatesMetric
 from lit_massive.analyses.layer_profile import finite
 from lit_massive.analyses.registry import register_analysis
+from lit_massive.figures import figures
+from lit_massive.options import PositiveInt
 from lit_massive.probes import Needs
-from lit_massive.report import figures
-from lit_massive.report.ranking import BOTTOM_HEADS, TOP_HEADS, heads_table, ranked_heads
+from lit_massive.results.ranking import BOTTOM_HEADS, TOP_HEADS, heads_table, ranked_heads
 
 
 class HeadScores(SumStatesMetric):
     """Per (layer, head): the attention probability on token 0 (first-token score) and on
     the window's massive tokens (massive-token score), each averaged over query positions,
-    then over sequences; per layer, the attention each of the first `positions` key
+    then over windows; per layer, the attention each of the first `positions` key
     positions receives, averaged over heads, queries and sequences. A sequence whose scores
     are not finite (half-precision overflow upstream) is left out of that layer's means
     and counted."""
@@ -75,18 +77,35 @@ def matrix(values: Tensor) -> list[list[float | None]]:
     return [[finite(v) for v in row] for row in values.tolist()]
 
 
+@dataclass
+class HeadScoresOptions:
+    """Each head's mean attention on the first token and on the window's massive tokens, and
+    what the leading key positions receive (with the sink rates and internals, same pass).
+
+    Args:
+        enabled: measure them.
+        received_positions: how many leading key positions ``received`` and ``key_sink_rate``
+            report per layer (position-specific attention sinks show up there).
+    """
+
+    enabled: bool = False
+    received_positions: PositiveInt = 16
+
+
 @register_analysis
 class HeadScoresAnalysis(Analysis):
     """Experiment 3 of the original study (first-token attention of every head), the
     attention on each window's massive tokens, and the attention each leading position receives."""
 
     name = "head_scores"
-    option = "head_scores"
+    Options = HeadScoresOptions
+    moved = {"head_scores": "enabled", "received_positions": "received_positions"}
     needs = Needs(attention=True)
     keys = ("head_scores", "massive_token_scores", "attention_to_massive", "received")
+    head_figures = {"first_token": "head_scores", "massive_tokens": "massive_token_scores"}
 
     def new_metric(self, setup: Setup) -> HeadScores:
-        return HeadScores(setup.layout.n_layer, setup.layout.n_head, setup.options["received_positions"])
+        return HeadScores(setup.layout.n_layer, setup.layout.n_head, setup.of("head_scores").received_positions)
 
     def update(self, variant: str, forward: Forward) -> None:
         # the massive tokens of this very pass: no second forward

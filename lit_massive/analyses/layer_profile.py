@@ -11,15 +11,15 @@ import torch
 from torch import Tensor
 
 from lit_massive.analyses.base import Analysis, Column, Forward, Setup, SumStatesMetric
-from lit_massive.analyses.block_stats import BlockStats, flat_location
 from lit_massive.analyses.registry import register_analysis
-from lit_massive.report import figures
-from lit_massive.report.tables import cell, markdown_table
+from lit_massive.figures import figures
+from lit_massive.probes.block_stats import BlockStats, flat_location
+from lit_massive.results.markdown import cell, markdown_table
 from lit_massive.variants.specs import BASELINE
 
 
 class LayerProfile(SumStatesMetric):
-    """Per layer: mean over sequences of the top-k and median of |block output|; how often
+    """Per layer: mean over windows of the top-k and median of |block output|; how often
     each feature dim, token position and token holds the per-sequence top-1; and the share
     of sequences whose top-1 is massive.
 
@@ -300,9 +300,7 @@ class LayerProfileAnalysis(Analysis):
         stats = [*(f"top{j + 1}" for j in range(k)), "median"]
         # TensorBoard matches a chart's patterns from the tag's start: profile/top1 in RUN/variants/VARIANT
         profile = {f"{s} of |block output| per layer (x: layer)": ["Multiline", [f"^profile/{s}$"]] for s in stats}
-        change = {
-            f"{s} % change vs baseline per layer (x: layer)": ["Multiline", [f"^change/{s}_pct$"]] for s in stats
-        }
+        change = {f"{s} % change vs baseline per layer (x: layer)": ["Multiline", [f"^change/{s}_pct$"]] for s in stats}
         return {"layer profile, every variant": profile, "% change vs baseline, every variant": change}
 
     @classmethod

@@ -15,9 +15,9 @@ from lit_massive.analyses.base import Analysis, Forward, Setup
 from lit_massive.analyses.head_means import HeadMeans
 from lit_massive.analyses.head_scores import matrix
 from lit_massive.analyses.registry import register_analysis
+from lit_massive.figures import head_figures
 from lit_massive.probes import Needs
-from lit_massive.report import head_figures
-from lit_massive.report.ranking import heads_table, ranked_heads
+from lit_massive.results.ranking import heads_table, ranked_heads
 
 KEY = "learned_sink_mass"
 
@@ -29,7 +29,7 @@ class LearnedSinks(Analysis):
     all keys receive (`received` sums to that over the keys, as a mean over queries)."""
 
     name = "learned_sinks"
-    option = "head_scores"
+    requires = ("head_scores",)
     needs = Needs(attention=True)
     keys = (KEY,)
 

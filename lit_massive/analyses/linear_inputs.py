@@ -1,4 +1,4 @@
-"""Activation spikes at every linear input (`model.linear_inputs`): what a massive value costs
+"""Activation spikes at every linear input (`model.analyses.linear_inputs.enabled`): what a massive value costs
 a quantizer. A few values thousands of times the median set the scale of a per-tensor 8-bit
 quantizer and round everything else to zero; per-token scales confine the damage to the
 massive tokens (QFeM/QFeP, arXiv 2405.14428; CushionCache 2406.12016). Per block and input
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,10 +20,10 @@ from torch import Tensor
 from lit_massive.analyses.base import Analysis, Forward, Setup, SumStatesMetric, cat_rows
 from lit_massive.analyses.layer_profile import finite
 from lit_massive.analyses.registry import register_analysis
+from lit_massive.figures import figures
 from lit_massive.probes import Needs
 from lit_massive.probes.linear_inputs import KINDS
-from lit_massive.report import figures
-from lit_massive.report.tables import cell, markdown_table
+from lit_massive.results.markdown import cell, markdown_table
 
 STATS = ("top", "median", "int8_error_per_tensor", "int8_error_per_token")  # averaged over windows
 
@@ -114,6 +115,18 @@ def input_rows(
     return out
 
 
+@dataclass
+class LinearInputsOptions:
+    """Per block, spikes at every linear layer's input and their 8-bit rounding error per
+    tensor and per token (docs/analyses/linear-inputs.md).
+
+    Args:
+        enabled: measure it.
+    """
+
+    enabled: bool = False
+
+
 @register_analysis
 class LinearInputs(Analysis):
     """`linear_inputs`: per layer, for `attn_in`, `attn_out_proj_in`, `mlp_in` and
@@ -121,7 +134,8 @@ class LinearInputs(Analysis):
     |x|, their ratio, where the top-1 sits and the 8-bit rounding errors per tensor and per token."""
 
     name = "linear_inputs"
-    option = "linear_inputs"
+    Options = LinearInputsOptions
+    moved = {"linear_inputs": "enabled"}
     needs = Needs(linear_inputs=True)
     keys = ("linear_inputs",)
 

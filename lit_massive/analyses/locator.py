@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 
 from lit_massive.analyses.base import Analysis, Forward, Setup, SumStatesMetric, cat_rows, valid_rows
-from lit_massive.analyses.block_stats import BlockStats, flat_location
 from lit_massive.analyses.registry import register_analysis
-from lit_massive.report.tables import markdown_table
+from lit_massive.probes.block_stats import BlockStats, flat_location
+from lit_massive.results.markdown import markdown_table
 
 LOCATOR_ROWS = 50  # largest located massive activations shown; all are in results.json
 
@@ -115,7 +115,7 @@ class LocatorAnalysis(Analysis):
         if not cut:
             return []
         return [
-            f"{name}: more massive entries per sequence than model.massive_candidates in layers "
-            f"(layer, sequences): {cut}; the locator kept the largest ones only. Raise "
+            f"{name}: more massive entries per window than model.massive_candidates in layers "
+            f"(layer, windows): {cut}; the locator kept the largest ones only. Raise "
             f"model.massive_candidates to record them all"
         ]

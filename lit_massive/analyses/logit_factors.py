@@ -12,7 +12,7 @@ from torch import Tensor
 from lit_massive.analyses.base import Forward
 from lit_massive.analyses.head_means import HeadFiguresAnalysis
 from lit_massive.analyses.registry import register_analysis
-from lit_massive.report import head_figures
+from lit_massive.figures import head_figures
 
 
 @register_analysis
@@ -26,6 +26,7 @@ class LogitFactors(HeadFiguresAnalysis):
 
     name = "logit_factors"
     keys = ("query_norm", "key_norm_first", "key_norm_rest", "query_key_cos_first", "query_key_cos_rest")
+    head_figures = {key: key for key in keys}
     fields = {
         "query_norm": "query_norm",
         "key_norm_first": "key_norm_first",

@@ -11,8 +11,8 @@ from torch import Tensor
 from lit_massive.analyses.base import Forward
 from lit_massive.analyses.head_means import HeadFiguresAnalysis
 from lit_massive.analyses.registry import register_analysis
-from lit_massive.report import head_figures
-from lit_massive.report.ranking import heads_table, ranked_heads
+from lit_massive.figures import head_figures
+from lit_massive.results.ranking import heads_table, ranked_heads
 
 
 @register_analysis
@@ -22,6 +22,7 @@ class FirstTokenLogitGap(HeadFiguresAnalysis):
 
     name = "first_token_logit_gap"
     keys = ("first_token_logit_gap",)
+    head_figures = {key: key for key in keys}
 
     def values(self, forward: Forward) -> dict[str, list[Tensor]]:
         return {"first_token_logit_gap": [r.logit_gap for r in forward.probed.heads]}

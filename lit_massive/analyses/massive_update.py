@@ -23,9 +23,9 @@ from lit_massive.analyses.base import Block, Forward, Setup
 from lit_massive.analyses.head_means import HeadFiguresAnalysis, HeadMeans
 from lit_massive.analyses.head_scores import matrix
 from lit_massive.analyses.registry import register_analysis
+from lit_massive.figures import head_figures
 from lit_massive.probes import Needs
 from lit_massive.probes.attention import HeadRecord
-from lit_massive.report import head_figures
 
 # massive tokens per window the decomposition follows (at most `model.massive_candidates`): a
 # window has a few (BOS, delimiters), and every slot costs a (B, H, T) column of logits per
@@ -107,6 +107,7 @@ class MassiveUpdate(HeadFiguresAnalysis):
     reduces_blocks = True
     figures = ("massive_update_norm", "other_update_norm", "massive_update_cosine")
     keys = (*figures, "massive_update_overflow")
+    head_figures = {key: key for key in figures}
 
     def __init__(self, setup: Setup) -> None:
         super().__init__(setup)

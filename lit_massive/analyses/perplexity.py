@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 from lit_massive.analyses.base import Analysis, Column, Forward, Setup, SumStatesMetric
 from lit_massive.analyses.layer_profile import finite, pct
 from lit_massive.analyses.registry import register_analysis
-from lit_massive.report.tables import cell
+from lit_massive.results.markdown import cell
 
 NLL_CHUNK_LOGITS = 2**24  # logits per LM-head chunk: 64 MB in float32, whatever the vocabulary
 
@@ -115,12 +116,25 @@ class Perplexity(SumStatesMetric):
         }
 
 
+@dataclass
+class PerplexityOptions:
+    """Token-level perplexity (and, with the windows' text, bits per byte, byte and word
+    perplexity): needs the LM head's logits.
+
+    Args:
+        enabled: measure it.
+    """
+
+    enabled: bool = True
+
+
 @register_analysis
 class PerplexityAnalysis(Analysis):
     """What pruning or an edit costs: perplexity of every variant on the same windows."""
 
     name = "perplexity"
-    option = "perplexity"
+    Options = PerplexityOptions
+    moved = {"perplexity": "enabled"}
     keys = (
         "perplexity",
         "bits_per_byte",

@@ -1,10 +1,10 @@
-"""Massive dims of queries and keys (`model.qkv_dims`; Jin et al., arXiv 2502.01563): a few
+"""Massive dims of queries and keys (`model.analyses.qkv_dims.enabled`; Jin et al., arXiv 2502.01563): a few
 dims of q and k (not v) carry most of their norm, in RoPE's low-frequency pairs.
 
 Per window and (layer, head), each dim's L2 norm over the window's tokens, for q, k and v
 as the attention function receives them (after RoPE and q/k norms; OPT's queries arrive
 pre-scaled by head_dim^-0.5, which changes norms, not which dims are massive); a dim is
-massive when its norm exceeds `model.qkv_massive_ratio` (5, as Jin et al.) times the mean
+massive when its norm exceeds `model.analyses.qkv_dims.massive_ratio` (5, as Jin et al.) times the mean
 over the head's dims. Rotary models get the same per rotary pair of q and k: a pair's norm
 over the tokens does not depend on the positions RoPE rotates it by. Keys and values are
 reported per KV head (grouped-query attention: one tensor, read by a group of query heads),
@@ -15,6 +15,7 @@ so a KV head's dims are counted once. The per-dim norms of every head are in res
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,10 +25,11 @@ from lit_massive.analyses.base import Analysis, Forward, Setup, SumStatesMetric
 from lit_massive.analyses.head_scores import matrix
 from lit_massive.analyses.layer_profile import finite
 from lit_massive.analyses.registry import register_analysis
+from lit_massive.figures import qkv_figures
+from lit_massive.figures.head_figures import head_mean
+from lit_massive.options import NonNegativeFloat
 from lit_massive.probes import Needs
 from lit_massive.probes.qkv import QKVNorms, RotaryPairs, massive_dims, rotary_pairs
-from lit_massive.report import qkv_figures
-from lit_massive.report.head_figures import head_mean
 
 DIM_PARTS = ("q", "k", "v")
 PAIR_PARTS = ("q_pairs", "k_pairs")
@@ -117,6 +119,20 @@ def part_section(computed: dict[str, Tensor], part: str, entries: str) -> dict[s
     }
 
 
+@dataclass
+class QKVDimsOptions:
+    """Massive dims of q, k, v and rotary pairs per head (Jin et al., arXiv 2502.01563;
+    docs/analyses/qkv-dims.md).
+
+    Args:
+        enabled: measure it.
+        massive_ratio: a dim is massive above this many times its head's mean (5 in Jin et al.).
+    """
+
+    enabled: bool = False
+    massive_ratio: NonNegativeFloat = 5.0
+
+
 @register_analysis
 class QKVDims(Analysis):
     """`qkv_massive_dims` = {"q" | "k" | "v": {"count": L x H mean number of massive dims,
@@ -129,13 +145,14 @@ class QKVDims(Analysis):
     for models without RoPE); `qkv_massive_ratio`."""
 
     name = "qkv_dims"
-    option = "qkv_dims"
+    Options = QKVDimsOptions
+    moved = {"qkv_dims": "enabled", "qkv_massive_ratio": "massive_ratio"}
     needs = Needs(attention=True, qkv_dims=True)
     keys = ("qkv_massive_dims", "qk_rotary_pairs", "qkv_massive_ratio")
 
     def __init__(self, setup: Setup) -> None:
         self.rotary = rotary_pairs(setup.layout)
-        self.ratio = float(setup.options.get("qkv_massive_ratio", 5.0))
+        self.ratio = float(setup.of("qkv_dims").massive_ratio)
         super().__init__(setup)
 
     def new_metric(self, setup: Setup) -> MassiveDims:

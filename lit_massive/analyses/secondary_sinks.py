@@ -1,5 +1,5 @@
 """Secondary sinks: keys other than the first that heads sink on (Gu et al.'s alpha_k above
-`model.sink_epsilon`, see `sink_rate`), per layer and token, and whether that token is massive
+`model.analyses.sink_rate.epsilon`, see `sink_rate`), per layer and token, and whether that token is massive
 in the stream the block reads: sinks on "." or "\\n" are what the massive locator's later
 massive tokens are expected to explain."""
 
@@ -14,12 +14,12 @@ import torch
 from torch import Tensor
 
 from lit_massive.analyses.base import Analysis, Forward, Setup, SumStatesMetric, cat_rows, valid_rows
-from lit_massive.analyses.block_stats import massive_positions
 from lit_massive.analyses.registry import register_analysis
 from lit_massive.analyses.sink_rate import key_attention
+from lit_massive.figures import figures
 from lit_massive.probes import Needs
-from lit_massive.report import figures
-from lit_massive.report.tables import markdown_table
+from lit_massive.probes.block_stats import massive_positions
+from lit_massive.results.markdown import markdown_table
 
 SLOTS = 8  # sinking keys kept per window and layer, the most sunk-on first; more are counted
 TABLE_ROWS = 30  # rows shown in TensorBoard's table; all are in results.json
@@ -125,12 +125,12 @@ class SecondarySinks(Analysis):
     the `SLOTS` kept (the rest of such a window is not recorded)."""
 
     name = "secondary_sinks"
-    option = "head_scores"
+    requires = ("head_scores", "sink_rate")  # the sink rate's epsilon
     needs = Needs(attention=True)
     keys = ("secondary_sinks", "secondary_sink_overflow")
 
     def new_metric(self, setup: Setup) -> SinkKeys:
-        return SinkKeys(setup.options["sink_epsilon"])
+        return SinkKeys(setup.of("sink_rate").epsilon)
 
     def section(self, computed: dict[str, Tensor], decode: Callable[[int], str]) -> dict[str, Any]:
         return {

@@ -4,14 +4,15 @@
     alpha_k = sum_{i may attend to k} A_ik / (number of queries that may attend to k)
 
 (T - k queries under a causal mask, fewer under a sliding window), and the head is a sink in
-that window when alpha_0 > epsilon (`model.sink_epsilon`, 0.3 as there). The sink rate is the
+that window when alpha_0 > epsilon (`model.analyses.sink_rate.epsilon`, 0.3 as there). The sink rate is the
 share of (window, head) pairs that sink, per layer, and of (window, layer, head) over the
-model; `key_sink_rate` is the same share for each of the first `model.received_positions`
+model; `key_sink_rate` is the same share for each of the first `model.analyses.head_scores.received_positions`
 keys (a secondary sink: a key other than the first that heads sink on)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,9 +22,10 @@ from lit_massive.analyses.base import Analysis, Column, Forward, Setup, SumState
 from lit_massive.analyses.head_scores import matrix
 from lit_massive.analyses.layer_profile import finite
 from lit_massive.analyses.registry import register_analysis
+from lit_massive.figures import figures, head_figures
+from lit_massive.options import NonNegativeFloat
 from lit_massive.probes import Needs
-from lit_massive.report import figures, head_figures
-from lit_massive.report.tables import cell
+from lit_massive.results.markdown import cell
 
 
 def key_attention(received: Tensor, attended: Tensor) -> Tensor:
@@ -75,22 +77,39 @@ class SinkCounts(SumStatesMetric):
         }
 
 
+@dataclass
+class SinkRateOptions:
+    """When a head sinks in a window (on with head scores; the secondary sinks use it too).
+
+    Args:
+        epsilon: a head sinks in a window when the first key's alpha_0 exceeds this, alpha_k
+            being the attention key k receives averaged over the queries that may attend to it
+            (Gu et al., arXiv 2410.10781: 0.3).
+    """
+
+    epsilon: NonNegativeFloat = 0.3
+
+
 @register_analysis
 class SinkRate(Analysis):
     """`sink_rate[l]`, `model_sink_rate`, `key_sink_rate[l][k]`, `model_key_sink_rate[k]`
     (shares in [0, 1], Gu et al.'s formula above) and the `sink_epsilon` they used."""
 
     name = "sink_rate"
-    option = "head_scores"
+    Options = SinkRateOptions
+    requires = ("head_scores",)
+    moved = {"sink_epsilon": "epsilon"}
     needs = Needs(attention=True)
     keys = ("sink_rate", "model_sink_rate", "key_sink_rate", "model_key_sink_rate", "sink_epsilon")
 
     def __init__(self, setup: Setup) -> None:
         super().__init__(setup)
-        self.epsilon = setup.options["sink_epsilon"]
+        self.epsilon = setup.of("sink_rate").epsilon
 
     def new_metric(self, setup: Setup) -> SinkCounts:
-        return SinkCounts(setup.layout.n_layer, setup.options["received_positions"], setup.options["sink_epsilon"])
+        return SinkCounts(
+            setup.layout.n_layer, setup.of("head_scores").received_positions, setup.of("sink_rate").epsilon
+        )
 
     def update(self, variant: str, forward: Forward) -> None:
         self.metrics[variant].update(forward.probed.received, forward.probed.attended)

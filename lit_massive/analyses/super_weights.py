@@ -14,19 +14,20 @@ import math
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from lit_massive.analyses.base import Analysis, Column, Forward, Setup, SumStatesMetric, cat_rows
-from lit_massive.analyses.block_stats import BlockStats, massive_mask
 from lit_massive.analyses.registry import register_analysis
 from lit_massive.errors import RunWarning
+from lit_massive.figures import weight_figures
 from lit_massive.probes import Needs
+from lit_massive.probes.block_stats import BlockStats, massive_mask
 from lit_massive.probes.mlp import DownRecord
-from lit_massive.report import weight_figures
-from lit_massive.report.tables import cell, markdown_table
+from lit_massive.results.markdown import cell, markdown_table
 
 # the columns of a row, one per window and block (float32: ids, channels and positions are
 # exact below 2**24; values and weights are float32 already)
@@ -181,15 +182,29 @@ def candidates_table(candidates: list[dict]) -> str:
     return markdown_table(head, rows) + note
 
 
+@dataclass
+class SuperWeightsOptions:
+    """Per block, where the MLP output projection's input and output are largest, and the
+    super-weight candidates W[j, i] (Yu et al., arXiv 2411.07191) where that output is massive
+    (skipped, with a warning, for fused experts: Mixtral, gpt-oss).
+
+    Args:
+        enabled: measure it.
+    """
+
+    enabled: bool = True
+
+
 @register_analysis
 class SuperWeights(Analysis):
     """Super-weight candidates and, per block, the MLP output projection's largest input and
-    output. On by default (`model.super_weights`): per block it adds about a third of the
+    output. On by default (`model.analyses.super_weights.enabled`): per block it adds about a third of the
     work of the block-output statistics every run computes (no sort), under 1 % of a
     TinyLlama-sized layer's forward pass on a CPU."""
 
     name = "super_weights"
-    option = "super_weights"
+    Options = SuperWeightsOptions
+    moved = {"super_weights": "enabled"}
     needs = Needs(mlp_down=True)
     keys = ("mlp_down", "super_weights")
 
@@ -200,8 +215,9 @@ class SuperWeights(Analysis):
             warnings.warn(
                 f"super_weights: skipped for {setup.options['model_name_or_path']!r}: its mixture-of-experts "
                 f"MLPs hold every expert's output projection in one fused parameter, with no module to probe; "
-                f"mlp_down and super_weights are null (set model.super_weights false to silence this)",
-                RunWarning, stacklevel=2,
+                f"mlp_down and super_weights are null (set model.analyses.super_weights.enabled false to silence this)",
+                RunWarning,
+                stacklevel=2,
             )
             self.needs = Needs()  # no probe: nothing is measured
 

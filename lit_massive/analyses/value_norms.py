@@ -12,7 +12,7 @@ from torch import Tensor
 from lit_massive.analyses.base import Forward
 from lit_massive.analyses.head_means import HeadFiguresAnalysis
 from lit_massive.analyses.registry import register_analysis
-from lit_massive.report import head_figures
+from lit_massive.figures import head_figures
 
 
 @register_analysis
@@ -21,6 +21,7 @@ class ValueNorms(HeadFiguresAnalysis):
 
     name = "value_norms"
     keys = ("value_norm_first", "value_norm_rest")
+    head_figures = {key: key for key in keys}
 
     def values(self, forward: Forward) -> dict[str, list[Tensor]]:
         heads = forward.probed.heads

@@ -21,8 +21,8 @@ from matplotlib.figure import Figure
 
 from lit_massive.cli.console import OneLineArgumentParser
 from lit_massive.errors import InputError
+from lit_massive.figures.style import DPI
 from lit_massive.report.comparison import (
-    DPI,
     FIGURES,
     JSON,
     MARKDOWN,

@@ -233,6 +233,16 @@ def one_line(message: str) -> str:
     return f"{key.group(1)}={given!r} is not valid{valid}"
 
 
+def moved_option(message: str, moved: dict[str, str]) -> str | None:
+    """An unknown ``model.OLD`` option that moved (`moved`: OLD -> its place under model.),
+    as one line giving the new spelling, on the command line and in a config file alike."""
+    found = re.search(r"unrecognized arguments: --model\.(\w+)|does not accept option 'model\.(\w+)'", message)
+    old = found and (found.group(1) or found.group(2))
+    if not old or old not in moved:
+        return None
+    return f"model.{old} is now model.{moved[old]} (options of each analysis are grouped under model.analyses)"
+
+
 def did_you_mean(message: str, options: Iterable[str]) -> str:
     """`message` with the closest of `options` (`--model.top_k`, ...) named after an option
     that does not exist: `unrecognized arguments: --model.topk 3` on the command line,

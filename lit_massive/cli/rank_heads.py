@@ -17,12 +17,13 @@ import yaml
 
 from lit_massive.cli.console import OneLineArgumentParser
 from lit_massive.errors import InputError
-from lit_massive.report.ranking import BASELINE, SCORES, Rows, rank_heads
-from lit_massive.report.ranking import ranking_markdown as _ranking_markdown
-from lit_massive.report.schema import RESULTS, ResultsFile, read_results
+from lit_massive.results.names import BASELINE, SCORES
+from lit_massive.results.ranking import Rows, rank_heads
+from lit_massive.results.ranking import ranking_markdown as _ranking_markdown
+from lit_massive.results.schema import RESULTS, ResultsFile, read_results
 
 # no torch, transformers or lightning on this path (tests/test_startup.py): the scores are
-# results.json rows, ranked in plain Python (report/ranking.py)
+# results.json rows, ranked in plain Python (results/ranking.py)
 
 RUN_CONFIG = "config.yaml"  # what a CLI run saves beside its results.json (LightningCLI's SaveConfigCallback)
 
@@ -53,7 +54,9 @@ def score_rows(results: ResultsFile, given: str, variant: str = BASELINE, by: st
         raise InputError(f"--variant {variant!r}: run {given!r} has no such variant; its variants: {names}")
     scores = variants[variant].get(SCORES[by])
     if scores is None:
-        raise InputError(f"{given}: variant {variant!r} has no {SCORES[by]}; run it with model.head_scores: true")
+        raise InputError(
+            f"{given}: variant {variant!r} has no {SCORES[by]}; run it with model.analyses.head_scores.enabled: true"
+        )
     return scores
 
 
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "run",
         metavar="RUN_OR_RESULTS",
-        help="a run directory of a run with model.head_scores: true, or its results.json",
+        help="a run directory of a run with model.analyses.head_scores.enabled: true, or its results.json",
     )
     parser.add_argument("--k", type=int, default=3, help="heads to prune in each config (default 3)")
     parser.add_argument("--variant", default=BASELINE, help="whose scores to rank (default baseline)")

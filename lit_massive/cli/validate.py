@@ -4,7 +4,6 @@ needs it: it brings in lightning, torch and transformers, which take seconds to 
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -16,29 +15,24 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lit_massive.analyses import columns_of
-from lit_massive.cli.console import did_you_mean, one_line, quiet_lightning
-from lit_massive.cli.main import DESCRIPTION, OTHER_COMMANDS, PROG
+from lit_massive.analyses.registry import moved_options
+from lit_massive.cli.commands import DESCRIPTION, OTHER_COMMANDS, PROG
+from lit_massive.cli.console import did_you_mean, moved_option, one_line, quiet_lightning
 from lit_massive.data import WindowsDataModule
 from lit_massive.errors import InputError
 from lit_massive.models.loading import ModelSource, load_config
 from lit_massive.models.sharding import (
     SHARDED,
-    check_shardable,
-    checkpoint_files,
-    is_sharded,
     register_strategy,
-    strategy_name,
 )
-from lit_massive.models.toy import TOY
 from lit_massive.module import MassiveActivations
+from lit_massive.prerun import check_before_run
 from lit_massive.report.callback import RunReport, ensure_new_run_dir
 from lit_massive.report.comparison import model_run_name
 from lit_massive.report.tables import terminal_summary
-from lit_massive.tasks.spec import check_tasks_strategy
 
 # Trainer options that only training uses: left out of --help and the config (their defaults apply)
 TRAINING_ONLY = {
@@ -89,7 +83,8 @@ class OneLineErrorParser(LightningArgumentParser):
     block followed by a type dump; an option that does not exist gets the closest one."""
 
     def error(self, message: str, ex: Exception | None = None):
-        raise InputError(did_you_mean(one_line(message), _options(self))) from ex
+        line = one_line(message)
+        raise InputError(moved_option(line, moved_options()) or did_you_mean(line, _options(self))) from ex
 
 
 class MassiveCLI(LightningCLI):
@@ -211,23 +206,6 @@ def default_logger(source: ModelSource, default_root_dir: str | None) -> TensorB
     )
 
 
-def check_before_run(trainer, model: MassiveActivations, datamodule: WindowsDataModule) -> None:
-    """Input errors only the data can reveal (text column, tokenizer, windows per process,
-    top_k per block output), found before the run directory exists: Lightning creates the
-    logger's `version_N` at the start of its setup hooks, before it calls the data module's
-    `setup`, so a failure there would leave an empty run directory behind."""
-    check_strategy(trainer, model.source)
-    check_tasks_strategy(trainer, model.hparams.get("tasks"))
-    datamodule.setup("validate")  # idempotent: Lightning's own call reuses the windows
-    datamodule.check_processes(trainer.num_nodes * trainer.num_devices)
-    check_batch_fraction(trainer, datamodule)
-    model.check_windows(datamodule.windows.shape[1], datamodule.largest_token_id())
-    model.measure_corpora(datamodule.corpus_names)
-    for logger in trainer.loggers:  # no stray `hp_metric = -1` card: nothing here is a training metric
-        if isinstance(logger, TensorBoardLogger):
-            logger._default_hp_metric = False
-
-
 def _shown(value: Any) -> str:
     """A value as a config writes it: true, 0.5, -2, 'auto' (a number given as a string, as
     `--trainer.devices -2` is, shown as the number)."""
@@ -318,26 +296,6 @@ def check_trainer_options(trainer: Mapping) -> None:
             raise InputError(f"trainer.{key}={_shown(value)}: {problem}")
 
 
-def check_batch_fraction(trainer, datamodule: WindowsDataModule) -> None:
-    """A fractional `limit_val_batches` that rounds down to no batch on some process (Lightning
-    would stop inside the run, after the run directory exists)."""
-    limit = trainer.limit_val_batches
-    if not isinstance(limit, float) or limit >= 1:
-        return
-    processes = trainer.num_nodes * trainer.num_devices
-    for name, source in zip(datamodule.corpus_names, datamodule.sources, strict=True):
-        windows = source.windows.shape[0]
-        own = -(-windows // processes) if is_sharded(trainer) else windows // processes  # the fewest of any rank
-        batches = -(-own // datamodule.hparams.batch_size)
-        if int(batches * limit) < 1:
-            corpus = f" of corpus {name!r}" if len(datamodule.sources) > 1 else ""
-            plural = "batch" if batches == 1 else "batches"
-            raise InputError(
-                f"trainer.limit_val_batches={limit}: {limit} of {batches} {plural} per process{corpus} measures "
-                f"nothing; valid: a fraction >= {math.ceil(1000 / batches) / 1000}, an int >= 1, or null (all)"
-            )
-
-
 def _model_class(model: Mapping) -> type | None:
     """The transformers class the model loads as; None when the config does not say (remote code)."""
     from transformers import AutoModelForCausalLM
@@ -401,26 +359,6 @@ def check_attention(model: Mapping) -> None:
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise InputError(f"model.attn_implementation={impl!r} is not valid{hint}; {valid}")
     raise InputError(f"model.attn_implementation={impl!r}: {_why_not(impl, cls)}; {valid}")
-
-
-def check_strategy(trainer, source: ModelSource) -> None:
-    """Strategies that run these measurements: one process, DDP (whole model per process) or
-    model_parallel (decoder layers sharded over all processes, with at least two of them)."""
-    strategy, processes = trainer.strategy, trainer.num_nodes * trainer.num_devices
-    if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy)):
-        raise InputError(
-            f"trainer.strategy={strategy_name(strategy)} is not supported; use ddp (a whole model per process) "
-            f"or {SHARDED} (FSDP2: decoder layers sharded over the processes)"
-        )
-    if isinstance(strategy, ModelParallelStrategy):
-        if processes < 2:
-            raise InputError(
-                f"trainer.strategy={SHARDED} with {processes} process: sharding needs at least 2 "
-                f"(trainer.devices x trainer.num_nodes >= 2), or drop the strategy to run unsharded"
-            )
-        check_shardable(source)
-        if source.name != TOY:  # safetensors weights, found before any work starts
-            checkpoint_files(source.location if source.local else None, source.name)
 
 
 def run(argv: list[str], from_sys_argv: bool) -> None:

@@ -22,6 +22,7 @@ from lit_massive.data.corpora import (
     check_corpora,
     derived_name,
 )
+from lit_massive.data.text import TextSource
 from lit_massive.data.windows import Windows, check_processes, tokenizer_bos, window_loader
 from lit_massive.errors import InputError
 from lit_massive.models import toy
@@ -90,28 +91,8 @@ class WindowsDataModule(L.LightningDataModule):
         check_options(WindowsDataModule.__init__, locals())  # Python callers: LightningCLI checked already
         super().__init__()
         self.save_hyperparameters()
-        if stride is not None and stride > seq_len:
-            raise InputError(
-                f"stride={stride} is above seq_len={seq_len}: windows would skip the tokens between them; "
-                f"use stride <= {seq_len} (null: windows tile the text)"
-            )
-        if bos is True and seq_len < 2:
-            raise InputError(f"seq_len={seq_len}: a BOS window needs seq_len >= 2 (BOS + text)")
-        if context_length is not None and seq_len > context_length:
-            raise InputError(
-                f"seq_len={seq_len} is above the model's context of {context_length} tokens; "
-                f"use seq_len <= {context_length}"
-            )
-        if corpora is None:
-            corpora = [Corpus(derived_name(dataset, data_files), dataset, config_name, split, data_files, streaming)]
-        else:
-            corpora = [as_corpus(entry, i) for i, entry in enumerate(corpora)]
-            check_corpora(corpora)
-            check_no_top_level_source(locals())
-        self.sources: list[CorpusWindows] = []  # the default corpus first
-        for corpus in corpora:
-            with self._naming(corpus.name):
-                self.sources.append(CorpusWindows(corpus))
+        check_window_options(seq_len, stride, bos, context_length)
+        self.sources: list[CorpusWindows] = corpus_sources(locals())  # the default corpus first
         self.stride: int | None = stride  # the default depends on BOS: set in setup()
         self.bos_token_id: int | None = None
         self.tokenizer_name = tokenizer or model_name_or_path
@@ -150,16 +131,10 @@ class WindowsDataModule(L.LightningDataModule):
         self.tokenizer = load_tokenizer(
             self.tokenizer_name, h.trust_remote_code, h.gguf_file if own else None, h.revision if own else None
         )
-        self.bos_token_id = self._bos_token_id()
+        self.bos_token_id = chosen_bos(self.tokenizer, h.bos, self.tokenizer_name)
         if self.hparams.stride is None:
             self.stride = h.seq_len - self.uses_bos
-        if self.stride < 1:
-            raise InputError(f"seq_len={h.seq_len}: a BOS window needs seq_len >= 2 (BOS + text)")
-        if self.stride > h.seq_len - self.uses_bos:
-            raise InputError(
-                f"stride={self.stride} is above the {h.seq_len - 1} text tokens of a BOS window (seq_len="
-                f"{h.seq_len}): windows would skip tokens; use stride <= {h.seq_len - 1}"
-            )
+        check_stride(self.stride, h.seq_len, self.uses_bos)
         for source in self.sources:
             with self._naming(source.name):
                 source.cut(self.tokenizer, h.seq_len, self.stride, h.num_sequences, self.bos_token_id)
@@ -168,24 +143,9 @@ class WindowsDataModule(L.LightningDataModule):
     def uses_bos(self) -> bool:
         return self.bos_token_id is not None
 
-    def _bos_token_id(self) -> int | None:
-        """The BOS decision of `data.bos` for this tokenizer."""
-        bos = self.hparams.bos
-        if bos == "auto":
-            return tokenizer_bos(self.tokenizer)
-        if bos and self.tokenizer.bos_token_id is None:
-            raise InputError(f"bos=true but tokenizer {self.tokenizer_name!r} has no BOS token; use bos: false")
-        return self.tokenizer.bos_token_id if bos else None
-
-    @contextlib.contextmanager
-    def _naming(self, corpus: str) -> Iterator[None]:
+    def _naming(self, corpus: str) -> contextlib.AbstractContextManager[None]:
         """Input errors of a `data.corpora` entry say which corpus."""
-        try:
-            yield
-        except InputError as err:
-            if self.hparams.corpora is None:
-                raise
-            raise InputError(f"data.corpora {corpus!r}: {err}") from err
+        return corpus_errors(corpus, named=self.hparams.corpora is not None)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """One loader per corpus (Lightning's `dataloader_idx` is the corpus's index); one corpus: its loader."""
@@ -206,14 +166,8 @@ class WindowsDataModule(L.LightningDataModule):
         """What was evaluated, for results.json: on the default corpus, or on `corpus`."""
         h = self.hparams
         source = self.sources[0] if corpus is None else next(s for s in self.sources if s.name == corpus)
-        text = source.text
-        files = text.data_files
         return {
-            "dataset": None if files else text.dataset,
-            "config_name": None if files or text.dataset == toy.TOY else text.config_name,
-            "split": None if files or text.dataset == toy.TOY else text.split,
-            "data_files": files,
-            "streaming": text.streaming,
+            **text_description(source.text),
             "tokenizer": self.tokenizer_name,
             "seq_len": h.seq_len,
             "stride": self.stride,
@@ -225,6 +179,89 @@ class WindowsDataModule(L.LightningDataModule):
             "batch_size": h.batch_size,
             "fingerprint": source.fingerprint,
         }
+
+
+def check_window_options(
+    seq_len: int, stride: int | None, bos: bool | Literal["auto"], context_length: int | None
+) -> None:
+    """Refuse window options that contradict each other or the model's context, before anything loads."""
+    if stride is not None and stride > seq_len:
+        raise InputError(
+            f"stride={stride} is above seq_len={seq_len}: windows would skip the tokens between them; "
+            f"use stride <= {seq_len} (null: windows tile the text)"
+        )
+    if bos is True and seq_len < 2:
+        raise InputError(f"seq_len={seq_len}: a BOS window needs seq_len >= 2 (BOS + text)")
+    if context_length is not None and seq_len > context_length:
+        raise InputError(
+            f"seq_len={seq_len} is above the model's context of {context_length} tokens; "
+            f"use seq_len <= {context_length}"
+        )
+
+
+def chosen_bos(tokenizer, bos: bool | Literal["auto"], tokenizer_name: str) -> int | None:
+    """The BOS decision of `data.bos` for this tokenizer (named `tokenizer_name`): the id of the
+    token put at position 0 of every window, or None for no BOS."""
+    if bos == "auto":
+        return tokenizer_bos(tokenizer)
+    if bos and tokenizer.bos_token_id is None:
+        raise InputError(f"bos=true but tokenizer {tokenizer_name!r} has no BOS token; use bos: false")
+    return tokenizer.bos_token_id if bos else None
+
+
+def check_stride(stride: int, seq_len: int, uses_bos: bool) -> None:
+    """Refuse a `stride` that skips text tokens once BOS is decided (a BOS window holds `seq_len - 1`)."""
+    if stride < 1:
+        raise InputError(f"seq_len={seq_len}: a BOS window needs seq_len >= 2 (BOS + text)")
+    if stride > seq_len - uses_bos:
+        raise InputError(
+            f"stride={stride} is above the {seq_len - 1} text tokens of a BOS window (seq_len="
+            f"{seq_len}): windows would skip tokens; use stride <= {seq_len - 1}"
+        )
+
+
+def corpus_sources(options: dict[str, Any]) -> list[CorpusWindows]:
+    """The text of each corpus, the default first, from the data module's `options` (its
+    `__init__` arguments): the entries of `corpora`, checked, or one corpus from the
+    top-level options (named after them, `derived_name`)."""
+    corpora = options["corpora"]
+    if corpora is None:
+        top_level = {key: options[key] for key in PER_CORPUS}
+        corpora = [Corpus(derived_name(options["dataset"], options["data_files"]), **top_level)]
+    else:
+        corpora = [as_corpus(entry, i) for i, entry in enumerate(corpora)]
+        check_corpora(corpora)
+        check_no_top_level_source(options)
+    sources = []
+    for corpus in corpora:
+        with corpus_errors(corpus.name, named=options["corpora"] is not None):
+            sources.append(CorpusWindows(corpus))
+    return sources
+
+
+@contextlib.contextmanager
+def corpus_errors(corpus: str, named: bool) -> Iterator[None]:
+    """Input errors say which corpus they are of, where the corpora are `named` (`data.corpora`)."""
+    try:
+        yield
+    except InputError as err:
+        if not named:
+            raise
+        raise InputError(f"data.corpora {corpus!r}: {err}") from err
+
+
+def text_description(text: TextSource) -> dict[str, Any]:
+    """Where a corpus's text comes from, for results.json: the options that chose it (null
+    where they played no part: ``data_files`` take precedence, the toy corpus has no
+    configuration or split)."""
+    files = text.data_files
+    return {
+        "dataset": None if files else text.dataset,
+        "config_name": None if files or text.dataset == toy.TOY else text.config_name,
+        "split": None if files or text.dataset == toy.TOY else text.split,
+        "data_files": files,
+        "streaming": text.streaming,
+    }
 
 
 def check_no_top_level_source(options: dict[str, Any]) -> None:

@@ -155,14 +155,12 @@ def model_source(
             raise InputError(f"{what} {name!r}: local GGUF file does not exist")
         if gguf_file is not None and gguf_file != path.name:
             raise InputError(
-                f"{what} {name!r} is a GGUF file and gguf_file={gguf_file!r} names another; "
-                f"give one of them"
+                f"{what} {name!r} is a GGUF file and gguf_file={gguf_file!r} names another; give one of them"
             )
         gguf_file, local = path.name, str(path.resolve().parent)
     elif path.is_file():
         raise InputError(
-            f"{what} {name!r} is a file: give a directory saved with save_pretrained, a hub id, "
-            f"or a {gguf.SUFFIX} file"
+            f"{what} {name!r} is a file: give a directory saved with save_pretrained, a hub id, or a {gguf.SUFFIX} file"
         )
     else:
         local = check_local_or_hub(name, what)

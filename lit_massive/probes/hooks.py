@@ -85,7 +85,7 @@ class Needs:
 @dataclass
 class Probed:
     """What one forward pass under `probes` recorded, per layer. With every sublayer:
-    block_in + attn_out + mlp_out = block_out (seen by the block's reducers: `release`)."""
+    resid_in + attn + mlp = block_out (seen by the block's reducers: `release`)."""
 
     block_out: list[Tensor | None]  # with Needs.block_out, (B, T, D): the residual stream leaving the block
     # per reducer name, per layer: what it made of that block output, inside the block's hook
@@ -97,9 +97,9 @@ class Probed:
     # with Needs.attention, (B or 1, 1 or H, T) each: how many queries may attend to each key
     attended: list[Tensor | None] = field(default_factory=list)
     # with Needs.sublayers, (B, T, D) each, None again once the block's reducers have run
-    block_in: list[Tensor | None] = field(default_factory=list)
-    attn_out: list[Tensor | None] = field(default_factory=list)
-    mlp_out: list[Tensor | None] = field(default_factory=list)
+    resid_in: list[Tensor | None] = field(default_factory=list)
+    attn: list[Tensor | None] = field(default_factory=list)
+    mlp: list[Tensor | None] = field(default_factory=list)
     heads: list[HeadRecord | None] = field(default_factory=list)  # with Needs.heads
     mlp_down: list[DownRecord | None] = field(default_factory=list)  # with Needs.mlp_down
     qkv: list[QKVNorms | None] = field(default_factory=list)  # with Needs.qkv_dims
@@ -109,7 +109,7 @@ class Probed:
     def release(self, i: int) -> None:
         """Drop block i's tensors of T x D that only its reducers read (its sublayers, its
         head record's call, log-sum-exps and outputs), so memory stays flat in depth."""
-        for kept in (self.block_in, self.attn_out, self.mlp_out):
+        for kept in (self.resid_in, self.attn, self.mlp):
             if kept:
                 kept[i] = None
         if self.heads and self.heads[i] is not None and self.heads[i].call is not None:
@@ -153,23 +153,23 @@ def _sublayer_hooks(layout: DecoderLayout, probed: Probed) -> tuple[list[Hook], 
     """(forward, forward_pre) hooks that keep each block's input and what its attention and
     MLP add to the residual stream."""
     n = layout.n_layer
-    probed.block_in, probed.attn_out, probed.mlp_out = [None] * n, [None] * n, [None] * n
+    probed.resid_in, probed.attn, probed.mlp = [None] * n, [None] * n, [None] * n
 
     def keep_input(i: int) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
-            probed.block_in[i] = args[0]
+            probed.resid_in[i] = args[0]
 
         return hook
 
     def keep_added(store: list, i: int) -> Callable:
         def hook(module: nn.Module, args: tuple, output: Tensor | tuple) -> None:
             # OPT runs its MLP on (B * T, D): back to the stream's (B, T, D)
-            store[i] = block_output(output).view(probed.block_in[i].shape)
+            store[i] = block_output(output).view(probed.resid_in[i].shape)
 
         return hook
 
-    forward = [(m, keep_added(probed.attn_out, i)) for i, m in enumerate(layout.attn_out)]
-    forward += [(m, keep_added(probed.mlp_out, i)) for i, m in enumerate(layout.mlp_out)]
+    forward = [(m, keep_added(probed.attn, i)) for i, m in enumerate(layout.attn_out)]
+    forward += [(m, keep_added(probed.mlp, i)) for i, m in enumerate(layout.mlp_out)]
     return forward, [(block, keep_input(i)) for i, block in enumerate(layout.blocks)]
 
 

@@ -33,8 +33,8 @@ from lit_massive.analyses import ANALYSES, summary_columns_of
 from lit_massive.errors import InputError, RunWarning
 from lit_massive.report.comparison import model_run_name
 from lit_massive.report.publisher import Publisher, VariantRuns, write_atomic
-from lit_massive.report.schema import RESULTS, RunResults
 from lit_massive.report.tables import summary_table
+from lit_massive.results.schema import RESULTS, RunResults
 
 
 def ensure_new_run_dir(run_dir: Path, files: tuple[str, ...] = (RESULTS, "config.yaml")) -> None:

@@ -22,13 +22,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import matplotlib
-from matplotlib import colormaps
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from lit_massive.errors import InputError
-from lit_massive.report.schema import RESULTS, ResultsFile, read_results
-from lit_massive.report.tables import cell, markdown_table
+from lit_massive.figures.comparison_figures import attention_figure, depth_figure, head_scores_figure, measured_scores
+from lit_massive.results.markdown import cell, markdown_table
+from lit_massive.results.schema import RESULTS, ResultsFile, read_results
 from lit_massive.tasks.scores import change_key, main_metric, score_cell
 
 BASELINE = "baseline"
@@ -379,7 +378,7 @@ def comparison_rows(runs: list[Run]) -> list[dict[str, Any]]:
                         "word_perplexity": entry.get("word_perplexity"),
                         "top1_pct": (change.get("mean_over_layers") or {}).get("top1_pct"),
                         "perplexity_pct": change.get("perplexity_pct"),
-                        # model.tasks: {task: {metric: value, ...}} and the change vs the baseline
+                        # model.analyses.tasks: {task: {metric: value, ...}} and the change vs the baseline
                         "tasks": entry.get("tasks"),
                         "tasks_change": change.get("tasks"),
                     }
@@ -396,7 +395,7 @@ def _count(n: int) -> str:
 
 def _shape(row: dict[str, Any]) -> str:
     blocks, width = row["n_layer"], row["n_embd"]
-    return f"{blocks} x {width}" if width is not None else f"{blocks} blocks"
+    return f"{blocks} x {width}" if width is not None else f"{blocks} layers"
 
 
 def _model_shown(model: str) -> str:
@@ -405,8 +404,8 @@ def _model_shown(model: str) -> str:
 
 
 COLUMNS = (
-    "run", "variant", "corpus", "model", "family", "parameters (blocks x width)", "first massive",
-    "peak top-1/median (block)", "top-1 dim, token", "perplexity", "bits/byte", "word ppl", "top-1 %", "perplexity %",
+    "run", "variant", "corpus", "model", "family", "parameters (layers x width)", "first massive",
+    "peak top-1/median (layer)", "top-1 dim, token", "perplexity", "bits/byte", "word ppl", "top-1 %", "perplexity %",
 )  # fmt: skip
 
 
@@ -419,7 +418,7 @@ _AFTER_MODEL = COLUMNS.index("model") + 1  # where the NUMERICS columns go, when
 
 
 def with_tasks(rows: list[dict[str, Any]]) -> bool:
-    """Whether the table has a tasks column: some run evaluated lm-eval tasks (`model.tasks`)."""
+    """Whether the table has a tasks column: some run evaluated lm-eval tasks (`model.analyses.tasks`)."""
     return any(row.get("tasks") for row in rows)
 
 
@@ -492,7 +491,7 @@ def tokenizers_differ(runs: list[Run]) -> bool:
 def notes(runs: list[Run], rows: list[dict[str, Any]]) -> list[str]:
     """The lines under the table: what the columns mean and what compares across which runs."""
     lines = [
-        "%: change vs the run's own baseline (top-1: mean over blocks); blocks are 0-based",
+        "%: change vs the run's own baseline (top-1: mean over layers); layers are 0-based",
         "parameters: parallel.parameter_bytes_full / bytes per model.parameter_dtype ('-': not recorded)",
     ]
     if tokenizers_differ(runs):
@@ -581,127 +580,6 @@ def series(runs: list[Run]) -> list[tuple[str, dict]]:
     return out
 
 
-def _colors(n: int) -> list:
-    cmap = colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "viridis"]
-    return [cmap(i) if n <= 20 else cmap(i / max(n - 1, 1)) for i in range(n)]
-
-
-def _style(i: int) -> dict:
-    """Markers and widths that shrink series by series, so a run drawn over an equal one
-    (the same model twice, a variant that changes nothing) leaves it visible."""
-    return {"marker": "osD^v<>p"[i % 8], "ms": max(7 - 1.0 * i, 2.5), "lw": max(2.6 - 0.3 * i, 1.0), "zorder": 2 + i}
-
-
-def _depth(n_layer: int, relative: bool) -> list[float]:
-    """x of each block: its index, or its relative depth (block / (blocks - 1), 0..1)."""
-    return [i / max(n_layer - 1, 1) for i in range(n_layer)] if relative else list(range(n_layer))
-
-
-def _depth_axis(ax: Axes, relative: bool, n_max: int) -> None:
-    if relative:
-        ax.set_xlim(-0.02, 1.02)
-        ax.set_xlabel("relative depth (block / (blocks - 1))")
-    else:
-        if n_max <= 40:
-            ax.set_xticks(range(n_max))
-        ax.set_xlabel("block (0-based)")
-
-
-LONG_LABEL = 40  # characters: legends with a longer entry go under the chart, where they take none of its width
-TWO_COLUMNS = 55  # characters: the longest entry that fits twice across the figure's width at small font size
-LEGEND_ROW = 0.22  # inches of figure height per legend row under the chart, so the chart keeps its height
-
-
-def _legend(ax: Axes, n: int) -> None:
-    """Off the chart, never over it: the runs' lines span the whole axes (with relative
-    depth, every one from 0 to 1), so no corner inside is free of data. Beside it, or for
-    long labels (paths, corpora) under it, in one or two columns."""
-    small = "x-small" if n > 8 else "small"
-    labels = ax.get_legend_handles_labels()[1]
-    if max(map(len, labels), default=0) <= LONG_LABEL:
-        ax.legend(fontsize=small, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, ncol=1 + n // 16)
-        return
-    fig = ax.get_figure()
-    ncol = 2 if max(map(len, labels)) <= TWO_COLUMNS and n > 1 else 1
-    fig.legend(fontsize=small, loc="outside lower center", ncol=ncol)
-    width, height = fig.get_size_inches()
-    fig.set_size_inches(width, height + LEGEND_ROW * -(-n // ncol))
-
-
-def _values(values: list[float | None]) -> list[float]:
-    return [NAN if v is None else v for v in values]
-
-
-def depth_figure(shown: list[tuple[str, dict]], relative: bool = False) -> Figure:
-    """Top-1 (solid) and median (dashed) of |block output| against depth, one color per
-    run x variant, log y: where each model's massive activations appear and how large."""
-    fig = Figure(figsize=(10.5, 4.8), layout="constrained")  # wide: the legend may be beside the chart
-    ax = fig.subplots()
-    n_max = max(len(entry["layers"]) for _, entry in shown)
-    for i, ((label, entry), color) in enumerate(zip(shown, _colors(len(shown)), strict=True)):
-        layers, style = entry["layers"], _style(i)
-        x = _depth(len(layers), relative)
-        ax.plot(x, _values([r["top"][0] for r in layers]), color=color, label=label, **style)
-        ax.plot(x, _values([r["median"] for r in layers]), color=color, ls="--", **{**style, "marker": None})
-    ax.set_yscale("log")
-    _depth_axis(ax, relative, n_max)
-    ax.set_ylabel("|block output| (mean over windows)\nsolid: top 1, dashed: median")
-    ax.set_title("top-1 and median of |block output| against depth")
-    ax.grid(True, which="major", alpha=0.3)
-    _legend(ax, len(shown))
-    return fig
-
-
-def attention_figure(shown: list[tuple[str, dict]], relative: bool = False) -> Figure:
-    """Per block, the share of attention on each window's massive tokens, one line per run x
-    variant with head scores."""
-    fig = Figure(figsize=(10.5, 4.2), layout="constrained")
-    ax = fig.subplots()
-    n_max = max(len(entry["attention_to_massive"]) for _, entry in shown)
-    for i, ((label, entry), color) in enumerate(zip(shown, _colors(len(shown)), strict=True)):
-        values = entry["attention_to_massive"]
-        ax.plot(_depth(len(values), relative), _values(values), color=color, label=label, **_style(i))
-    ax.set_ylim(0.0, 1.05)
-    _depth_axis(ax, relative, n_max)
-    ax.set_ylabel("attention on massive tokens")
-    ax.set_title("attention to massive tokens against depth")
-    ax.grid(True, alpha=0.3)
-    _legend(ax, len(shown))
-    return fig
-
-
-def _flat(rows: list[list[float | None]] | None) -> list[float]:
-    return [v for row in rows or [] for v in row if v is not None and v == v]
-
-
-def head_scores_figure(shown: list[tuple[str, dict]]) -> Figure:
-    """Every (block, head) score of each run x variant as a box with its heads as points:
-    first-token attention and, beside it, attention on massive tokens."""
-    keys = [("head_scores", "attention on token 0")]
-    if any(entry.get("massive_token_scores") is not None for _, entry in shown):
-        keys.append(("massive_token_scores", "attention on massive tokens"))
-    fig = Figure(figsize=(5.0 + 4.0 * len(keys), 1.6 + 0.45 * len(shown)), layout="constrained")
-    axes = fig.subplots(1, len(keys), sharey=True, squeeze=False)[0]
-    colors = _colors(len(shown))
-    for ax, (key, title) in zip(axes, keys, strict=True):
-        data = [_flat(entry.get(key)) for _, entry in shown]
-        positions = [i for i, values in enumerate(data) if values]
-        ax.boxplot([data[i] for i in positions], positions=positions, widths=0.6, showfliers=False,
-                   medianprops={"color": "black"}, **_HORIZONTAL)  # fmt: skip
-        for i in positions:  # every head, spread a little across the box
-            jitter = [((j * 0.618034) % 1.0 - 0.5) * 0.4 for j in range(len(data[i]))]
-            ax.scatter(data[i], [i + d for d in jitter], s=8, color=colors[i], alpha=0.6, zorder=3)
-        largest = max((v for values in data for v in values), default=1.0)
-        right = min(1.0, 1.1 * largest) if largest > 0 else 1.0
-        ax.set_xlim(-0.01 * right, 1.03 * right)  # a score of 0 or of the largest shows whole
-        ax.set_xlabel(f"{title} (mean over windows)")
-        ax.set_title(f"head scores: {title}", fontsize="medium")
-        ax.grid(True, axis="x", alpha=0.3)
-    axes[0].set_yticks(range(len(shown)), [label for label, _ in shown], fontsize="small")
-    axes[0].invert_yaxis()
-    return fig
-
-
 def comparison_figures(runs: list[Run], relative: bool = False) -> tuple[dict[str, Figure], list[str]]:
     """The figures the runs have data for, by FIGURES key, and a line for each one skipped."""
     shown = series(runs)
@@ -710,10 +588,10 @@ def comparison_figures(runs: list[Run], relative: bool = False) -> tuple[dict[st
     if with_attention:
         figures["attention_to_massive"] = attention_figure(with_attention, relative)
     else:
-        skipped.append("no attention-to-massive figure: no run has head scores (run with model.head_scores: true)")
-    with_scores = [(label, e) for label, e in shown if _flat(e.get("head_scores"))]
+        skipped.append("no attention-to-massive figure: no run has head scores (run with model.analyses.head_scores)")
+    with_scores = [(label, e) for label, e in shown if measured_scores(e.get("head_scores"))]
     if with_scores:
         figures["head_scores"] = head_scores_figure(with_scores)
     else:
-        skipped.append("no head-score figure: no run has head scores (run with model.head_scores: true)")
+        skipped.append("no head-score figure: no run has head scores (run with model.analyses.head_scores)")
     return figures, skipped

@@ -1,5 +1,6 @@
 """Where published results go: TensorBoard (when the run has a TensorBoard logger) and
-RUN/figures/ as PNG files. Analyses publish through it (`Analysis.publish`).
+RUN/figures/ as PNG files. Analyses publish through it (`Analysis.publish`), knowing only
+its protocol (figures/publishing.py); figures/style.py sets the resolution.
 
 TensorBoard colours a curve by its run, never by its tag, so each variant is a run of its
 own (RUN/variants/VARIANT): a chart of ``profile/top1`` then draws every variant of every
@@ -18,7 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import imsave
 
-DPI = 120  # figures' resolution, in PNG files and TensorBoard alike
+from lit_massive.figures.style import DPI
+
 VARIANT_RUNS = "variants"  # RUN/variants/VARIANT: each variant's TensorBoard run
 
 
@@ -58,8 +60,9 @@ class VariantRuns:
 
 
 class Publisher:
-    """Sends each figure to TensorBoard and to RUN/figures/ as a PNG, each markdown table to
-    TensorBoard's text tab, each scalar to TensorBoard (its step: a layer, a k, ...).
+    """The run's `figures.publishing.Publisher`: sends each figure to TensorBoard and to
+    RUN/figures/ as a PNG, each markdown table to TensorBoard's text tab, each scalar to
+    TensorBoard (its step: a layer, a k, ...).
 
     With a `corpus` (every corpus of a run over several but the default), every tag starts
     with ``CORPUS/`` and its PNGs go to RUN/figures/CORPUS/: the same tags and file names as the

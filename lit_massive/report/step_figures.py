@@ -18,13 +18,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator
 
+from lit_massive.figures import style
 from lit_massive.report.comparison import (
     BASELINE,
     Run,
-    _colors,
     _peak,
-    _style,
-    _values,
     corpora,
     run_tags,
     step_model,
@@ -174,8 +172,8 @@ def _line_figure(series: Series, title: str, ylabel: str, log_y: bool) -> tuple[
     """One line per series against the step, markers on the runs."""
     fig = Figure(figsize=(8.5, 4.4), layout="constrained")
     ax = fig.subplots()
-    for i, ((label, (steps, values)), color) in enumerate(zip(series.items(), _colors(len(series)), strict=True)):
-        ax.plot(steps, _values(values), color=color, label=label, **_style(i))
+    for i, ((label, (steps, points)), color) in enumerate(zip(series.items(), style.colors(len(series)), strict=True)):
+        ax.plot(steps, style.values(points), color=color, label=label, **style.overlap(i))
     _step_axis(ax, [s for steps, _ in series.values() for s in steps])
     if log_y:
         ax.set_yscale("log")
@@ -188,7 +186,7 @@ def _line_figure(series: Series, title: str, ylabel: str, log_y: bool) -> tuple[
 def first_massive_figure(series: Series, n_layer: int, on: str) -> Figure:
     """The first massive block per step; a run without one on the top row, `none`."""
     shown = {label: (steps, [n_layer if v is None else v for v in values]) for label, (steps, values) in series.items()}
-    fig, ax = _line_figure(shown, f"first massive block: {on}", "first block with a massive activation", log_y=False)
+    fig, ax = _line_figure(shown, f"first massive layer: {on}", "first layer with a massive activation", log_y=False)
     ticks = list(range(0, n_layer, max(1, math.ceil(n_layer / 12))))
     ax.set_yticks([*ticks, n_layer], [*map(str, ticks), "none"])
     ax.set_ylim(-0.5, n_layer + 0.5)
@@ -202,15 +200,15 @@ def _has_values(series: Series) -> bool:
 
 # (FIGURES key, series, title, y label, log y, the line printed when no run has the statistic)
 _STATISTICS: list[tuple[str, Callable[[list[StepPoint]], Series], str, str, bool, str]] = [
-    ("step_peak", peak_series, "peak top-1/median", "peak top-1 / median over blocks", True,
+    ("step_peak", peak_series, "peak top-1/median", "peak top-1 / median over layers", True,
      "no training-step peak figure: no run has a top-1/median"),
     ("step_massive_dims", massive_dim_series, "largest massive activations",
-     "largest |massive activation| at the dim\n(any block, position; no marker: none there)", True,
+     "largest |massive activation| at the dim\n(any layer, position; no marker: none there)", True,
      "no training-step massive-dims figure: no run located a massive activation"),
     ("step_sink_rate", sink_rate_series, "model sink rate", "model sink rate (share of heads x windows)", False,
-     "no training-step sink-rate figure: no run has a model sink rate (run with model.head_scores: true)"),
+     "no training-step sink-rate figure: no run has a model sink rate (run with model.analyses.head_scores on)"),
     ("step_perplexity", perplexity_series, "perplexity", "perplexity", True,
-     "no training-step perplexity figure: no run has a perplexity (run with model.perplexity: true)"),
+     "no training-step perplexity figure: no run has a perplexity (run with model.analyses.perplexity on)"),
 ]  # fmt: skip
 
 

@@ -1,22 +1,13 @@
-"""Markdown tables (TensorBoard's text tab renders them) and the terminal's end-of-run
-table, assembled from the columns each analysis gives (`Analysis.columns`)."""
+"""The run's end-of-run tables: the summary (markdown, for TensorBoard's text tab) and the
+terminal's table, assembled from the columns each analysis gives (`Analysis.columns`).
+Markdown tables and cells themselves are results/markdown.py's."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-
-def markdown_table(head: list[str], rows: list[list[str]]) -> str:
-    """A markdown table with the header `head`."""
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
-
-
-def cell(value: float | None, fmt: str = ".4g") -> str:
-    """A number as a table cell; an unmeasured (null) one as n/a."""
-    return "n/a" if value is None else format(value, fmt)
-
+from lit_massive.results.markdown import markdown_table
 
 CHANGE = "%"  # a column whose title has it is a change vs the baseline (the terminal table's note says so)
 

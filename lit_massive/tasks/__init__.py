@@ -1,5 +1,5 @@
 """Downstream tasks of every variant through lm-evaluation-harness, in the same run
-(`model.tasks`, docs/tasks.md), by role:
+(`model.analyses.tasks`, docs/tasks.md), by role:
 
 - `spec`: the option (`Tasks`) and its checks, made before any work;
 - `harness`: lm-eval's Hugging Face wrapper around the loaded model with a variant active,

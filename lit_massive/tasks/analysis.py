@@ -9,16 +9,16 @@ from collections.abc import Callable
 from typing import Any
 
 from lit_massive.analyses import Analysis, Column, Setup, register_analysis
-from lit_massive.report.tables import markdown_table
+from lit_massive.results.markdown import markdown_table
 from lit_massive.tasks.scores import change_key, change_of, main_metric, metric_names, score_cell, stderr_name
-from lit_massive.tasks.spec import as_tasks, check_tasks_strategy
+from lit_massive.tasks.spec import Tasks, check_tasks, check_tasks_strategy
 
 SLOT = 90  # the tasks' columns come after every other analysis's
 
 
 @register_analysis
 class TaskScores(Analysis):
-    """Each variant's scores on lm-evaluation-harness tasks (`model.tasks`), evaluated with
+    """Each variant's scores on lm-evaluation-harness tasks (`model.analyses.tasks`), evaluated with
     the variant active after the validation pass, through lm-eval's own Hugging Face wrapper
     around the loaded model: `tasks` holds `{task: {metric: value, metric_stderr: value}}` as
     lm-eval reports them (`metric,filter` where the filter is not lm-eval's default `none`),
@@ -27,13 +27,19 @@ class TaskScores(Analysis):
     what was evaluated: the lm-eval version, each task's version, documents and output type."""
 
     name = "tasks"
-    option = "tasks"
+    Options = Tasks
+    optional = True
+    moved = {"tasks": ""}
     keys = ("tasks",)
 
     def __init__(self, setup: Setup) -> None:
         super().__init__(setup)
-        self.tasks = as_tasks(setup.options.get("tasks"))
+        self.tasks = setup.of("tasks")
         self.record: dict[str, Any] | None = None
+
+    @classmethod
+    def check(cls, setup: Setup, plan: Any) -> None:
+        check_tasks(setup.of("tasks"), plan)  # lm-eval there, every task known, its data at hand
 
     def evaluate(self, module: Any) -> dict[str, dict[str, Any]]:
         """Every variant on the tasks: per measured name (each corpus's name of each variant:
@@ -108,7 +114,7 @@ class TaskScores(Analysis):
 
 
 def evaluate_tasks(module: Any) -> dict[str, dict[str, Any]]:
-    """`model.tasks` on every variant after the pass, keyed as the analyses' computed states
+    """`model.analyses.tasks` on every variant after the pass, keyed as the analyses' computed states
     are: {"tasks": {measured name: that variant's scores}}; {} without tasks. A collective
     under several processes: every rank calls it."""
     for analysis in module.analyses:

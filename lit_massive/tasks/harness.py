@@ -1,6 +1,6 @@
 """lm-eval's own Hugging Face wrapper (`HFLM`) around the model the run loaded, no second copy
 of its weights, with one variant of the plan active in every forward pass it makes; and the
-evaluation of every variant on the tasks. Imported only when a run has `model.tasks` (it
+evaluation of every variant on the tasks. Imported only when a run has `model.analyses.tasks` (it
 imports lm-eval, an optional extra)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lit_massive.models.loading import load_tokenizer
 from lit_massive.probes import Needs, probes
-from lit_massive.report.schema import TasksRecord
+from lit_massive.results.schema import TasksRecord
 from lit_massive.tasks.spec import Tasks, is_path, quiet_lm_eval, task_manager
 
 # the run's precision -> the dtype lm-eval's wrapper autocasts to (its own autocast replaces the run's)

@@ -1,4 +1,4 @@
-"""`model.tasks`: lm-evaluation-harness tasks run on every variant after the pass, the option
+"""`model.analyses.tasks`: lm-evaluation-harness tasks run on every variant after the pass, the option
 and its checks. Everything here runs before any work (in the module's `__init__`), so a
 missing extra, an unknown task or data that cannot be had is one line and no run directory.
 
@@ -42,18 +42,20 @@ class Tasks:
 
 
 def as_tasks(value: Tasks | Mapping[str, Any] | None) -> Tasks | None:
-    """`model.tasks` as a `Tasks` (LightningCLI gives one; a Python caller may give a dict)."""
+    """`model.analyses.tasks` as a `Tasks` (LightningCLI gives one; a Python caller may give a dict)."""
     if value is None or isinstance(value, Tasks):
         return value
     if not isinstance(value, Mapping):
-        raise InputError(f"model.tasks: a mapping with names, limit, batch_size, got {type(value).__name__}")
+        raise InputError(f"model.analyses.tasks: a mapping with names, limit, batch_size, got {type(value).__name__}")
     unknown = sorted(set(value) - set(Tasks.__dataclass_fields__))
     if unknown:
-        raise InputError(f"model.tasks: no option {unknown[0]!r}; valid: {', '.join(Tasks.__dataclass_fields__)}")
+        raise InputError(
+            f"model.analyses.tasks: no option {unknown[0]!r}; valid: {', '.join(Tasks.__dataclass_fields__)}"
+        )
     try:
         check_options(Tasks, value)  # Python callers: LightningCLI checked already
     except InputError as err:
-        raise InputError(f"model.tasks: {err}") from err
+        raise InputError(f"model.analyses.tasks: {err}") from err
     return Tasks(**value)
 
 
@@ -83,7 +85,7 @@ def import_lm_eval() -> Any:
         import lm_eval
         import lm_eval.models.huggingface  # noqa: F401  (imports accelerate: lm-eval's `hf` extra)
     except ImportError as err:
-        why = f"model.tasks needs lm-evaluation-harness and its Hugging Face wrapper: {EXTRA} ({err})"
+        why = f"model.analyses.tasks needs lm-evaluation-harness and its Hugging Face wrapper: {EXTRA} ({err})"
         raise InputError(why) from err
     return lm_eval
 
@@ -118,14 +120,16 @@ def _load_one(manager: Any, name: str) -> dict[str, Any]:
         what = f"its dataset {dataset}" if dataset else "its data"
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InputError(
-            f"model.tasks: task {name!r}: {what} cannot be had here ({first}); load it once with network "
+            f"model.analyses.tasks: task {name!r}: {what} cannot be had here ({first}); load it once with network "
             f"access (the datasets cache keeps it), or name a task YAML whose data is local"
         ) from err
     except Exception as err:  # lm-eval's own refusal of a task file or config
         if type(err).__module__.startswith("datasets"):  # DatasetNotFoundError and its kin
             dataset = _dataset_of(manager, name) or "its dataset"
-            raise InputError(f"model.tasks: task {name!r}: {dataset} cannot be had here ({err})") from err
-        raise InputError(f"model.tasks: task {name!r}: lm-eval cannot load it ({type(err).__name__}: {err})") from err
+            raise InputError(f"model.analyses.tasks: task {name!r}: {dataset} cannot be had here ({err})") from err
+        raise InputError(
+            f"model.analyses.tasks: task {name!r}: lm-eval cannot load it ({type(err).__name__}: {err})"
+        ) from err
 
 
 def load_tasks(tasks: Tasks) -> dict[str, Any]:
@@ -133,17 +137,20 @@ def load_tasks(tasks: Tasks) -> dict[str, Any]:
     each path a file, each name registered (one line with the closest names otherwise)."""
     import_lm_eval()
     if not tasks.names:
-        raise InputError("model.tasks.names is empty; name lm-eval tasks (arc_easy, piqa, ...) or task YAML files")
+        raise InputError(
+            "model.analyses.tasks.names is empty; name lm-eval tasks (arc_easy, piqa, ...) or task YAML files"
+        )
     names = [n for n in tasks.names if not is_path(n)]
     manager = task_manager(bool(names))
     for name in tasks.names:
         if is_path(name) and not Path(name).expanduser().is_file():
-            raise InputError(f"model.tasks: no task file {name!r}")
+            raise InputError(f"model.analyses.tasks: no task file {name!r}")
         if not is_path(name) and name not in manager.task_index:
             close = difflib.get_close_matches(name, manager.all_tasks, n=3, cutoff=0.6)
             hint = f"; closest: {', '.join(close)}" if close else ""
             raise InputError(
-                f"model.tasks: unknown task {name!r}{hint} (lm-eval knows {len(manager.all_tasks)} task, group and "
+                f"model.analyses.tasks: unknown task {name!r}{hint} (lm-eval knows {len(manager.all_tasks)} task, "
+                f"group and "
                 f"tag names; python -m lm_eval ls tasks lists them)"
             )
     loaded: dict[str, Any] = {}
@@ -154,7 +161,7 @@ def load_tasks(tasks: Tasks) -> dict[str, Any]:
 
 
 def check_tasks(value: Tasks | Mapping[str, Any] | None, plan: VariantPlan) -> Tasks | None:
-    """`model.tasks` checked before any work: lm-eval installed, every task known, its data
+    """`model.analyses.tasks` checked before any work: lm-eval installed, every task known, its data
     at hand, and no task that generates text under a variant that edits block outputs (its
     edit is per sequence: generation with a KV cache feeds one new token per forward pass,
     so the edit would not see the sequence a forward pass over it sees)."""
@@ -166,7 +173,7 @@ def check_tasks(value: Tasks | Mapping[str, Any] | None, plan: VariantPlan) -> T
     edited = [name for name in plan.names if name in plan.edits]
     if generating and edited:
         raise InputError(
-            f"model.tasks: task {generating[0]!r} generates text, which variant {edited[0]!r} cannot run: its "
+            f"model.analyses.tasks: task {generating[0]!r} generates text, which variant {edited[0]!r} cannot run: its "
             f"block-output edit is made per sequence, and generation feeds one new token per forward pass; "
             f"use multiple-choice or log-likelihood tasks with edit variants"
         )
@@ -181,7 +188,8 @@ def check_tasks_strategy(trainer: Any, tasks: Tasks | Mapping[str, Any] | None) 
 
     if as_tasks(tasks) is not None and is_sharded(trainer):
         raise InputError(
-            f"model.tasks with trainer.strategy={SHARDED} is not supported: every forward pass of a sharded layer "
+            f"model.analyses.tasks with trainer.strategy={SHARDED} is not supported: every forward pass of a sharded "
+            f"layer "
             f"is a collective all processes join in step, while lm-eval batches each process's documents by their "
             f"own lengths; run the tasks with ddp (each process takes a share of the documents) or one process"
         )

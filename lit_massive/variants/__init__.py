@@ -15,6 +15,7 @@ from lit_massive.variants.specs import (
     VariantSpec,
     ZeroRandomWeights,
     ZeroWeights,
+    as_sweep,
     describe_sweep,
     rank_heads,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "VariantSpec",
     "ZeroRandomWeights",
     "ZeroWeights",
+    "as_sweep",
     "describe_sweep",
     "parse_variants",
     "rank_heads",

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from lit_massive.errors import InputError, RunWarning
-from lit_massive.report.schema import load_massive, load_scores
+from lit_massive.results.schema import load_massive, load_scores
 from lit_massive.variants.qk_dims import AttentionShape, check_qk
 from lit_massive.variants.quantize import check_quantize
 from lit_massive.variants.specs import (

@@ -10,8 +10,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from lit_massive.analyses.block_stats import sequence_massive_mask
 from lit_massive.errors import InputError
+from lit_massive.probes.block_stats import sequence_massive_mask
 
 POSITIONS = ("all", "first", "rest")  # every position; position 0 (BOS when there is one); every other
 GROUPS = ("first", "rest")  # a mean edit's two groups of positions: index 0 is position 0

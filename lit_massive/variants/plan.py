@@ -18,7 +18,7 @@ from lit_massive.errors import RunWarning
 from lit_massive.probes.hooks import BlockEdit
 from lit_massive.probes.quantize import FakeQuant
 from lit_massive.probes.weights import ZeroedWeights
-from lit_massive.report.schema import LocatedEntry, load_massive, load_scores, scores_tensor
+from lit_massive.results.schema import LocatedEntry, load_massive, load_scores, scores_tensor
 from lit_massive.variants.checks import parse_variants
 from lit_massive.variants.edits import GROUPS, GroupMeans
 from lit_massive.variants.qk_dims import (
@@ -122,12 +122,7 @@ class VariantPlan:
     ) -> None:
         self.n_layer, self.n_head, self.shapes, self.attention = n_layer, n_head, shapes, attention
         self.specs, edits = parse_variants(variants, sweep, n_layer, n_head, shapes, attention)
-        weights, qk = (ZeroWeights, ZeroRandomWeights), (ZeroQKDims, ZeroRandomQKDims)
-        self.quantized: dict[str, Quantize] = {n: e for n, e in edits.items() if isinstance(e, Quantize)}
-        self.weight_edits: dict[str, WeightEditSpec] = {n: e for n, e in edits.items() if isinstance(e, weights)}
-        self.qk_edits: dict[str, QKEditSpec] = {n: e for n, e in edits.items() if isinstance(e, qk)}
-        others = {**self.weight_edits, **self.qk_edits, **self.quantized}
-        self.edits: dict[str, BlockEditSpec] = {n: e for n, e in edits.items() if n not in others}
+        self.edits, self.weight_edits, self.qk_edits, self.quantized = split_edits(edits)
         self.fake_quants: dict[str, FakeQuant] = {}  # quantize variants: their rounding, once prepared
         self._quant_stats: dict[str, list[list[float]]] | None = None
         self.qk_dims: dict[str, tuple[list, list]] = {}  # q/k edits: the (layer, head, dim) zeroed in q and in k
@@ -167,38 +162,15 @@ class VariantPlan:
             self.pruned_heads.update(resolve(self.specs, run_scores))
         self.counts = {name: torch.zeros(2, self.n_layer, dtype=torch.int64, device=device) for name in self.edits}
         self._counted = None
-        self.zeroed = {
-            name: zeroed_on(chosen_weights(spec, self.shapes, baseline), device)
-            for name, spec in self.weight_edits.items()
-        }
-        for name in self.weight_edits:
-            if not self.zeroed[name]:  # only `super` can come out empty: the checks refuse an empty list
-                warnings.warn(f"variant {name!r}: {NOTHING_ZEROED}", RunWarning, stacklevel=2)
+        self.zeroed = weights_on(self.weight_edits, self.shapes, baseline, device)
         self._quant_stats = None
         for name, spec in self.quantized.items():
             self.fake_quants[name] = fake_quant(spec, self.n_layer, threshold, ratio, baseline, device)
         for name, spec in self.qk_edits.items():
-            self.qk_dims[name] = chosen_dims(spec, self.attention, baseline)
-            self.qk_keep[name] = keep_masks(*self.qk_dims[name], self.attention, device)
-            if not self.qk_keep[name]:  # only `massive` and its control can come out empty
-                warnings.warn(f"variant {name!r}: {NOTHING_MASSIVE}", RunWarning, stacklevel=2)
+            self.qk_dims[name], self.qk_keep[name] = qk_dims_on(name, spec, self.attention, baseline, device)
         for name, edit in self.edits.items():
             if isinstance(edit, SetMassive) and edit.to == "mean":
-                entries = load_massive(edit.source) if edit.source is not None else baseline["massive"]
-                self.means[name] = group_means(entries, edited_layers(edit.layer, self.n_layer), edit.positions, device)
-                if not any(m.width for m in self.means[name].values()):
-                    warnings.warn(f"variant {name!r}: {self._nothing_located(edit)}", RunWarning, stacklevel=2)
-
-    @staticmethod
-    def _nothing_located(edit: SetMassive) -> str:
-        where = edit.source or "this run's baseline"
-        at = f"layer {edit.layer}" if isinstance(edit.layer, int) else f"layers {edit.layer}"
-        if edit.positions != "all":
-            at += f" (positions: {edit.positions})"
-        return (
-            f"nothing massive is located at {at} in {where}, so its mean edit sets "
-            f"nothing and changes nothing (lower model.massive_threshold / massive_ratio to edit smaller values)"
-        )
+                self.means[name] = mean_values(name, edit, self.n_layer, baseline, device)
 
     def new_counts(self) -> dict[str, Tensor]:
         """Zero (2, L) counts for every block edit, on this run's device (another corpus's own)."""
@@ -214,32 +186,8 @@ class VariantPlan:
         first call is a collective where several processes run: `describe` makes it, and
         every rank describes every variant in the same order."""
         if self._counted is None:
-            names = list(self.counts)
-            total = torch.stack([self.counts[n] for n in names]) if names else None
-            if total is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                dist.all_reduce(total)
-            self._counted = {} if total is None else dict(zip(names, total.tolist(), strict=True))
+            self._counted = summed_over_processes(self.counts)
         return self._counted
-
-    def _record(self, name: str, edit: BlockEditSpec) -> Edit:
-        """What results.json says the edit did (`Edit`)."""
-        record = edit.record(self.n_layer)
-        means, counted = self.means.get(name), self._edit_counts().get(name)
-        if counted is not None:
-            blocks = [
-                {
-                    "layer": i,
-                    "edited": counted[0][i],
-                    "means": None if means is None else len(means[i].dims),
-                    "unmatched": None if means is None else counted[1][i],
-                }
-                for i in record.layers
-            ]
-            record = replace(record, blocks=blocks)
-        if means is None:
-            return record
-        n = sum(len(m.dims) for m in means.values())
-        return replace(record, entries=n, note=None if n else self._nothing_located(edit))
 
     def head_masks(self) -> Tensor:
         """(V, L, H): zeros at each variant's pruned heads; ones while its heads are unknown."""
@@ -261,8 +209,10 @@ class VariantPlan:
             record = quantize_record(self.quantized[name], self.fake_quants.get(name), self._quantize_stats().get(name))
         elif name in self.qk_edits:
             record = qk_record(self.qk_edits[name], *self.qk_dims.get(name, ([], [])), self.n_layer)
+        elif edit is not None:
+            record = edit_record(edit, self.n_layer, self.means.get(name), self._edit_counts().get(name))
         else:
-            record = None if edit is None else self._record(name, edit)
+            record = None
         return {"pruned_heads": [list(h) for h in self.pruned_heads[name]], "edit": record and asdict(record)}
 
     def block_edits(self, name: str, windows: Sequence[int], threshold: float, ratio: float) -> list[BlockEdit]:
@@ -277,15 +227,8 @@ class VariantPlan:
         """Each quantize variant's statistics and weight errors summed over all processes, read
         on the host once (a collective where several processes run, like `_edit_counts`)."""
         if self._quant_stats is None:
-            names = list(self.fake_quants)
-            if not names:
-                self._quant_stats = {}
-                return self._quant_stats
-            fqs = [self.fake_quants[n] for n in names]
-            total = torch.stack([torch.cat([f.stats, f.weight_error]) for f in fqs])
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                dist.all_reduce(total)
-            self._quant_stats = dict(zip(names, total.tolist(), strict=True))
+            rows = {name: torch.cat([f.stats, f.weight_error]) for name, f in self.fake_quants.items()}
+            self._quant_stats = summed_over_processes(rows)
         return self._quant_stats
 
     def fake_quant(self, name: str) -> FakeQuant | None:
@@ -299,3 +242,102 @@ class VariantPlan:
     def zeroed_weights(self, name: str) -> list[ZeroedWeights]:
         """Variant `name`'s weights to zero during its passes (per block); none for the others."""
         return self.zeroed.get(name, [])
+
+
+def split_edits(
+    edits: dict[str, BlockEditSpec | WeightEditSpec | QKEditSpec],
+) -> tuple[dict[str, BlockEditSpec], dict[str, WeightEditSpec], dict[str, QKEditSpec], dict[str, Quantize]]:
+    """The checked edits of `parse_variants` by kind: block edits, weight edits, q/k edits and
+    quantize variants, each in the variants' order."""
+    weights, qk = (ZeroWeights, ZeroRandomWeights), (ZeroQKDims, ZeroRandomQKDims)
+    quantized = {n: e for n, e in edits.items() if isinstance(e, Quantize)}
+    weight_edits = {n: e for n, e in edits.items() if isinstance(e, weights)}
+    qk_edits = {n: e for n, e in edits.items() if isinstance(e, qk)}
+    others = {**weight_edits, **qk_edits, **quantized}
+    return {n: e for n, e in edits.items() if n not in others}, weight_edits, qk_edits, quantized
+
+
+def weights_on(
+    weight_edits: dict[str, WeightEditSpec],
+    shapes: list[Shape] | None,
+    baseline: dict[str, Any] | None,
+    device: torch.device,
+) -> dict[str, list[ZeroedWeights]]:
+    """Each weight edit's weights to zero, per block on `device` (`super` from the first pass's
+    `baseline`); warns (for `VariantPlan.prepare`'s caller) of an edit that zeroes nothing."""
+    zeroed = {name: zeroed_on(chosen_weights(spec, shapes, baseline), device) for name, spec in weight_edits.items()}
+    for name in weight_edits:
+        if not zeroed[name]:  # only `super` can come out empty: the checks refuse an empty list
+            warnings.warn(f"variant {name!r}: {NOTHING_ZEROED}", RunWarning, stacklevel=3)
+    return zeroed
+
+
+def qk_dims_on(
+    name: str, spec: QKEditSpec, attention: AttentionShape | None, baseline: dict[str, Any] | None, device: torch.device
+) -> tuple[tuple[list, list], Keep]:
+    """Q/k edit `name`'s (layer, head, dim) zeroed in q and in k, and its keep masks per layer on
+    `device`; warns (for `VariantPlan.prepare`'s caller) when it zeroes nothing."""
+    dims = chosen_dims(spec, attention, baseline)
+    keep = keep_masks(*dims, attention, device)
+    if not keep:  # only `massive` and its control can come out empty
+        warnings.warn(f"variant {name!r}: {NOTHING_MASSIVE}", RunWarning, stacklevel=3)
+    return dims, keep
+
+
+def mean_values(
+    name: str, edit: SetMassive, n_layer: int, baseline: dict[str, Any] | None, device: torch.device
+) -> dict[int, GroupMeans]:
+    """`mean` edit `name`'s group means per edited block on `device`, from its ``from`` file or
+    the first pass's `baseline`; warns (for `VariantPlan.prepare`'s caller) when none is located."""
+    entries = load_massive(edit.source) if edit.source is not None else baseline["massive"]
+    means = group_means(entries, edited_layers(edit.layer, n_layer), edit.positions, device)
+    if not any(m.width for m in means.values()):
+        warnings.warn(f"variant {name!r}: {nothing_located(edit)}", RunWarning, stacklevel=3)
+    return means
+
+
+def nothing_located(edit: SetMassive) -> str:
+    """Why `mean` edit `edit` sets nothing: no massive value is located where it edits."""
+    where = edit.source or "this run's baseline"
+    at = f"layer {edit.layer}" if isinstance(edit.layer, int) else f"layers {edit.layer}"
+    if edit.positions != "all":
+        at += f" (positions: {edit.positions})"
+    return (
+        f"nothing massive is located at {at} in {where}, so its mean edit sets "
+        f"nothing and changes nothing (lower model.massive_threshold / massive_ratio to edit smaller values)"
+    )
+
+
+def summed_over_processes(rows: dict[str, Tensor]) -> dict[str, list]:
+    """Each named row (all of one shape) summed over all processes, read on the host. A
+    collective where several processes run (unless `rows` is empty): every rank calls it at
+    the same point."""
+    if not rows:
+        return {}
+    total = torch.stack(list(rows.values()))
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(total)
+    return dict(zip(rows, total.tolist(), strict=True))
+
+
+def edit_record(
+    edit: BlockEditSpec, n_layer: int, means: dict[int, GroupMeans] | None, counted: list[list[int]] | None
+) -> Edit:
+    """What results.json says block edit `edit` did (`Edit`): per edited block, what it changed
+    (`counted`, its (2, L) counts over all processes) and, for a `mean` edit, its `means`."""
+    record = edit.record(n_layer)
+    if counted is not None:
+        blocks = [
+            {
+                "layer": i,
+                "edited": counted[0][i],
+                "means": None if means is None else len(means[i].dims),
+                "unmatched": None if means is None else counted[1][i],
+            }
+            for i in record.layers
+        ]
+        record = replace(record, blocks=blocks)
+    if means is None:
+        return record
+    n = sum(len(m.dims) for m in means.values())
+    return replace(record, entries=n, note=None if n else nothing_located(edit))

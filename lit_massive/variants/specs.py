@@ -9,19 +9,21 @@ An edit's hook lives on its spec.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Union
+from typing import Any, Union
 
 from torch import Tensor
 
+from lit_massive.errors import InputError
 from lit_massive.probes.hooks import BlockEdit
-from lit_massive.report import ranking
+from lit_massive.results import ranking
 
 # the baseline's name, the orders and what a selection ranks heads by (-> results.json key),
-# defined with the ranking, which imports no torch
-from lit_massive.report.ranking import BASELINE, ORDERS, SCORES  # noqa: F401
+# defined with results.json's names and the ranking, which import no torch
+from lit_massive.results.names import BASELINE, SCORES  # noqa: F401
+from lit_massive.results.ranking import ORDERS  # noqa: F401
 from lit_massive.variants.edits import POSITIONS, GroupMeans, set_to_means, zero_massive, zero_random  # noqa: F401
 
 if sys.version_info >= (3, 11):
@@ -372,5 +374,18 @@ def describe_sweep(sweep: Sweep | None) -> dict | None:
 def rank_heads(scores: Tensor | Sequence[Sequence[float | None]], order: str) -> list[Head]:
     """All heads of (L, H) `scores` (a tensor or rows) by score, highest first for `top`,
     lowest first for `bottom`; ties keep (layer, head) order, NaN scores last
-    (`report.ranking.rank_heads`)."""
+    (`results.ranking.rank_heads`)."""
     return ranking.rank_heads(scores.tolist() if hasattr(scores, "tolist") else scores, order)
+
+
+def as_sweep(value: Sweep | Mapping[str, Any] | None) -> Sweep | None:
+    """`model.sweep` as a `Sweep` (LightningCLI gives one; a Python caller may give a dict)."""
+    if value is None or isinstance(value, Sweep):
+        return value
+    fields = list(Sweep.__dataclass_fields__)
+    if not isinstance(value, Mapping):
+        raise InputError(f"sweep={value!r}: give a mapping with {', '.join(fields)}")
+    unknown = [key for key in value if key not in fields]
+    if unknown:
+        raise InputError(f"sweep: no option {unknown[0]!r}; valid: {', '.join(fields)}")
+    return Sweep(**{key: tuple(v) if key == "k" and isinstance(v, list) else v for key, v in value.items()})

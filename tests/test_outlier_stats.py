@@ -1,4 +1,4 @@
-"""Outlier statistics (`model.outlier_stats`) against a hand computation with
+"""Outlier statistics (`model.analyses.outlier_stats.enabled`) against a hand computation with
 `torch.linalg.svdvals` on block outputs captured with plain forward hooks."""
 
 import math
@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from helpers import reference_windows, run_validate, tensorboard_events, tiny_run_args
-from lit_massive.analyses.outliers import OutlierStats, block_outliers
+from lit_massive.analyses.outlier_stats import OutlierStats, block_outlier_stats
 
 KEYS = ("kurtosis", "top_direction_share", "matrix_entropy")
 
@@ -49,8 +49,8 @@ def test_statistics_equal_svdvals_on_hooked_block_outputs(tmp_path, tiny_gpt2_di
     n = 5
     run_dir, results = run_validate(
         tmp_path,
-        *tiny_run_args(tiny_gpt2_dir, corpus_jsonl, seq_len, n, 2, "--model.outlier_stats", "true",
-                       "--model.perplexity", "false", "--model.variants", '{"cut": [[1, 2], [2, 0]]}'),
+        *tiny_run_args(tiny_gpt2_dir, corpus_jsonl, seq_len, n, 2, "--model.analyses.outlier_stats.enabled", "true",
+                       "--model.analyses.perplexity.enabled", "false", "--model.variants", '{"cut": [[1, 2], [2, 0]]}'),
     )  # fmt: skip
     windows = reference_windows(tiny_gpt2_dir, corpus_jsonl, seq_len, seq_len, n)
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
@@ -72,11 +72,11 @@ def test_statistics_equal_svdvals_on_hooked_block_outputs(tmp_path, tiny_gpt2_di
     # TensorBoard: one curve per statistic against the layer; one figure against depth
     events = tensorboard_events(run_dir, "baseline")
     for key in KEYS:
-        curve = events.Scalars(f"outliers/{key}")
+        curve = events.Scalars(f"outlier_stats/{key}")
         assert [e.step for e in curve] == [0, 1, 2]
         assert [e.value for e in curve] == pytest.approx([r[key] for r in rows], rel=1e-6)
-    assert (run_dir / "figures" / "baseline_outliers.png").stat().st_size > 0
-    assert "figures/outliers" in events.Tags()["images"]
+    assert (run_dir / "figures" / "baseline_outlier_stats.png").stat().st_size > 0
+    assert "figures/outlier_stats" in events.Tags()["images"]
 
 
 def test_off_the_row_keys_are_null(tmp_path, tiny_gpt2_dir, corpus_jsonl):
@@ -93,7 +93,7 @@ def test_planted_massive_activation_dominates_one_direction():
     x = torch.randn(3, 20, 12, generator=g)
     x[:, 0, 5] = 2000.0
     metric = OutlierStats(n_layer=1)
-    metric.update([block_outliers(x)])
+    metric.update([block_outlier_stats(x)])
     got = metric.compute()
     expected = by_hand(x)
     for key in KEYS:
@@ -110,7 +110,7 @@ def test_nonfinite_and_zero_windows_are_left_out_and_counted():
     a[3] = 0.0
     b[4, 0, 0] = float("nan")
     metric = OutlierStats(n_layer=2)
-    metric.update([block_outliers(a), block_outliers(b)])
+    metric.update([block_outlier_stats(a), block_outlier_stats(b)])
     got = metric.compute()
     assert got["left_out"].tolist() == [2, 1]
     assert got["windows"].tolist() == [3, 4]
@@ -119,7 +119,7 @@ def test_nonfinite_and_zero_windows_are_left_out_and_counted():
         for key in KEYS:
             assert float(got[key][i]) == pytest.approx(expected[key], rel=1e-5)
     none = OutlierStats(n_layer=1)
-    none.update([block_outliers(torch.full((2, 4, 3), float("nan")))])
+    none.update([block_outlier_stats(torch.full((2, 4, 3), float("nan")))])
     assert torch.isnan(none.compute()["kurtosis"]).all()  # no window kept: NaN, null in results.json
 
 
@@ -127,14 +127,14 @@ def test_merged_halves_equal_one_pass_and_half_input_is_measured_in_float64():
     g = torch.Generator().manual_seed(3)
     blocks = [torch.randn(6, 8, 5, generator=g) for _ in range(2)]
     whole, first, second = OutlierStats(2), OutlierStats(2), OutlierStats(2)
-    whole.update([block_outliers(x) for x in blocks])
-    first.update([block_outliers(x[:2]) for x in blocks])
-    second.update([block_outliers(x[2:]) for x in blocks])
+    whole.update([block_outlier_stats(x) for x in blocks])
+    first.update([block_outlier_stats(x[:2]) for x in blocks])
+    second.update([block_outlier_stats(x[2:]) for x in blocks])
     first.merge_state(second)
     for key, value in whole.compute().items():
         torch.testing.assert_close(first.compute()[key], value, rtol=1e-12, atol=0)
     half = OutlierStats(2)
-    half.update([block_outliers(x.half()) for x in blocks])
+    half.update([block_outlier_stats(x.half()) for x in blocks])
     for i, x in enumerate(blocks):
         expected = by_hand(x.half().float())
         assert float(half.compute()["matrix_entropy"][i]) == pytest.approx(expected["matrix_entropy"], rel=1e-6)

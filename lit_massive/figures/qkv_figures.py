@@ -1,5 +1,5 @@
 """Figures of the massive dims of queries and keys. (fig, axes) pairs, no pyplot state, like
-`report.figures`."""
+`figures.figures`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from lit_massive.report.head_figures import UNMEASURED
+from lit_massive.figures import style
 
 COLUMNS = 4  # panels per row
 
@@ -42,7 +42,7 @@ def dim_norms_figure(
     positive = x[np.isfinite(x) & (x > 0)]
     low, high = (positive.min(), positive.max()) if positive.size else (1.0, 1.0)
     norm = LogNorm(vmin=min(low, ratio / 10) if ratio > 0 else low, vmax=max(high, ratio * 1.0001, low * 1.0001))
-    cmap = colormaps["magma"].with_extremes(bad=UNMEASURED, under="black")
+    cmap = colormaps[style.PEAKS].with_extremes(bad=style.UNMEASURED, under="black")
     image = None
     for layer, ax in enumerate(axes):
         if layer >= n_layer:

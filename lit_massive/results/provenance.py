@@ -19,6 +19,7 @@ import torch
 
 from lit_massive.models import toy
 from lit_massive.models.loading import WEIGHT_SUFFIXES, ModelSource
+from lit_massive.version import __version__
 
 PACKAGES = ("lit_massive", "torch", "transformers", "lightning", "datasets", "torchmetrics", "jsonargparse", "gguf")
 # A superset of what loading requires: the hash covers every weight file a checkpoint directory
@@ -32,9 +33,7 @@ def _version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         if package == "lit_massive":  # run from a checkout that was never installed
-            import lit_massive
-
-            return lit_massive.__version__
+            return __version__
         return None
 
 

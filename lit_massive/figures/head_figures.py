@@ -1,5 +1,5 @@
 """Figures of the attention internals: per-head grids on any scale, the value-state drain
-and the sink rate against depth. (fig, ax) pairs, no pyplot state, like `report.figures`."""
+and the sink rate against depth. (fig, ax) pairs, no pyplot state, like `figures.figures`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from lit_massive.report.figures import _values, share_per_layer_figure
-
-UNMEASURED = "0.8"  # light grey: the colour of a head grid's null cells
+from lit_massive.figures import style
+from lit_massive.figures.figures import share_per_layer_figure
 
 
 def head_grid(
@@ -30,11 +29,11 @@ def head_grid(
     n_layer, n_head = len(rows), len(rows[0])
     fig = Figure(figsize=(max(4.5, 1.5 + 0.45 * n_head), max(3.0, 1.2 + 0.4 * n_layer)), layout="constrained")
     ax = fig.subplots()
-    values = [_values(row) for row in rows]
+    values = [style.values(row) for row in rows]
     finite = [abs(v) for row in values for v in row if not math.isnan(v)]
     largest = max(finite, default=0.0) or 1.0
-    vmin, name = (-largest, "RdBu_r") if diverging else (0.0, "viridis")
-    cmap = colormaps[name].with_extremes(bad=UNMEASURED)  # not white: a 0 on RdBu_r is white
+    vmin, name = (-largest, style.DIVERGING) if diverging else (0.0, style.SEQUENTIAL)
+    cmap = colormaps[name].with_extremes(bad=style.UNMEASURED)  # not white: a 0 on RdBu_r is white
     positive = [v for v in finite if v > 0]
     if log and positive:
         vmin = min(positive)
@@ -66,15 +65,15 @@ def value_drain_figure(
     ax = fig.subplots()
     for rows, color, label in ((first, "tab:red", "first token ||v_0||"), (rest, "tab:blue", "other tokens ||v_j||")):
         for layer, row in enumerate(rows):
-            ax.scatter([layer] * len(row), _values(row), s=10, color=color, alpha=0.3, lw=0)
+            ax.scatter([layer] * len(row), style.values(row), s=10, color=color, alpha=0.3, lw=0)
         means = [head_mean(row) for row in rows]
-        ax.plot(range(len(rows)), _values(means), marker="o", color=color, label=f"{label}, mean over heads")
+        ax.plot(range(len(rows)), style.values(means), marker="o", color=color, label=f"{label}, mean over heads")
     ax.set_yscale("log")
     ax.set_xticks(range(len(first)))
     ax.set_xlabel("layer (0-based)")
     ax.set_ylabel("value norm (dots: heads)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    style.legend(ax)
     ax.set_title(title)
     return fig, ax
 

@@ -1,12 +1,12 @@
 """Figures of the outlier statistics against depth. (fig, axes) pairs, no pyplot state, like
-`report.figures`."""
+`figures.figures`."""
 
 from __future__ import annotations
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-NAN = float("nan")
+from lit_massive.figures import style
 
 PANELS = (  # key, y label, colour, log y
     ("kurtosis", "kurtosis of per-dim RMS\nmean_d s^4 / (mean_d s^2)^2", "tab:red", True),
@@ -23,7 +23,7 @@ def outlier_figure(layers: list[dict], title: str) -> tuple[Figure, list[Axes]]:
     axes = list(fig.subplots(len(PANELS), 1, sharex=True))
     x = [row["layer"] for row in layers]
     for ax, (key, label, color, log) in zip(axes, PANELS, strict=True):
-        values = [NAN if row.get(key) is None else row[key] for row in layers]
+        values = style.values([row.get(key) for row in layers])
         ax.plot(x, values, marker="o", color=color)
         if log and any(v > 0 for v in values):  # NaN > 0 is False: only measured values count
             ax.set_yscale("log")

@@ -1,10 +1,12 @@
 """Figures of the MLP output projections (super weights): (fig, ax) pairs, no pyplot state,
-like `report.figures`."""
+like `figures.figures`."""
 
 from __future__ import annotations
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from lit_massive.figures import style
 
 
 def mlp_down_figure(rows: list[dict], candidates: list[dict], title: str) -> tuple[Figure, Axes]:
@@ -15,9 +17,8 @@ def mlp_down_figure(rows: list[dict], candidates: list[dict], title: str) -> tup
     fig = Figure(figsize=(7, 3.8), layout="constrained")
     ax = fig.subplots()
     layers = [r["layer"] for r in rows]
-    nan = float("nan")  # a block whose every window overflowed: a gap
-    inputs = [nan if r["input"]["value"] is None else r["input"]["value"] for r in rows]
-    outputs = [nan if r["output"]["value"] is None else r["output"]["value"] for r in rows]
+    inputs = style.values([r["input"]["value"] for r in rows])  # null: every window overflowed, a gap
+    outputs = style.values([r["output"]["value"] for r in rows])
     ax.plot(layers, inputs, marker="o", color="tab:blue", label="largest |input| (x_i)")
     ax.plot(layers, outputs, marker="s", color="tab:red", label="largest |output| (y_j)")
     output = {r["layer"]: r["output"]["value"] for r in rows}
@@ -30,6 +31,6 @@ def mlp_down_figure(rows: list[dict], candidates: list[dict], title: str) -> tup
     ax.set_xlabel("layer (0-based)")
     ax.set_ylabel("MLP output projection\n(mean over windows)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    style.legend(ax)
     ax.set_title(title + ("" if candidates else "\nno super-weight candidate (no massive output top-1)"))
     return fig, ax

@@ -1,4 +1,5 @@
-"""Figures as (fig, ax) pairs, for PNG files and TensorBoard alike. No pyplot state."""
+"""Figures as (fig, ax) pairs, for PNG files and TensorBoard alike. No pyplot state; the
+colours, line styles and legends are figures/style.py's."""
 
 from __future__ import annotations
 
@@ -10,12 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d import proj3d
 
-NAN = float("nan")
-
-
-def _values(values: list[float | None]) -> list[float]:
-    """Unmeasured (null) values become gaps in the line."""
-    return [NAN if v is None else v for v in values]
+from lit_massive.figures import style
 
 
 def layer_profile_figure(layers: list[dict], title: str) -> tuple[Figure, Axes]:
@@ -25,20 +21,19 @@ def layer_profile_figure(layers: list[dict], title: str) -> tuple[Figure, Axes]:
     x = [row["layer"] for row in layers]
     k = len(layers[0]["top"])
     for j in range(k):
-        ax.plot(x, _values([row["top"][j] for row in layers]), marker="o", label=f"top {j + 1}")
-    ax.plot(x, _values([row["median"] for row in layers]), marker="s", color="gray", label="median")
+        ax.plot(x, style.values([row["top"][j] for row in layers]), marker="o", label=f"top {j + 1}")
+    ax.plot(x, style.values([row["median"] for row in layers]), marker="s", color="gray", label="median")
     ax.set_yscale("log")
     ax.set_xticks(x)
     ax.set_xlabel("layer (0-based)")
-    ax.set_ylabel("|block output| (mean over sequences)")
+    ax.set_ylabel("|block output| (mean over windows)")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend()
+    style.legend(ax)
     return fig, ax
 
 
 MIN_PCT_SPAN = 1.0  # a % change axis spans at least +-1 %, so a 0.1 % change looks small
-MANY = 8  # more lines than this: the legend goes beside the chart
 
 
 def _symmetric_pct_axis(ax: Axes, values: list[float | None], axis: str = "y") -> None:
@@ -47,18 +42,6 @@ def _symmetric_pct_axis(ax: Axes, values: list[float | None], axis: str = "y") -
     limit = max(MIN_PCT_SPAN, 1.1 * largest)
     (ax.set_ylim if axis == "y" else ax.set_xlim)(-limit, limit)
     (ax.axhline if axis == "y" else ax.axvline)(0.0, color="black", lw=0.9, zorder=1)
-
-
-def _legend(ax: Axes, n_lines: int) -> None:
-    if n_lines > MANY:  # beside the chart, in columns, instead of over the lines
-        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + n_lines // 16)
-    else:
-        ax.legend(fontsize="small")
-
-
-def _overlap_style(i: int) -> dict:
-    """Markers that shrink line by line, so a line drawn over an equal one leaves it visible."""
-    return {"marker": "osD^v<>p"[i % 8], "ms": max(9 - 1.5 * i, 3), "lw": max(2.5 - 0.3 * i, 1.0), "zorder": 2 + i}
 
 
 def _same(layers: list[dict], baseline: list[dict]) -> bool:
@@ -73,25 +56,24 @@ def profiles_figure(variants: dict[str, list[dict]], title: str) -> tuple[Figure
     ax = fig.subplots()
     names = list(variants)
     base = variants[names[0]]
-    colors = colormaps["viridis" if len(names) > 10 else "tab10"]
+    colors = style.colors(len(names) - 1)  # the baseline is grey
     for i, (name, layers) in enumerate(variants.items()):
         x = [row["layer"] for row in layers]
         if i == 0:
-            style = {"color": "0.6", "lw": 5, "alpha": 0.6, "zorder": 1}
+            line = {"color": "0.6", "lw": 5, "alpha": 0.6, "zorder": 1}
             label = name
         else:
-            color = colors((i - 1) / max(len(names) - 2, 1)) if len(names) > 10 else colors((i - 1) % 10)
-            style = {"color": color, "lw": 1.3, "marker": "o", "ms": 3, "zorder": 2}
+            line = {"color": colors[i - 1], "lw": 1.3, "marker": "o", "ms": 3, "zorder": 2}
             label = f"{name} (= {names[0]})" if _same(layers, base) else name
-        ax.plot(x, _values([row["top"][0] for row in layers]), label=label, **style)
-        ax.plot(x, _values([row["median"] for row in layers]), ls="--", **style)
+        ax.plot(x, style.values([row["top"][0] for row in layers]), label=label, **line)
+        ax.plot(x, style.values([row["median"] for row in layers]), ls="--", **line)
     ax.set_yscale("log")
     ax.set_xticks([row["layer"] for row in base])
     ax.set_xlabel("layer (0-based)")
-    ax.set_ylabel("|block output| (mean over sequences)\nsolid: top 1, dashed: median")
+    ax.set_ylabel("|block output| (mean over windows)\nsolid: top 1, dashed: median")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    _legend(ax, len(names))
+    style.legend(ax, len(names))
     return fig, ax
 
 
@@ -102,7 +84,7 @@ def change_figure(changes: dict[str, list[float | None]], title: str) -> tuple[F
     ax = fig.subplots()
     for i, (name, pct) in enumerate(changes.items()):
         same = all(p == 0.0 for p in pct)
-        ax.plot(range(len(pct)), _values(pct), label=f"{name} (no change)" if same else name, **_overlap_style(i))
+        ax.plot(range(len(pct)), style.values(pct), label=f"{name} (no change)" if same else name, **style.overlap(i))
     _symmetric_pct_axis(ax, [p for pct in changes.values() for p in pct])
     n_layer = max((len(p) for p in changes.values()), default=0)
     ax.set_xticks(range(n_layer))
@@ -110,7 +92,7 @@ def change_figure(changes: dict[str, list[float | None]], title: str) -> tuple[F
     ax.set_ylabel("top-1 change vs baseline (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    _legend(ax, len(changes))
+    style.legend(ax, len(changes))
     return fig, ax
 
 
@@ -124,13 +106,13 @@ def change_heatmap(changes: dict[str, dict], title: str) -> tuple[Figure, Axes]:
     symmetric about 0 (at least +-1 %), the values written in the cells."""
     keys = [k for k, v in next(iter(changes.values())).items() if k.endswith("_pct") and isinstance(v, list)]
     rows = [(name, key) for name in changes for key in keys]
-    grid = [_values(changes[name][key]) for name, key in rows]
+    grid = [style.values(changes[name][key]) for name, key in rows]
     n_layer = len(grid[0])
     flat = [v for row in grid for v in row if v == v]
     limit = max(MIN_PCT_SPAN, max((abs(v) for v in flat), default=0.0))
     fig = Figure(figsize=(2.5 + 0.55 * n_layer, 1.3 + 0.28 * len(rows)), layout="constrained")
     ax = fig.subplots()
-    image = ax.imshow(grid, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
+    image = ax.imshow(grid, cmap=style.DIVERGING, vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="change vs baseline (%)", shrink=0.8)
     if n_layer <= 32 and len(rows) <= 80:
         for r, row in enumerate(grid):
@@ -154,7 +136,7 @@ def _probability_grid(rows: list[list[float | None]], title: str, xlabel: str, l
     n_layer, n_col = len(rows), len(rows[0])
     fig = Figure(figsize=(max(4.5, 1.5 + 0.45 * n_col), max(3.0, 1.2 + 0.4 * n_layer)), layout="constrained")
     ax = fig.subplots()
-    values = [_values(row) for row in rows]
+    values = [style.values(row) for row in rows]
     largest = max((v for row in values for v in row if v == v), default=0.0)
     image = ax.imshow(values, vmin=0.0, vmax=largest if largest > 0 else 1.0, cmap=cmap, aspect="auto")
     scale = f"scale 0 to {largest:.3g}" if largest > 0 else "every value is 0"
@@ -172,7 +154,7 @@ def head_heatmap(
 ) -> tuple[Figure, Axes]:
     """Layers x heads grid of a head score (first-token or massive-token attention); the
     `pruned` heads crossed out (their attention is still measured, but their output is zeroed)."""
-    fig, ax = _probability_grid(scores, title, "head (0-based)", label, "viridis")
+    fig, ax = _probability_grid(scores, title, "head (0-based)", label, style.SEQUENTIAL)
     if pruned:
         ax.scatter([h for _, h in pruned], [layer for layer, _ in pruned], marker="x", s=90, c="red", lw=2.5,
                    label="pruned")  # fmt: skip
@@ -201,8 +183,8 @@ def sweep_figure(ks: list[int], mean_pct: dict[str, list[float | None]], title: 
     fig = Figure(figsize=(6.5, 4), layout="constrained")
     ax = fig.subplots()
     for i, (key, values) in enumerate(mean_pct.items()):
-        style = _overlap_style(i) | ({"color": "gray", "ls": "--"} if key == "median_pct" else {})
-        ax.plot(ks, _values(values), label=_stat_label(key), **style)
+        line = style.overlap(i) | ({"color": "gray", "ls": "--"} if key == "median_pct" else {})
+        ax.plot(ks, style.values(values), label=_stat_label(key), **line)
     _symmetric_pct_axis(ax, [v for values in mean_pct.values() for v in values])
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
@@ -210,7 +192,7 @@ def sweep_figure(ks: list[int], mean_pct: dict[str, list[float | None]], title: 
     ax.set_ylabel("mean change over layers vs baseline (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    style.legend(ax)
     return fig, ax
 
 
@@ -238,10 +220,9 @@ def feature_view_figure(
     grid = fig.add_gridspec(1, 2, width_ratios=(1.15, 1.0))
     ax3 = fig.add_subplot(grid[0], projection="3d", proj_type="ortho")
     ax2 = fig.add_subplot(grid[1])
-    colors = colormaps["tab10"]
     for t, row in enumerate(values):
-        ax3.plot(range(n_dim), [t] * n_dim, row, lw=0.8, color=colors(t % 10))
-        ax2.plot(range(n_dim), row, lw=0.8, color=colors(t % 10), label=repr(tokens[t]))
+        ax3.plot(range(n_dim), [t] * n_dim, row, lw=0.8, color=style.color(t))
+        ax2.plot(range(n_dim), row, lw=0.8, color=style.color(t), label=repr(tokens[t]))
     ax3.set_xlim(0, n_dim - 1)
     ax3.set_xticks(ticks, [str(d) for d in ticks], fontsize="small")
     ax3.set_zlim(0, None)
@@ -317,9 +298,9 @@ def components_figure(entries: list[dict], title: str) -> tuple[Figure, Axes]:
     ax.axhline(0.0, color="gray", lw=0.8)
     ax.set_xticks(x)
     ax.set_xlabel("layer (0-based)")
-    ax.set_ylabel("value (mean over sequences)")
+    ax.set_ylabel("value (mean over windows)")
     ax.set_title(title)
-    ax.legend(fontsize="small")
+    style.legend(ax)
     return fig, ax
 
 
@@ -327,7 +308,7 @@ def share_per_layer_figure(values: list[float | None], title: str, ylabel: str, 
     """A share (0 to 1) per layer, as a line; null values are gaps."""
     fig = Figure(figsize=(7, 3.5), layout="constrained")
     ax = fig.subplots()
-    ax.plot(range(len(values)), _values(values), marker="o", color=color)
+    ax.plot(range(len(values)), style.values(values), marker="o", color=color)
     ax.set_ylim(0.0, 1.05)
     ax.set_xticks(range(len(values)))
     ax.set_xlabel("layer (0-based)")
@@ -346,7 +327,7 @@ def attention_to_massive_figure(values: list[float | None], title: str) -> tuple
 def received_figure(received: list[list[float | None]], title: str) -> tuple[Figure, Axes]:
     """Layers x leading key positions: the mean attention each position receives (over heads,
     queries and windows); a bright column away from 0 is a position-specific sink."""
-    return _probability_grid(received, title, "key position (0-based)", "mean attention received", "magma")
+    return _probability_grid(received, title, "key position (0-based)", "mean attention received", style.PEAKS)
 
 
 def key_sink_rate_figure(rates: list[list[float | None]], epsilon: float, title: str) -> tuple[Figure, Axes]:
@@ -354,7 +335,7 @@ def key_sink_rate_figure(rates: list[list[float | None]], epsilon: float, title:
     al.'s mean attention on key k over the queries that may attend to it) exceeds `epsilon`;
     column 0 is the sink rate, a bright column further right a secondary sink."""
     label = f"key sink rate (share of (window, head)\nwith alpha_k > {epsilon:g})"
-    return _probability_grid(rates, title, "key position k (0-based)", label, "magma")
+    return _probability_grid(rates, title, "key position k (0-based)", label, style.PEAKS)
 
 
 def secondary_sinks_figure(rows: list[dict], n_layer: int, title: str, tokens: int = 12) -> tuple[Figure, Axes]:
@@ -375,7 +356,7 @@ def secondary_sinks_figure(rows: list[dict], n_layer: int, title: str, tokens: i
     label = "(window, head) pairs sinking on it\n(blank: none)"
     star = "\n(star: massive in the stream entering the block)" if massive else ""
     xlabel = "token at a key after the first" + star
-    fig, ax = _probability_grid(grid, title, xlabel, label, "magma")
+    fig, ax = _probability_grid(grid, title, xlabel, label, style.PEAKS)
     ax.set_xticks(range(len(shown)), [_token_label(t) for t in shown], rotation=45, ha="right")
     if massive:
         ax.scatter([c for _, c in massive], [layer for layer, _ in massive], marker="*", s=60, c="tab:cyan")
@@ -389,11 +370,11 @@ def linear_inputs_figure(rows: list[dict], kinds: tuple[str, ...], title: str) -
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     ratio_ax, error_ax = fig.subplots(1, 2)
     layers = [row["layer"] for row in rows]
-    for kind, color in zip(kinds, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=False):
+    for kind, color in zip(kinds, style.colors(len(kinds)), strict=True):
         if all(row[kind] is None for row in rows):
             continue
         series = {
-            key: _values([None if row[kind] is None else row[kind][key] for row in rows])
+            key: style.values([None if row[kind] is None else row[kind][key] for row in rows])
             for key in ("top1_over_median", "int8_error_per_tensor", "int8_error_per_token")
         }
         ratio_ax.plot(layers, series["top1_over_median"], marker="o", color=color, label=kind)
@@ -407,7 +388,7 @@ def linear_inputs_figure(rows: list[dict], kinds: tuple[str, ...], title: str) -
         ax.set_xlabel("layer (0-based)")
         ax.set_xticks(layers)
         ax.grid(alpha=0.3)
-    ratio_ax.legend(fontsize="small")
+    style.legend(ratio_ax)
     error_ax.legend(fontsize="x-small", ncols=2)
     fig.suptitle(title)
     return fig, (ratio_ax, error_ax)
@@ -447,14 +428,14 @@ def attention_view_figure(
     lo, hi = float(np.nanmin(s)), float(np.nanmax(s))
     largest = float(np.nanmax(p))
     rows = [
-        (s, colormaps["viridis"], lo, hi, "logit $s_{ij}$ (grey: masked)", "logits"),
-        (p, colormaps["magma"], 0.0, largest if largest > 0 else 1.0, f"probability $p_{{ij}}$ (0 to {largest:.3g})",
-         "probabilities"),
+        (s, colormaps[style.SEQUENTIAL], lo, hi, "logit $s_{ij}$ (grey: masked)", "logits"),
+        (p, colormaps[style.PEAKS], 0.0, largest if largest > 0 else 1.0,
+         f"probability $p_{{ij}}$ (0 to {largest:.3g})", "probabilities"),
     ]  # fmt: skip
     for r, (maps, cmap, vmin, vmax, label, name) in enumerate(rows):
         for c, (head, score) in enumerate(zip(heads, first_token, strict=True)):
             ax = axes[r][c]
-            image = ax.imshow(maps[c], cmap=cmap.with_extremes(bad="0.85"), vmin=vmin, vmax=vmax,
+            image = ax.imshow(maps[c], cmap=cmap.with_extremes(bad=style.MASKED), vmin=vmin, vmax=vmax,
                               interpolation="nearest")  # fmt: skip
             if r == 0:
                 ax.set_title(f"{_head_title(head)}\nfirst-token score {score:.3f}", fontsize="small")

@@ -1,4 +1,4 @@
-"""Outlier statistics per block (`model.outlier_stats`): how heavy-tailed the block output's
+"""Outlier statistics per block (`model.analyses.outlier_stats.enabled`): how heavy-tailed the block output's
 feature dims are and how much of it lies along one direction.
 
 For one window's block output X (T x D), with s_d the RMS over the window's tokens of dim d
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from torch import Tensor
 from lit_massive.analyses.base import Analysis, Block, Forward, Setup, SumStatesMetric
 from lit_massive.analyses.layer_profile import finite
 from lit_massive.analyses.registry import register_analysis
-from lit_massive.report import outlier_figures
+from lit_massive.figures import outlier_stats_figures
 
 STATISTICS = ("kurtosis", "top_direction_share", "matrix_entropy")
 
@@ -56,7 +57,7 @@ def window_statistics(s2: Tensor, spectrum: Tensor) -> tuple[Tensor, Tensor, Ten
     return kurtosis, share, entropy
 
 
-def block_outliers(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def block_outlier_stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per window of one block output x (B, T, D), any float dtype: (kurtosis, top-direction
     share, matrix entropy, kept), float64 and bool (B,); a window that is not kept (inf/NaN
     somewhere, or all zero) has 0 statistics. Inf/NaN anywhere in a window makes its sum of
@@ -88,7 +89,7 @@ class OutlierStats(SumStatesMetric):
             self.add_state(name, torch.zeros(n_layer, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, blocks: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> None:
-        """Add one batch: `blocks[i]` is layer i's `block_outliers`."""
+        """Add one batch: `blocks[i]` is layer i's `block_outlier_stats`."""
         for i, (*values, keep) in enumerate(blocks):
             for name, value in zip(STATISTICS, values, strict=True):
                 getattr(self, name)[i] += value.sum()
@@ -115,12 +116,25 @@ def outlier_rows(computed: dict[str, Tensor]) -> list[dict[str, Any]]:
     ]
 
 
+@dataclass
+class OutlierStatsOptions:
+    """Per block, kurtosis of the per-dim RMS, top-direction share and matrix entropy of the
+    block output (keys of ``layers``; an eigendecomposition per window and block).
+
+    Args:
+        enabled: measure it.
+    """
+
+    enabled: bool = False
+
+
 @register_analysis
-class OutlierAnalysis(Analysis):
+class OutlierStatsAnalysis(Analysis):
     """Kurtosis, top-direction share and matrix entropy of every block output, per variant."""
 
-    name = "outliers"
-    option = "outlier_stats"
+    name = "outlier_stats"
+    Options = OutlierStatsOptions
+    moved = {"outlier_stats": "enabled"}
     layer_keys = (*STATISTICS, "outlier_left_out")
     reduces_blocks = True
 
@@ -128,7 +142,7 @@ class OutlierAnalysis(Analysis):
         return OutlierStats(setup.layout.n_layer)
 
     def reduce_block(self, block: Block) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return block_outliers(block.output)
+        return block_outlier_stats(block.output)
 
     def update(self, variant: str, forward: Forward) -> None:
         self.metrics[variant].update(forward.probed.reduced[self.name])
@@ -141,5 +155,5 @@ class OutlierAnalysis(Analysis):
         layers = entry["layers"]
         for row in layers:  # curves whose x axis (step) is the layer
             for key in STATISTICS:
-                out.scalar(f"{name}/outliers/{key}", row[key], row["layer"])
-        out.figure(f"{name}/figures/outliers", outlier_figures.outlier_figure(layers, f"{model}: {name}")[0])
+                out.scalar(f"{name}/outlier_stats/{key}", row[key], row["layer"])
+        out.figure(f"{name}/figures/outlier_stats", outlier_stats_figures.outlier_figure(layers, f"{model}: {name}")[0])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lit_massive.errors import InputError
-from lit_massive.report.ranking import BASELINE, SCORES
+from lit_massive.results.names import BASELINE, SCORES
 
 if sys.version_info >= (3, 11):
     from typing import NotRequired, TypedDict
@@ -47,7 +47,7 @@ class LayerRow(TypedDict):
     top1_token_id: int
     top1_token: str
     top1_token_fraction: float
-    # outlier statistics (model.outlier_stats; null when off, absent in older files): means over windows
+    # outlier statistics (model.analyses.outlier_stats; null when off, absent in older files): means over windows
     kurtosis: NotRequired[float | None]  # mean_d s_d^4 / (mean_d s_d^2)^2, s_d the RMS over tokens of dim d
     top_direction_share: NotRequired[float | None]  # sigma_1^2 / sum_k sigma_k^2 of the (T, D) block output
     matrix_entropy: NotRequired[float | None]  # -sum_k p_k log p_k / log min(T, D), p_k = sigma_k^2 / sum
@@ -143,12 +143,12 @@ class VariantEntry(TypedDict):
     components_overflow: int | None
     # per statistic, per layer % change (top1_pct ... median_pct), mean_over_layers, perplexity_pct
     change_vs_baseline: NotRequired[dict[str, Any]]
-    # model.tasks: {task: {metric: value, metric_stderr: value}} as lm-eval reports them (absent in older files)
+    # model.analyses.tasks: {task: {metric: value, metric_stderr: value}} as lm-eval reports them (absent in old files)
     tasks: NotRequired[dict[str, dict[str, float | None]] | None]
 
 
 class TaskRecord(TypedDict):
-    """One task of the run's `tasks` (model.tasks), as lm-eval reports it."""
+    """One task of the run's `tasks` (model.analyses.tasks), as lm-eval reports it."""
 
     version: float | str | None  # the task's version
     documents: int  # documents evaluated (the first `limit` of them)
@@ -159,10 +159,10 @@ class TaskRecord(TypedDict):
 
 
 class TasksRecord(TypedDict):
-    """The run's `tasks` (model.tasks): what lm-evaluation-harness evaluated every variant on."""
+    """The run's `tasks` (model.analyses.tasks): what lm-evaluation-harness evaluated every variant on."""
 
     lm_eval_version: str
-    names: list[str]  # model.tasks.names: task, group or tag names, or task files
+    names: list[str]  # model.analyses.tasks.names: task, group or tag names, or task files
     limit: int | None
     batch_size: int
     num_fewshot: int | None  # null: each task's own
@@ -196,7 +196,7 @@ class ResultsFile(TypedDict):
     corpora: NotRequired[dict[str, CorpusResults]]  # absent in older files
     provenance: NotRequired[dict[str, Any]]
     feature_view: NotRequired[dict[str, Any]]
-    tasks: NotRequired[TasksRecord]  # with model.tasks
+    tasks: NotRequired[TasksRecord]  # with model.analyses.tasks
 
 
 @dataclass
@@ -275,9 +275,9 @@ class RunResults:
     def head_frame(self) -> pandas.DataFrame:
         """Every per-head figure of every variant, one row per (variant, layer, head): the
         (L, H) keys `rank-heads` and selections rank by (`SCORES`): first-token (`head_score`)
-        and massive-token (`massive_token_score`) attention with `model.head_scores`, the
+        and massive-token (`massive_token_score`) attention with `model.analyses.head_scores.enabled`, the
         attention internals (`value_norm_first`, `head_output_norm`, ...) with
-        `model.head_internals`; null where a variant lacks one; empty without head scores."""
+        `model.analyses.head_internals.enabled`; null where a variant lacks one; empty without head scores."""
         import pandas
 
         keys = [k for k in dict.fromkeys(k for e in self.variants.values() for k in e) if k in _HEAD_KEYS]
@@ -429,7 +429,7 @@ def load_score_rows(path: str, variant: str = BASELINE, by: str = "first_token")
     key = SCORES[by]
     scores = data["variants"].get(variant, {}).get(key)
     if scores is None:
-        raise InputError(f"{path}: variant {variant!r} has no {key}; run it with model.head_scores: true")
+        raise InputError(f"{path}: variant {variant!r} has no {key}; run it with model.analyses.head_scores on")
     return scores
 
 
