@@ -7,9 +7,11 @@ runs' results.json has it) and PNG figures that overlay the runs. Checkpoints of
 (revision `stepN`, or `stepN` / `checkpoint-N` folders: `order_by_step`) come in training-step
 order, with a step column and figures of each statistic against the step. Runs that differ
 in precision or dtype get a column for each and say it in the figure labels; a run interrupted
-while writing its figures is marked. Bad input (a missing run, a run directory without
-results.json, a file that is not a results.json, a single run, a DIR with files in it) fails
-in one line before anything is written.
+while writing its figures is marked. Runs of the first run's model on its windows (a GGUF
+quantization and its float original, ...) are compared with it layer by layer and massive
+entry by massive entry (report/weights_comparison.py: `against_reference`). Bad input (a
+missing run, a run directory without results.json, a file that is not a results.json, a
+single run, a DIR with files in it) fails in one line before anything is written.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from lit_massive.report.comparison import (
 )
 from lit_massive.report.publisher import write_atomic
 from lit_massive.report.step_figures import step_figures
+from lit_massive.report.weights_comparison import KEY, against_reference, reference_lines, reference_markdown
 
 # no torch, transformers or lightning on this path (tests/test_startup.py): results.json is
 # read as JSON, the figures are matplotlib's
@@ -119,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     if no_step_figures:
         skipped.append(no_step_figures)
     names = [FIGURES[key] for key in figures]
+    same_model = against_reference(runs)  # each run of the first run's model against it
     content = {
         "runs": [
             {
@@ -135,9 +139,13 @@ def main(argv: list[str] | None = None) -> None:
         "notes": lines,
         "figures": names,
         "relative_depth": args.relative_depth,
+        KEY: same_model,
     }
-    write_comparison(args.out, comparison_markdown(rows, lines, names), content, figures)
+    markdown = comparison_markdown(rows, lines, names) + reference_markdown(same_model)
+    write_comparison(args.out, markdown, content, figures)
     print(terminal_table(rows, lines))
+    for line in reference_lines(same_model):
+        print(line)
     for line in skipped:
         print(line)
     print(f"Comparison: {args.out} ({MARKDOWN}, {JSON}, {', '.join(names)})")
